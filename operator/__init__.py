@@ -1,0 +1,1 @@
+"""The operator: reconciles VoiceLane resources into warm, reserved fast and deep Ollama lanes."""

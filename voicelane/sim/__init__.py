@@ -1,0 +1,1 @@
+"""An Ollama/OpenAI upstream simulator with a latency model, for tests and benchmarks."""
