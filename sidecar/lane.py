@@ -1,0 +1,424 @@
+"""The lane: one request's path from admission to the model's token stream.
+
+It wires the stages in the order of the architecture — cache and single-flight
+first (they use no model capacity), then the guardian (pressure and rate limit),
+the priority scheduler, and the router with its circuits and failover — and owns
+the background loops that feed them (health checks, pressure checks). Each stage
+is its own module; this one only decides the order and records what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicelane.sidecar.broadcast import Broadcast
+from voicelane.sidecar.cache import BoundedCache
+from voicelane.sidecar.circuit import CircuitBreaker
+from voicelane.sidecar.classify import priority_for
+from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
+from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.guardian import Guardian
+from voicelane.sidecar.keys import request_key
+from voicelane.sidecar.metrics import SidecarMetrics
+from voicelane.sidecar.pressure import LocalPressureSource, PressureSource, UpstreamSaturation
+from voicelane.sidecar.prompts import build_messages
+from voicelane.sidecar.routing import RouteDecision, Router
+from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull
+from voicelane.sidecar.singleflight import Flight, SingleFlight
+from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError, make_client
+
+log = logging.getLogger("voicelane.sidecar.lane")
+
+PASSTHROUGH = "passthrough"
+
+
+@dataclass
+class Timeline:
+    """Monotonic stage marks of one unit of model work, relative to when it was received."""
+
+    received: float
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, stage: str, at: float) -> None:
+        self.marks.setdefault(stage, at - self.received)
+
+
+@dataclass(frozen=True)
+class TextResult:
+    """The finished text of a flight and how it was produced."""
+
+    text: str
+    tier: str
+    priority: int
+    timings: Mapping[str, float]
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.text.encode("utf-8")) + 256
+
+
+@dataclass(frozen=True)
+class Job:
+    """Model work described independently of the API it arrived through."""
+
+    key: str
+    request_class: RequestClass
+    priority: int
+    route: RouteDecision
+    messages: list[dict[str, str]]
+    request_id: str
+    passthrough_text: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Submission:
+    """What a client holds after admission: a cached result or a (possibly shared) flight."""
+
+    job: Job
+    cached: TextResult | None = None
+    flight: Flight[str, TextResult] | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.flight is not None and self.flight.shared
+
+    async def tokens(self) -> AsyncIterator[str]:
+        """Every token from the first, live while the model runs; raises ApiError on failure."""
+        if self.cached is not None:
+            yield self.cached.text
+            return
+        assert self.flight is not None
+        async with self.flight.subscribe() as stream:
+            async for token in stream:
+                yield token
+
+    async def result(self) -> TextResult:
+        if self.cached is not None:
+            return self.cached
+        assert self.flight is not None
+        async with self.flight.subscribe() as stream:
+            async for _ in stream:
+                pass
+        return await self.flight.result()
+
+
+class Lane:
+    """Admission, coalescing, scheduling and routing of model work for one sidecar."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        metrics: SidecarMetrics,
+        *,
+        local_pressure: PressureSource | None = None,
+        client_factory: Callable[..., UpstreamClient] = make_client,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self._client_factory = client_factory
+        self.cache: BoundedCache[Any] = BoundedCache(
+            max_entries=config.cache.max_entries if config.cache.enabled else 0,
+            max_bytes=config.cache.max_bytes if config.cache.enabled else 0,
+            ttl_s=config.cache.ttl_s,
+            clock=clock,
+        )
+        self.flights: SingleFlight[str, str] = SingleFlight(window_s=self._window(config), clock=clock)
+        self.saturation = UpstreamSaturation(config.guardian, clock=clock)
+        self.local_pressure = local_pressure if local_pressure is not None else LocalPressureSource()
+        self.guardian = Guardian(
+            config.guardian, config.rate_limit, local=self.local_pressure, upstream=self.saturation, clock=clock
+        )
+        self.scheduler = PriorityScheduler(config.scheduler, clock=clock)
+        self.router = Router(config.routing)
+        self.clients: dict[Tier, UpstreamClient] = {tier: client_factory(config.upstreams.for_tier(tier)) for tier in Tier}
+        self.circuits: dict[Tier, CircuitBreaker] = {tier: self._circuit(config, tier) for tier in Tier}
+        self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retired_clients: list[UpstreamClient] = []
+
+    # ----- configuration -------------------------------------------------------------------------
+
+    @staticmethod
+    def _window(config: SidecarConfig) -> float:
+        return config.single_flight.window_s if config.single_flight.enabled else 0.0
+
+    def _circuit(self, config: SidecarConfig, tier: Tier) -> CircuitBreaker:
+        upstream = config.upstreams.for_tier(tier)
+        return CircuitBreaker(
+            failures_to_open=upstream.circuit_failures_to_open,
+            successes_to_close=upstream.circuit_successes_to_close,
+            clock=self.clock,
+        )
+
+    def reconfigure(self, config: SidecarConfig) -> None:
+        """Apply a new configuration without dropping in-flight work."""
+        old = self.config
+        self.config = config
+        self.cache.reconfigure(config.cache)
+        self.flights.window_s = self._window(config)
+        self.guardian.reconfigure(config.guardian, config.rate_limit)
+        self.scheduler.reconfigure(config.scheduler)
+        self.router = Router(config.routing)
+        for tier in Tier:
+            if old.upstreams.for_tier(tier) != config.upstreams.for_tier(tier):
+                # In-flight calls keep the old client; it is closed when the lane stops.
+                self._retired_clients.append(self.clients[tier])
+                self.clients[tier] = self._client_factory(config.upstreams.for_tier(tier))
+                self.circuits[tier] = self._circuit(config, tier)
+                self.healthy[tier] = None
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._health_loop(), name="voicelane-health"))
+        self._tasks.append(asyncio.create_task(self._guardian_loop(), name="voicelane-guardian"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for client in [*self.clients.values(), *self._retired_clients]:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(tier) for tier in Tier))
+            await asyncio.sleep(min(u.health_interval_s for u in (self.config.upstreams.fast, self.config.upstreams.deep)))
+
+    async def _probe(self, tier: Tier) -> None:
+        client = self.clients[tier]
+        try:
+            ok = await client.health()
+        except Exception:  # a health probe reports; it never takes the loop down
+            ok = False
+        self.healthy[tier] = ok
+        if ok:
+            self.circuits[tier].record_success()
+        else:
+            self.circuits[tier].record_failure()
+
+    async def _guardian_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.guardian.sample_interval_s)
+            if not self.config.guardian.enabled:
+                continue
+            try:
+                result = await asyncio.to_thread(self.guardian.check)
+            except Exception:
+                log.exception("guardian check failed")
+                continue
+            self.metrics.guardian_checks.labels("failed" if result.failed else "ok").inc()
+
+    # ----- admission -----------------------------------------------------------------------------
+
+    def text_job(
+        self, *, text: str, request_class: RequestClass, target_lang: str, request_id: str, kind: str = "text"
+    ) -> Job:
+        config = self.config
+        route = self.router.choose(text)
+        passthrough = config.prompts.passthrough
+        key = request_key(
+            text=text,
+            request_class=request_class.value,
+            target_lang=target_lang,
+            tier=PASSTHROUGH if passthrough else route.tier.value,
+            prompt_version=config.prompts.version,
+            kind=kind,
+        )
+        return Job(
+            key=key,
+            request_class=request_class,
+            priority=priority_for(request_class, text, config.classes),
+            route=route,
+            messages=build_messages(config, text=text, request_class=request_class, target_lang=target_lang),
+            request_id=request_id,
+            passthrough_text=text if passthrough else None,
+        )
+
+    def chat_job(
+        self,
+        *,
+        messages: list[dict[str, str]],
+        request_class: RequestClass | None,
+        request_id: str,
+        options: Mapping[str, Any],
+        api: str,
+    ) -> Job:
+        """A transparent-API call: the app's own messages, coalesced on their normalized form."""
+        from voicelane.sidecar.classify import default_class_for_text
+
+        last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
+        request_class = request_class or default_class_for_text(last_user, self.config.classes)
+        route = self.router.choose(last_user)
+        canonical = json.dumps([messages, dict(options)], sort_keys=True, ensure_ascii=False)
+        key = request_key(
+            text=canonical,
+            request_class=request_class.value,
+            target_lang="-",
+            tier=route.tier.value,
+            prompt_version=self.config.prompts.version,
+            kind=f"chat:{api}",
+        )
+        return Job(
+            key=key,
+            request_class=request_class,
+            priority=priority_for(request_class, last_user, self.config.classes),
+            route=route,
+            messages=messages,
+            request_id=request_id,
+            options=options,
+        )
+
+    def submit(self, job: Job, *, received: float | None = None) -> Submission:
+        """Admit `job` now (no awaiting between look-up and flight creation, so admission is atomic).
+
+        Order matters: a cache hit or a join uses no model capacity, so neither is rate
+        limited nor queued; only a new leader goes through the guardian and the scheduler.
+        """
+        received = self.clock() if received is None else received
+        cached = self.cache.get(job.key)
+        if cached is not None:
+            self.metrics.cache_lookups.labels("hit", "text").inc()
+            return Submission(job, cached=cached)
+        self.metrics.cache_lookups.labels("miss", "text").inc()
+        existing = self.flights.get(job.key)
+        if existing is not None:
+            self.metrics.singleflight.labels("joiner").inc()
+            return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
+        if job.passthrough_text is None:
+            decision = self.guardian.admit()
+            self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
+            if not decision.allowed:
+                code = decision.reason or "rejected"
+                message = (
+                    "the lane is under sustained pressure; model work is paused"
+                    if code == "guardian_emergency"
+                    else "rate limit exceeded"
+                )
+                raise ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s)
+        self.metrics.singleflight.labels("leader").inc()
+        return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
+
+    # ----- model work ----------------------------------------------------------------------------
+
+    def _producer(self, job: Job, received: float) -> Callable[[Broadcast[str]], Any]:
+        async def produce(out: Broadcast[str]) -> TextResult:
+            timeline = Timeline(received)
+            if job.passthrough_text is not None:
+                out.publish(job.passthrough_text)
+                result = TextResult(job.passthrough_text, PASSTHROUGH, job.priority, {})
+            else:
+                result = await self._run_model(job, out, timeline)
+            self.cache.put(job.key, result, result.size_bytes)
+            return result
+
+        return produce
+
+    async def _run_model(self, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+        try:
+            slot = self.scheduler.slot(job.priority)
+            async with slot as ticket:
+                timeline.mark("dispatched", self.clock())
+                self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
+                return await self._call_tiers(job, out, timeline)
+        except QueueFull as exc:
+            self.metrics.admissions.labels("rejected", "queue_full").inc()
+            raise ApiError(
+                429, "queue_full", "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
+            ) from None
+
+    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+        open_tiers = {tier for tier, circuit in self.circuits.items() if circuit.is_open}
+        order = self.router.order(job.route, open_tiers)
+        last_error: UpstreamError | None = None
+        for attempt, tier in enumerate(order):
+            if attempt:
+                self.metrics.failovers.labels(order[attempt - 1].value, tier.value).inc()
+            try:
+                return await self._call_tier(tier, job, out, timeline)
+            except UpstreamError as exc:
+                last_error = exc
+                if not exc.before_first_token:
+                    break
+        raise self._upstream_failure(last_error, open_tiers)
+
+    async def _call_tier(self, tier: Tier, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+        upstream = self.config.upstreams.for_tier(tier)
+        request = ChatRequest(
+            messages=job.messages,
+            model=upstream.model,
+            num_predict=min(int(job.options.get("num_predict", upstream.num_predict)), upstream.num_predict),
+            temperature=float(job.options.get("temperature", upstream.temperature)),
+            stop=tuple(job.options.get("stop", upstream.stop)),
+            keep_alive=upstream.keep_alive,
+        )
+        started = self.clock()
+        pieces: list[str] = []
+        try:
+            async for token in self.clients[tier].stream_chat(request):
+                if not pieces:
+                    ttft = self.clock() - started
+                    timeline.mark("first_token", self.clock())
+                    self.metrics.upstream_ttft.labels(tier.value).observe(ttft)
+                    self.saturation.record_ttft(tier.value, ttft)
+                pieces.append(token)
+                out.publish(token)
+        except UpstreamError as exc:
+            self._record_failure(tier, exc)
+            raise
+        timeline.mark("done", self.clock())
+        self.circuits[tier].record_success()
+        self.saturation.record_success(tier.value)
+        self.metrics.upstream_requests.labels(tier.value, "ok").inc()
+        return TextResult("".join(pieces), tier.value, job.priority, dict(timeline.marks))
+
+    def _record_failure(self, tier: Tier, exc: UpstreamError) -> None:
+        self.circuits[tier].record_failure()
+        kind = "http_503" if exc.status == 503 else ("timeout" if exc.kind == "timeout" else "other")
+        self.saturation.record_failure(tier.value, kind)
+        self.metrics.upstream_requests.labels(tier.value, "error").inc()
+        self.metrics.upstream_errors.labels(tier.value, exc.kind).inc()
+        log.warning("upstream %s failed: %s (%s)", tier.value, exc.kind, exc)
+
+    def _upstream_failure(self, error: UpstreamError | None, open_tiers: set[Tier]) -> ApiError:
+        if error is None or len(open_tiers) == len(Tier):
+            return ApiError(503, "upstream_unavailable", "no model tier is available", retry_after_s=5)
+        if not error.before_first_token:
+            return ApiError(502, "upstream_interrupted", f"the model stream broke off: {error}", retry_after_s=1)
+        if error.kind == "timeout":
+            return ApiError(504, "upstream_timeout", f"the model did not answer in time: {error}", retry_after_s=2)
+        return ApiError(502, "upstream_failed", f"every model tier failed: {error}", retry_after_s=2)
+
+    # ----- observation ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "queue": self.scheduler.snapshot(),
+            "guardian": self.guardian.snapshot(),
+            "upstreams": {
+                tier.value: {
+                    "url": self.config.upstreams.for_tier(tier).url,
+                    "protocol": self.config.upstreams.for_tier(tier).protocol.value,
+                    "model": self.config.upstreams.for_tier(tier).model,
+                    "healthy": self.healthy[tier],
+                    "circuit": self.circuits[tier].state,
+                }
+                for tier in Tier
+            },
+            "cache": self.cache.stats(),
+            "single_flight": self.flights.stats(),
+        }

@@ -1,0 +1,164 @@
+"""The sidecar's Prometheus metrics: `voicelane_` prefix, base units, `_total` counters.
+
+Counters and histograms are updated on the request path; gauges that mirror state
+(queue depth, circuits, cache size, guardian) are read from the live components at
+scrape time by a collector, so they can never disagree with /v1/stats.
+Labels carry classes, tiers, reasons and priorities only, never request text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Fine resolution under one second (to tell 100 ms from 200 ms), edges at each class target.
+TTFA_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 5.0, 7.5, 10.0, 20.0)
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class _StateCollector(Collector):
+    """Exposes gauges computed from a snapshot function at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[Metric]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._snapshot())
+
+
+class SidecarMetrics:
+    """All metric families of one sidecar instance, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "voicelane_requests_total",
+            "Requests finished, by endpoint, class and outcome.",
+            ["endpoint", "request_class", "outcome"],
+            registry=r,
+        )
+        self.admissions = Counter(
+            "voicelane_admission_decisions_total",
+            "Admission decisions for model work, by decision and reason.",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "voicelane_queue_wait_seconds",
+            "Time spent waiting for a model slot, by priority.",
+            ["priority"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.singleflight = Counter(
+            "voicelane_singleflight_requests_total",
+            "Requests by single-flight role (leader runs, joiner shares).",
+            ["role"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "voicelane_cache_lookups_total",
+            "Cache lookups by result (hit or miss) and kind (text or audio).",
+            ["result", "kind"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "voicelane_upstream_requests_total",
+            "Calls to model tiers by outcome.",
+            ["tier", "outcome"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "voicelane_upstream_errors_total",
+            "Failed calls to model tiers by error kind.",
+            ["tier", "kind"],
+            registry=r,
+        )
+        self.upstream_ttft = Histogram(
+            "voicelane_upstream_time_to_first_token_seconds",
+            "Time from dispatch to the model's first token.",
+            ["tier"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.failovers = Counter(
+            "voicelane_failovers_total",
+            "Requests moved to the other tier.",
+            ["from_tier", "to_tier"],
+            registry=r,
+        )
+        self.guardian_checks = Counter(
+            "voicelane_guardian_checks_total",
+            "Guardian pressure checks by result.",
+            ["result"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "voicelane_config_reloads_total",
+            "Configuration reloads by result.",
+            ["result"],
+            registry=r,
+        )
+        self.ttfa = Histogram(
+            "voicelane_ttfa_seconds",
+            "Time to first audio byte sent, by class.",
+            ["request_class"],
+            buckets=TTFA_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "voicelane_stage_seconds",
+            "Duration of each request stage, by class and stage.",
+            ["request_class", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.ttfa_target = Counter(
+            "voicelane_ttfa_requests_total",
+            "Spoken requests by class and whether the first audio met its target.",
+            ["request_class", "within_target"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "voicelane_fallbacks_total",
+            "Requests spoken from the original text instead of the model's, by reason.",
+            ["request_class", "reason"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "voicelane_ttfa_alerts_total",
+            "In-process TTFA alerts raised, by class and kind.",
+            ["request_class", "kind"],
+            registry=r,
+        )
+        self.tts_calls = Counter(
+            "voicelane_tts_syntheses_total",
+            "Speech syntheses started, by backend and outcome.",
+            ["backend", "outcome"],
+            registry=r,
+        )
+
+    def add_state(self, snapshot: Callable[[], Iterable[Metric]]) -> None:
+        self.registry.register(_StateCollector(snapshot))
+
+
+def gauge(
+    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for label_values, value in samples:
+        family.add_metric(label_values, value)
+    return family
+
+
+def plain_gauge(name: str, documentation: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def as_float(value: Any) -> float:
+    return float(value) if value is not None else 0.0

@@ -1,0 +1,342 @@
+"""The sidecar's HTTP server: routes, response formats and process lifecycle.
+
+It only wires: requests are validated by `edge`, admitted and run by `lane`, and
+answered here as JSON, NDJSON or (in transparent mode) the upstream's own format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voicelane import __version__
+from voicelane.sidecar import transparent
+from voicelane.sidecar.config import SidecarConfig
+from voicelane.sidecar.edge import decode_json_object, parse_text_request, read_body
+from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.lane import Lane, Submission, TextResult
+from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_gauge
+from voicelane.sidecar.pressure import InjectedPressureSource, LocalPressureSource, PressureSample
+from voicelane.sidecar.reload import ConfigWatcher
+
+log = logging.getLogger("voicelane.sidecar")
+
+LANE_KEY = web.AppKey("lane", Lane)
+METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
+STATE_KEY = web.AppKey("state", dict)
+
+
+def _request_id(request: web.Request) -> str:
+    return request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure leaves as structured JSON; an unexpected one is logged and still structured."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return ApiError(exc.status, code, f"{request.method} {request.path}: {exc.reason}").response()
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return ApiError(500, "internal_error", "the sidecar failed to handle this request").response()
+
+
+# ----- /v1/text -----------------------------------------------------------------------------------
+
+
+async def handle_text(request: web.Request) -> web.StreamResponse:
+    lane = request.app[LANE_KEY]
+    metrics = request.app[METRICS_KEY]
+    received = time.monotonic()
+    payload = decode_json_object(await read_body(request, lane.config.limits))
+    text_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    job = lane.text_job(
+        text=text_request.text,
+        request_class=text_request.request_class,
+        target_lang=text_request.target_lang,
+        request_id=text_request.request_id,
+    )
+    try:
+        submission = lane.submit(job, received=received)
+        if text_request.stream:
+            response = await _stream_ndjson(request, submission, received)
+        else:
+            result = await submission.result()
+            response = web.json_response(_text_body(submission, result, received))
+    except ApiError as exc:
+        metrics.requests.labels("text", job.request_class.value, exc.code).inc()
+        return exc.response({"X-Request-Id": job.request_id})
+    metrics.requests.labels("text", job.request_class.value, "ok").inc()
+    return response
+
+
+def _text_body(submission: Submission, result: TextResult, received: float) -> dict[str, Any]:
+    timings = {stage: round(value, 6) for stage, value in result.timings.items()}
+    timings["total"] = round(time.monotonic() - received, 6)
+    return {
+        "text": result.text,
+        "tier": result.tier,
+        "cached": submission.cached is not None,
+        "shared": submission.shared,
+        "request_id": submission.job.request_id,
+        "priority": result.priority,
+        "timings": timings,
+    }
+
+
+async def _first_and_rest(tokens: AsyncIterator[str]) -> tuple[str | None, AsyncIterator[str]]:
+    """Wait for the first token before answering, so a refusal still gets its status code."""
+    try:
+        first = await anext(tokens)
+    except StopAsyncIteration:
+        first = None
+    return first, tokens
+
+
+async def _stream_ndjson(request: web.Request, submission: Submission, received: float) -> web.StreamResponse:
+    first, rest = await _first_and_rest(submission.tokens())
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "X-Request-Id": submission.job.request_id}
+    )
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(json.dumps({"text": first}, ensure_ascii=False).encode() + b"\n")
+        async for token in rest:
+            await response.write(json.dumps({"text": token}, ensure_ascii=False).encode() + b"\n")
+        result = await submission.result()
+        final = {"done": True, **_text_body(submission, result, received)}
+    except ApiError as exc:
+        # Headers are gone already: say plainly that this stream is not complete.
+        final = {"done": True, **exc.body()}
+    await response.write(json.dumps(final, ensure_ascii=False).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+# ----- observation ----------------------------------------------------------------------------------
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    lane = request.app[LANE_KEY]
+    state = request.app[STATE_KEY]
+    body = {"version": __version__, "uptime_s": round(time.monotonic() - state["started"], 3), **lane.snapshot()}
+    return web.json_response(body)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    lane = request.app[LANE_KEY]
+    passthrough = lane.config.prompts.passthrough
+    healthy = [tier.value for tier, ok in lane.healthy.items() if ok]
+    ready = passthrough or bool(healthy)
+    body = {"ready": ready, "healthy_tiers": healthy, "passthrough": passthrough}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _state_metrics(lane: Lane) -> Callable[[], list[Any]]:
+    def collect() -> list[Any]:
+        queue = lane.scheduler.snapshot()
+        guardian = lane.guardian.snapshot()
+        cache = lane.cache.stats()
+        return [
+            gauge(
+                "voicelane_queue_depth",
+                "Requests waiting for a model slot, by priority.",
+                ["priority"],
+                [([str(p)], float(n)) for p, n in queue["waiting"].items()],
+            ),
+            gauge(
+                "voicelane_queue_running",
+                "Requests holding a model slot, by priority.",
+                ["priority"],
+                [([str(p)], float(n)) for p, n in queue["running"].items()],
+            ),
+            plain_gauge("voicelane_guardian_blocked", "1 while the guardian blocks new model work.", float(guardian["blocked"])),
+            plain_gauge(
+                "voicelane_guardian_emergency_blocks",
+                "Times the guardian entered the blocked state since start.",
+                float(guardian["emergency_blocks"]),
+            ),
+            plain_gauge("voicelane_admission_rate_per_second", "Admission attempts per second, recent.", float(guardian["current_rps"])),
+            gauge(
+                "voicelane_upstream_circuit_open",
+                "1 while a tier's circuit is open.",
+                ["tier"],
+                [([tier.value], float(c.is_open)) for tier, c in lane.circuits.items()],
+            ),
+            gauge(
+                "voicelane_upstream_healthy",
+                "1 when a tier's last health check passed.",
+                ["tier"],
+                [([tier.value], float(bool(ok))) for tier, ok in lane.healthy.items()],
+            ),
+            plain_gauge("voicelane_cache_entries", "Entries in the result cache.", float(cache["entries"])),
+            plain_gauge("voicelane_cache_bytes", "Bytes held by the result cache.", float(cache["bytes"])),
+        ]
+
+    return collect
+
+
+# ----- test hooks -----------------------------------------------------------------------------------
+
+
+async def handle_inject_pressure(request: web.Request) -> web.Response:
+    """Set the local pressure sample (only with --enable-test-hooks): lets tests avoid real load."""
+    lane = request.app[LANE_KEY]
+    payload = decode_json_object(await read_body(request, lane.config.limits))
+    source = lane.local_pressure
+    if not isinstance(source, InjectedPressureSource):
+        raise ApiError(409, "not_injectable", "the sidecar was not started with test hooks")
+    try:
+        sample = PressureSample(cpu_percent=float(payload["cpu_percent"]), memory_percent=float(payload["memory_percent"]))
+    except (KeyError, TypeError, ValueError):
+        raise ApiError(400, "invalid_field", "expected numeric 'cpu_percent' and 'memory_percent'") from None
+    source.set(sample)
+    checks = int(payload.get("run_checks", 0))
+    advance = float(payload.get("advance_s", 0.0))
+    results = []
+    for _ in range(max(0, min(checks, 1000))):
+        if advance and isinstance(lane.clock, ManualOffsetClock):
+            lane.clock.advance(advance)
+        result = lane.guardian.check()
+        request.app[METRICS_KEY].guardian_checks.labels("failed" if result.failed else "ok").inc()
+        results.append(result.failed)
+    return web.json_response({"checks_failed": results, "guardian": lane.guardian.snapshot()})
+
+
+class ManualOffsetClock:
+    """Monotonic time plus an offset tests can advance, so 'held for 10 s' needs no real 10 s."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+# ----- application ----------------------------------------------------------------------------------
+
+
+def build_app(
+    config: SidecarConfig,
+    *,
+    test_hooks: bool = False,
+    config_path: Path | None = None,
+    flags: dict[str, Any] | None = None,
+) -> tuple[web.Application, web.Application | None]:
+    """The API app and, when metrics listen elsewhere, a second app serving only /metrics."""
+    metrics = SidecarMetrics()
+    if test_hooks:
+        lane = Lane(config, metrics, local_pressure=InjectedPressureSource(), clock=ManualOffsetClock())
+    else:
+        lane = Lane(config, metrics, local_pressure=LocalPressureSource())
+    metrics.add_state(_state_metrics(lane))
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    app[LANE_KEY] = lane
+    app[METRICS_KEY] = metrics
+    app[STATE_KEY] = {"started": time.monotonic()}
+    app.router.add_post("/v1/text", handle_text)
+    app.router.add_get("/v1/stats", handle_stats)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    transparent.add_routes(app, LANE_KEY, METRICS_KEY)
+    if test_hooks:
+        app.router.add_post("/v1/test/pressure", handle_inject_pressure)
+
+    metrics_app: web.Application | None = None
+    if config.server.metrics_listen and config.server.metrics_listen != config.server.listen:
+        metrics_app = web.Application(middlewares=[error_middleware])
+        metrics_app[LANE_KEY] = lane
+        metrics_app[METRICS_KEY] = metrics
+        metrics_app.router.add_get("/metrics", handle_metrics)
+    else:
+        app.router.add_get("/metrics", handle_metrics)
+
+    watcher = ConfigWatcher(config_path, flags or {}, on_change=lane.reconfigure, metrics=metrics) if config_path else None
+
+    async def on_startup(_: web.Application) -> None:
+        await lane.start()
+        if watcher is not None:
+            watcher.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        if watcher is not None:
+            await watcher.stop()
+        await lane.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app, metrics_app
+
+
+def _split_hostport(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _serve_async(
+    config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool
+) -> None:
+    app, metrics_app = build_app(config, test_hooks=test_hooks, config_path=config_path, flags=flags)
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for application, address in ((app, config.server.listen), (metrics_app, config.server.metrics_listen)):
+            if application is None or address is None:
+                continue
+            runner = web.AppRunner(application, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
+            await runner.setup()
+            runners.append(runner)
+            host, port = _split_hostport(address)
+            await web.TCPSite(runner, host, port).start()
+            log.info("listening on %s", address)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool = False) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(), format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_async(config, config_path=config_path, flags=flags, test_hooks=test_hooks))
+    return 0
