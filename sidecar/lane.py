@@ -100,6 +100,17 @@ class Submission:
             async for token in stream:
                 yield token
 
+    async def tier(self, lane: Lane) -> str | None:
+        """The tier answering this submission, once its first token has come."""
+        if self.cached is not None:
+            return self.cached.tier
+        assert self.flight is not None
+        if self.flight.done:
+            with contextlib.suppress(Exception):
+                return (await self.flight.result()).tier
+            return None
+        return lane.answering_tier.get(self.job.key)
+
     async def result(self) -> TextResult:
         if self.cached is not None:
             return self.cached
@@ -145,6 +156,8 @@ class Lane:
         self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
         self._tasks: list[asyncio.Task[None]] = []
         self._retired_clients: list[UpstreamClient] = []
+        # Which tier is answering each running flight (known from its first token on).
+        self.answering_tier: dict[str, str] = {}
 
     # ----- configuration -------------------------------------------------------------------------
 
@@ -283,11 +296,12 @@ class Lane:
             options=options,
         )
 
-    def submit(self, job: Job, *, received: float | None = None) -> Submission:
+    def submit(self, job: Job, *, received: float | None = None, internal: bool = False) -> Submission:
         """Admit `job` now (no awaiting between look-up and flight creation, so admission is atomic).
 
         Order matters: a cache hit or a join uses no model capacity, so neither is rate
         limited nor queued; only a new leader goes through the guardian and the scheduler.
+        `internal` work (an admitted email's segments) skips the guardian, not the scheduler.
         """
         received = self.clock() if received is None else received
         cached = self.cache.get(job.key)
@@ -299,7 +313,7 @@ class Lane:
         if existing is not None:
             self.metrics.singleflight.labels("joiner").inc()
             return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
-        if job.passthrough_text is None:
+        if job.passthrough_text is None and not internal:
             decision = self.guardian.admit()
             self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
             if not decision.allowed:
@@ -313,16 +327,32 @@ class Lane:
         self.metrics.singleflight.labels("leader").inc()
         return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
 
+    def prime_text(self, job: Job, text: str) -> None:
+        """Cache `text` as the answer to `job` (the phrase bank: phrases are already speakable)."""
+        result = TextResult(text, "phrase_bank", job.priority, {})
+        self.cache.put(job.key, result, result.size_bytes, pinned=True)
+
+    def scheduler_idle_above(self, priority: int) -> bool:
+        """True when no work of a higher priority (lower number) runs or waits."""
+        snapshot = self.scheduler.snapshot()
+        return all(
+            not snapshot["running"].get(p, 0) and not snapshot["waiting"].get(p, 0) for p in range(priority)
+        )
+
     # ----- model work ----------------------------------------------------------------------------
 
     def _producer(self, job: Job, received: float) -> Callable[[Broadcast[str]], Any]:
         async def produce(out: Broadcast[str]) -> TextResult:
             timeline = Timeline(received)
-            if job.passthrough_text is not None:
-                out.publish(job.passthrough_text)
-                result = TextResult(job.passthrough_text, PASSTHROUGH, job.priority, {})
-            else:
-                result = await self._run_model(job, out, timeline)
+            try:
+                if job.passthrough_text is not None:
+                    self.answering_tier[job.key] = PASSTHROUGH
+                    out.publish(job.passthrough_text)
+                    result = TextResult(job.passthrough_text, PASSTHROUGH, job.priority, {})
+                else:
+                    result = await self._run_model(job, out, timeline)
+            finally:
+                self.answering_tier.pop(job.key, None)
             self.cache.put(job.key, result, result.size_bytes)
             return result
 
@@ -371,6 +401,7 @@ class Lane:
         try:
             async for token in self.clients[tier].stream_chat(request):
                 if not pieces:
+                    self.answering_tier[job.key] = tier.value
                     ttft = self.clock() - started
                     timeline.mark("first_token", self.clock())
                     self.metrics.upstream_ttft.labels(tier.value).observe(ttft)

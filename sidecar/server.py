@@ -22,19 +22,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicelane import __version__
 from voicelane.sidecar import transparent
-from voicelane.sidecar.config import SidecarConfig
+from voicelane.sidecar.audio import wav_header
+from voicelane.sidecar.config import RequestClass, SidecarConfig
 from voicelane.sidecar.edge import decode_json_object, parse_text_request, read_body
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.lane import Lane, Submission, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_gauge
 from voicelane.sidecar.pressure import InjectedPressureSource, LocalPressureSource, PressureSample
+from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.reload import ConfigWatcher
+from voicelane.sidecar.speech import AudioSubmission, Speaker
+from voicelane.sidecar.ttfa import Alert, StageClock, TTFAMonitor
+from voicelane.sidecar.tts.base import make_backend
 
 log = logging.getLogger("voicelane.sidecar")
 
 LANE_KEY = web.AppKey("lane", Lane)
 METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
 STATE_KEY = web.AppKey("state", dict)
+SPEAKER_KEY = web.AppKey("speaker", Speaker)
+MONITOR_KEY = web.AppKey("monitor", TTFAMonitor)
+FOLLOWUPS_KEY = web.AppKey("followups", FollowUpStore)
 
 
 def _request_id(request: web.Request) -> str:
@@ -135,13 +143,147 @@ async def _stream_ndjson(request: web.Request, submission: Submission, received:
     return response
 
 
+# ----- /v1/speak ----------------------------------------------------------------------------------
+
+
+async def handle_speak(request: web.Request) -> web.StreamResponse:
+    speaker = request.app[SPEAKER_KEY]
+    lane = speaker.lane
+    stages = StageClock(time.monotonic())
+    payload = decode_json_object(await read_body(request, lane.config.limits))
+    speak_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    try:
+        submission = speaker.submit(speak_request, stages)
+        chunks = submission.chunks()
+        first = await anext(chunks, None)
+    except ApiError as exc:
+        _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
+        return exc.response({"X-Request-Id": speak_request.request_id})
+
+    headers = await _speech_headers(request.app, submission)
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    try:
+        if speak_request.audio_format == "wav":
+            await response.write(wav_header(speaker.backend.sample_rate))
+        if first:
+            await response.write(first)
+            stages.mark("first_audio_sent")
+        async for chunk in chunks:
+            await response.write(chunk)
+            stages.mark("first_audio_sent")
+    except ApiError as exc:
+        # Audio already flows, so no status can change: end the connection without the
+        # final chunk, which every HTTP client reports as an incomplete response.
+        _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    _finish_speech(request.app, speak_request.request_class, stages, outcome="ok")
+    return response
+
+
+async def _speech_headers(app: web.Application, submission: AudioSubmission) -> dict[str, str]:
+    speaker = app[SPEAKER_KEY]
+    request = submission.request
+    headers = {
+        "X-Request-Id": request.request_id,
+        "X-Voicelane-Tier": await submission.tier(),
+        "X-Voicelane-Priority": str(submission.priority),
+        "X-Voicelane-Shared": "true" if submission.shared else "false",
+        "X-Voicelane-Sample-Rate": str(speaker.backend.sample_rate),
+        "X-Voicelane-Channels": "1",
+        "X-Voicelane-Sample-Format": "s16le",
+    }
+    if submission.meta.fallback:
+        headers["X-Voicelane-Fallback"] = submission.meta.fallback
+    if request.audio_format == "wav":
+        headers["Content-Type"] = "audio/wav"
+    else:
+        headers["Content-Type"] = "application/octet-stream"
+    if request.request_class is RequestClass.EMAIL:
+        followups = app[FOLLOWUPS_KEY].enqueue_email(request)
+        headers["X-Voicelane-Followups"] = f"/v1/followups/{request.request_id}"
+        headers["X-Voicelane-Followup-Count"] = str(len(followups))
+    return headers
+
+
+def _finish_speech(app: web.Application, request_class: RequestClass, stages: StageClock, *, outcome: str) -> None:
+    metrics, monitor = app[METRICS_KEY], app[MONITOR_KEY]
+    stages.mark("done")
+    metrics.requests.labels("speak", request_class.value, outcome).inc()
+    result = monitor.record(request_class, stages, error=outcome != "ok")
+    for stage, seconds in result.stages.items():
+        metrics.stage.labels(request_class.value, stage).observe(seconds)
+    if result.ttfa_s is not None:
+        metrics.ttfa.labels(request_class.value).observe(result.ttfa_s)
+        metrics.ttfa_target.labels(request_class.value, "true" if result.within_target else "false").inc()
+
+
+async def handle_followups(request: web.Request) -> web.Response:
+    request_id = request.match_info["request_id"]
+    followups = request.app[FOLLOWUPS_KEY].get(request_id)
+    if followups is None:
+        raise ApiError(404, "unknown_email", f"no follow-ups for request id {request_id!r}")
+    return web.json_response(
+        {"request_id": request_id, "segments": [f.describe(request_id) for f in followups]}
+    )
+
+
+async def handle_followup_audio(request: web.Request) -> web.Response:
+    request_id = request.match_info["request_id"]
+    followups = request.app[FOLLOWUPS_KEY].get(request_id)
+    try:
+        index = int(request.match_info["index"])
+    except ValueError:
+        raise ApiError(400, "invalid_field", "segment index must be an integer") from None
+    if followups is None or not 0 <= index < len(followups):
+        raise ApiError(404, "unknown_segment", f"no follow-up {index} for request id {request_id!r}")
+    followup = followups[index]
+    if followup.status == "failed":
+        raise ApiError(502, "segment_failed", f"segment {index} could not be produced: {followup.error}")
+    if followup.status != "ready":
+        raise ApiError(409, "segment_pending", f"segment {index} is {followup.status}", retry_after_s=1)
+    audio_format = request.query.get("format", "wav")
+    if audio_format not in ("wav", "pcm"):
+        raise ApiError(400, "invalid_field", "format must be wav or pcm")
+    body = followup.pcm
+    if audio_format == "wav":
+        body = wav_header(followup.sample_rate, data_bytes=len(body)) + body
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": "audio/wav" if audio_format == "wav" else "application/octet-stream",
+            "X-Voicelane-Sample-Rate": str(followup.sample_rate),
+        },
+    )
+
+
 # ----- observation ----------------------------------------------------------------------------------
 
 
 async def handle_stats(request: web.Request) -> web.Response:
     lane = request.app[LANE_KEY]
     state = request.app[STATE_KEY]
-    body = {"version": __version__, "uptime_s": round(time.monotonic() - state["started"], 3), **lane.snapshot()}
+    minutes: float | None = None
+    if "minutes" in request.query:
+        try:
+            minutes = float(request.query["minutes"])
+        except ValueError:
+            raise ApiError(400, "invalid_field", "minutes must be a number") from None
+        if not 0 < minutes <= 7 * 24 * 60:
+            raise ApiError(400, "invalid_field", "minutes must be between 0 and 10080")
+    speaker = request.app[SPEAKER_KEY]
+    body = {
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - state["started"], 3),
+        **lane.snapshot(),
+        "ttfa": request.app[MONITOR_KEY].stats(minutes),
+        "tts": {"backend": lane.config.tts.backend, "syntheses": speaker.backend.calls},
+        "phrase_bank": state.get("phrase_bank", {}),
+        "followups": request.app[FOLLOWUPS_KEY].stats(),
+    }
     return web.json_response(body)
 
 
@@ -265,11 +407,25 @@ def build_app(
         lane = Lane(config, metrics, local_pressure=LocalPressureSource())
     metrics.add_state(_state_metrics(lane))
 
+    def count_alert(alert: Alert) -> None:
+        metrics.alerts.labels(alert.request_class, alert.kind).inc()
+
+    monitor = TTFAMonitor(config.ttfa, on_alert=count_alert)
+    speaker = Speaker(lane, make_backend(config.tts), metrics, monitor)
+    followups = FollowUpStore(speaker)
+
     app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
     app[LANE_KEY] = lane
     app[METRICS_KEY] = metrics
-    app[STATE_KEY] = {"started": time.monotonic()}
+    state: dict[str, Any] = {"started": time.monotonic(), "phrase_bank": {"prepared": 0, "total": 0}}
+    app[STATE_KEY] = state
+    app[SPEAKER_KEY] = speaker
+    app[MONITOR_KEY] = monitor
+    app[FOLLOWUPS_KEY] = followups
     app.router.add_post("/v1/text", handle_text)
+    app.router.add_post("/v1/speak", handle_speak)
+    app.router.add_get("/v1/followups/{request_id}", handle_followups)
+    app.router.add_get("/v1/followups/{request_id}/{index}", handle_followup_audio)
     app.router.add_get("/v1/stats", handle_stats)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -286,16 +442,33 @@ def build_app(
     else:
         app.router.add_get("/metrics", handle_metrics)
 
-    watcher = ConfigWatcher(config_path, flags or {}, on_change=lane.reconfigure, metrics=metrics) if config_path else None
+    def apply_config(new: SidecarConfig) -> None:
+        lane.reconfigure(new)
+        monitor.reconfigure(new.ttfa)
+
+    watcher = ConfigWatcher(config_path, flags or {}, on_change=apply_config, metrics=metrics) if config_path else None
+    background: list[asyncio.Task[None]] = []
+
+    async def prepare_phrase_bank() -> None:
+        state["phrase_bank"] = {"prepared": 0, "total": len(config.phrase_bank.phrases) if config.phrase_bank.enabled else 0}
+        state["phrase_bank"]["prepared"] = await speaker.prepare_phrase_bank()
 
     async def on_startup(_: web.Application) -> None:
         await lane.start()
+        followups.start()
+        background.append(asyncio.create_task(prepare_phrase_bank(), name="voicelane-phrase-bank"))
         if watcher is not None:
             watcher.start()
 
     async def on_cleanup(_: web.Application) -> None:
         if watcher is not None:
             await watcher.stop()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await followups.stop()
+        await speaker.backend.close()
         await lane.stop()
 
     app.on_startup.append(on_startup)

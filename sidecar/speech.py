@@ -1,0 +1,373 @@
+"""The speech pipeline: model tokens → segmenter → TTS → audio chunks, coalesced and cached.
+
+The first audio byte is what users feel, so nothing waits for the whole rewrite:
+each segment the segmenter completes goes to TTS at once while the model keeps
+streaming. A spoken request is its own single flight over PCM chunks, so identical
+requests get the same audio from the first byte from one synthesis; finished audio
+is cached. Chat and notifications always speak: if the model fails or misses the
+class deadline, the original text is spoken instead (and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicelane.sidecar.broadcast import Broadcast
+from voicelane.sidecar.config import RequestClass, SidecarConfig, VoiceStyle
+from voicelane.sidecar.edge import TextRequest
+from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.lane import Lane, Submission
+from voicelane.sidecar.metrics import SidecarMetrics
+from voicelane.sidecar.segmenter import Segmenter, segment_text
+from voicelane.sidecar.singleflight import Flight
+from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
+from voicelane.sidecar.ttfa import StageClock, TTFAMonitor
+
+log = logging.getLogger("voicelane.sidecar.speech")
+
+ALWAYS_SPEAK = frozenset({RequestClass.CHAT, RequestClass.NOTIFICATION, RequestClass.EMAIL, RequestClass.EMAIL_TLDR})
+
+
+@dataclass(frozen=True)
+class AudioResult:
+    """Finished audio of one spoken request (16-bit mono PCM)."""
+
+    pcm: bytes
+    sample_rate: int
+    tier: str
+    fallback: str | None
+    spoken_text: str
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.pcm) + len(self.spoken_text.encode("utf-8")) + 256
+
+
+@dataclass
+class SpeechMeta:
+    """What a running audio flight has decided so far (read by joiners for their headers)."""
+
+    tier: str | None = None
+    fallback: str | None = None
+    stages: StageClock | None = None
+
+
+@dataclass
+class AudioSubmission:
+    request: TextRequest
+    priority: int
+    key: str
+    cached: AudioResult | None = None
+    flight: Flight[bytes, AudioResult] | None = None
+    meta: SpeechMeta = field(default_factory=SpeechMeta)
+
+    @property
+    def shared(self) -> bool:
+        return self.flight is not None and self.flight.shared
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.cached is not None:
+            yield self.cached.pcm
+            return
+        assert self.flight is not None
+        async with self.flight.subscribe() as stream:
+            async for chunk in stream:
+                yield chunk
+
+    async def tier(self) -> str:
+        if self.cached is not None:
+            return "cache"
+        assert self.flight is not None
+        if self.flight.done:
+            with contextlib.suppress(Exception):
+                return (await self.flight.result()).tier
+        return self.meta.tier or "unknown"
+
+
+class Speaker:
+    """Runs spoken requests through the lane and the TTS backend."""
+
+    def __init__(
+        self,
+        lane: Lane,
+        backend: TTSBackend,
+        metrics: SidecarMetrics,
+        monitor: TTFAMonitor,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lane = lane
+        self.backend = backend
+        self.metrics = metrics
+        self.monitor = monitor
+        self.clock = clock
+        self._meta: dict[str, SpeechMeta] = {}
+        # Spoken requests of priority 0/1 in progress; email segments wait while any run.
+        self.high_priority_active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def config(self) -> SidecarConfig:
+        return self.lane.config
+
+    # ----- keys and styles -----------------------------------------------------------------------
+
+    def style_for(self, request: TextRequest) -> VoiceStyle:
+        style = self.config.tts.classes.get(request.request_class, VoiceStyle())
+        return style
+
+    def audio_key(self, request: TextRequest, text_key: str) -> str:
+        """The text's key (text, class, language, tier, prompt version) plus how it is voiced."""
+        style = self.style_for(request)
+        voice = request.voice or style.voice or self.config.tts.voice
+        voicing = f"{self.config.tts.backend}|{voice}|{style.rate}|{style.style}"
+        return "audio:" + hashlib.sha256(f"{text_key}|{voicing}".encode()).hexdigest()
+
+    # ----- admission -----------------------------------------------------------------------------
+
+    def submit(self, request: TextRequest, stages: StageClock) -> AudioSubmission:
+        """Admit a spoken request now: audio cache, audio flight, or a new flight over the text lane."""
+        text_job = self.lane.text_job(
+            text=request.text,
+            request_class=request.request_class,
+            target_lang=request.target_lang,
+            request_id=request.request_id,
+        )
+        key = self.audio_key(request, text_job.key)
+        cached = self.lane.cache.get(key)
+        if isinstance(cached, AudioResult):
+            self.metrics.cache_lookups.labels("hit", "audio").inc()
+            return AudioSubmission(request, text_job.priority, key, cached=cached)
+        self.metrics.cache_lookups.labels("miss", "audio").inc()
+        if key in self.lane.flights:
+            self.metrics.singleflight.labels("joiner").inc()
+            flight = self.lane.flights.join(key, self._never_started)  # type: ignore[arg-type]
+            return AudioSubmission(request, text_job.priority, key, flight=flight, meta=self._meta.get(key, SpeechMeta()))
+        # May raise ApiError (rate limit, guardian, queue): a refusal leaves before any audio work.
+        text = self.lane.submit(text_job, received=stages.received)
+        stages.mark("admitted")
+        meta = SpeechMeta(stages=stages)
+        self._meta[key] = meta
+        flight = self.lane.flights.join(key, self._producer(request, text, text_job.priority, key, meta))  # type: ignore[arg-type]
+        return AudioSubmission(request, text_job.priority, key, flight=flight, meta=meta)
+
+    @staticmethod
+    async def _never_started(out: Broadcast[bytes]) -> AudioResult:  # pragma: no cover - joins only
+        raise RuntimeError("a joiner never starts a flight")
+
+    # ----- production ----------------------------------------------------------------------------
+
+    def _producer(
+        self, request: TextRequest, text: Submission, priority: int, key: str, meta: SpeechMeta
+    ) -> Callable[[Broadcast[bytes]], Any]:
+        async def produce(out: Broadcast[bytes]) -> AudioResult:
+            high = priority <= 1
+            if high:
+                self._enter_high()
+            try:
+                result = await self._speak(request, text, out, meta)
+            finally:
+                if high:
+                    self._leave_high()
+                self._meta.pop(key, None)
+            if result.fallback is None:
+                self.lane.cache.put(key, result, result.size_bytes)
+            return result
+
+        return produce
+
+    def _enter_high(self) -> None:
+        self.high_priority_active += 1
+        self._idle.clear()
+
+    def _leave_high(self) -> None:
+        self.high_priority_active -= 1
+        if self.high_priority_active == 0:
+            self._idle.set()
+
+    def _deadline_s(self, request_class: RequestClass) -> float:
+        ttfa = self.config.ttfa
+        return max(0.05, ttfa.targets.for_class(request_class) - ttfa.expected_tts_s)
+
+    def _fallback_text(self, request: TextRequest) -> str:
+        if request.request_class is RequestClass.EMAIL:
+            # The first sentences of the email, up to the TL;DR length, stand in for a summary.
+            spoken = ""
+            for sentence in segment_text(request.text, request.lang):
+                if spoken and len(spoken) + len(sentence) > self.config.classes.tldr_max_chars:
+                    break
+                spoken += sentence
+            return spoken.strip() or request.text[: self.config.classes.tldr_max_chars]
+        return request.text
+
+    async def _speak(self, request: TextRequest, text: Submission, out: Broadcast[bytes], meta: SpeechMeta) -> AudioResult:
+        stages = meta.stages or StageClock(self.clock())
+        segments: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+        limit = self.config.classes.tldr_max_chars if request.request_class is RequestClass.EMAIL else None
+        pump = asyncio.create_task(self._pump_segments(request, text, segments, stages, limit))
+        pcm = bytearray()
+        spoken: list[str] = []
+        fallback: str | None = None
+        try:
+            budget = self._deadline_s(request.request_class) - (self.clock() - stages.received)
+            try:
+                first = await asyncio.wait_for(segments.get(), timeout=max(0.0, budget))
+            except TimeoutError:
+                first = None
+                fallback = "deadline"
+            if isinstance(first, BaseException):
+                if request.request_class in ALWAYS_SPEAK and not _is_refusal(first):
+                    fallback = "model_failure"
+                else:
+                    raise first
+            if fallback is not None:
+                pump.cancel()
+                meta.fallback = fallback
+                meta.tier = "fallback"
+                self.metrics.fallbacks.labels(request.request_class.value, fallback).inc()
+                log.warning("speaking the original text", extra={"request_id": request.request_id, "reason": fallback})
+                queue_items: list[str | None] = [self._fallback_text(request), None]
+            else:
+                meta.tier = await text.tier(self.lane) or "unknown"
+                queue_items = [first] if isinstance(first, str) else [None]
+            await self._synthesize_all(request, queue_items, segments, out, pcm, spoken, stages, use_queue=fallback is None)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        stages.mark("done")
+        return AudioResult(bytes(pcm), self.backend.sample_rate, meta.tier or "unknown", fallback, "".join(spoken))
+
+    async def _pump_segments(
+        self,
+        request: TextRequest,
+        text: Submission,
+        segments: asyncio.Queue[str | None | BaseException],
+        stages: StageClock,
+        limit: int | None,
+    ) -> None:
+        segmenter = Segmenter(lang=request.target_lang)
+        emitted = 0
+        try:
+            async for token in text.tokens():
+                stages.mark("first_token")
+                for segment in segmenter.feed(token):
+                    if limit is not None and emitted >= limit:
+                        break
+                    stages.mark("first_segment")
+                    emitted += len(segment)
+                    await segments.put(segment)
+                if limit is not None and emitted >= limit:
+                    # The TL;DR is long enough; the email's body follows as segments.
+                    break
+            else:
+                for segment in segmenter.flush():
+                    stages.mark("first_segment")
+                    await segments.put(segment)
+        except ApiError as exc:
+            await segments.put(exc)
+            return
+        await segments.put(None)
+
+    async def _synthesize_all(
+        self,
+        request: TextRequest,
+        first_items: list[str | None],
+        segments: asyncio.Queue[str | None | BaseException],
+        out: Broadcast[bytes],
+        pcm: bytearray,
+        spoken: list[str],
+        stages: StageClock,
+        *,
+        use_queue: bool,
+    ) -> None:
+        pending = list(first_items)
+        while True:
+            item = pending.pop(0) if pending else (await segments.get() if use_queue else None)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                # The model broke off after speech began: what was spoken stands, the rest is an error.
+                raise item
+            sentence = item.strip()
+            if not sentence:
+                continue
+            spoken.append(item)
+            await self.synthesize_into(request, sentence, out, pcm, stages)
+
+    async def synthesize_into(
+        self, request: TextRequest, sentence: str, out: Broadcast[bytes], pcm: bytearray, stages: StageClock | None
+    ) -> None:
+        style = self.style_for(request)
+        speech = SpeechRequest(
+            text=sentence,
+            lang=request.target_lang,
+            voice=request.voice or style.voice or self.config.tts.voice,
+            rate=style.rate,
+            style=style.style,
+        )
+        backend_name = self.config.tts.backend
+        try:
+            async for chunk in self.backend.synthesize(speech):
+                if not chunk:
+                    continue
+                if stages is not None:
+                    stages.mark("tts_first_byte")
+                pcm.extend(chunk)
+                out.publish(chunk)
+        except TTSError as exc:
+            self.metrics.tts_calls.labels(backend_name, "error").inc()
+            raise ApiError(502, "tts_failed", f"speech synthesis failed: {exc}", retry_after_s=2) from None
+        self.metrics.tts_calls.labels(backend_name, "ok").inc()
+
+    # ----- phrase bank ---------------------------------------------------------------------------
+
+    async def prepare_phrase_bank(self) -> int:
+        """Synthesize the phrase bank into the cache so those phrases play from memory."""
+        bank = self.config.phrase_bank
+        if not bank.enabled:
+            return 0
+        prepared = 0
+        for phrase in bank.phrases:
+            request = TextRequest(
+                text=phrase,
+                request_class=bank.source,
+                lang=self.config.default_lang,
+                target_lang=self.config.default_lang,
+                request_id="phrase-bank",
+            )
+            text_job = self.lane.text_job(
+                text=phrase, request_class=bank.source, target_lang=request.target_lang, request_id="phrase-bank"
+            )
+            self.lane.prime_text(text_job, phrase)
+            out: Broadcast[bytes] = Broadcast()
+            pcm = bytearray()
+            try:
+                await self.synthesize_into(request, phrase, out, pcm, None)
+            except ApiError:
+                log.warning("phrase bank: could not synthesize a phrase; it will be synthesized on first use")
+                continue
+            result = AudioResult(bytes(pcm), self.backend.sample_rate, "phrase_bank", None, phrase)
+            self.lane.cache.put(self.audio_key(request, text_job.key), result, result.size_bytes, pinned=True)
+            prepared += 1
+        return prepared
+
+    async def wait_for_idle_high_priority(self) -> None:
+        """Return once no priority-0/1 speech runs and the scheduler has no 0/1 work."""
+        while True:
+            await self._idle.wait()
+            if self.lane.scheduler_idle_above(2):
+                return
+            await asyncio.sleep(0.02)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status in (429, 503) and exc.code in {"rate_limited", "queue_full", "guardian_emergency"}
