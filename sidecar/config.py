@@ -149,7 +149,10 @@ class PhraseBankConfig(_Model):
 DEFAULT_COMPLEX_PATTERNS: dict[str, str] = {
     "url": r"(?i)\b(?:https?://|www\.)\S+",
     "email_address": r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b",
-    "code": r"`|\b(?:def|class|function|return|import)\b.*[(){};]|[{};]\s*$|=>|::",
+    # Keywords count only in code shape ("def f(", "return x;", a line "import os"), so that
+    # prose such as "please return my call (after lunch)" stays on the fast tier.
+    "code": r"(?m)`|=>|::|[{};]\s*$|\b\w+\(\)|\b(?:def|function)\s+\w+\s*\(|\bclass\s+\w+\s*[:({]"
+    r"|\breturn\s+[\w.]+\s*[(;]|^\s*(?:import\s+[\w.]+\s*$|from\s+[\w.]+\s+import\b)",
     "long_digits": r"\d[\d\s-]{7,}\d",
     "list_or_table": r"(?m)^\s*(?:[-*•]|\d+[.)])\s+\S|\|.*\|",
     "mixed_scripts": r"[A-Za-zÀ-ÿ].*[\u0400-\u04FF\u0600-\u06FF\u0590-\u05FF\u3040-\u30FF\u4E00-\u9FFF]"
