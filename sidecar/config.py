@@ -70,6 +70,7 @@ class SchedulerConfig(_Model):
     max_running_per_priority: int = Field(1, ge=1, le=64, description="Concurrent model calls per priority level.")
     max_waiting: int = Field(3, ge=0, le=10_000, description="Requests waiting in total; beyond that 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a queue-full 429.")
+    priorities: bool = Field(True, description="False: one FIFO queue for every class (the baseline).")
 
 
 class RateLimitConfig(_Model):
@@ -102,6 +103,12 @@ class GuardianConfig(_Model):
         0.5, gt=0, le=1, description="A tier is saturated when this share of recent calls were 503s or timeouts."
     )
     upstream_window_s: Seconds = Field(10.0, description="The recent window for upstream saturation.")
+    upstream_min_samples: int = Field(
+        3, ge=1, le=10_000, description="Calls a tier needs in the recent window before saturation is judged."
+    )
+    upstream_min_ttft_s: float = Field(
+        0.5, ge=0, le=3600, description="Recent TTFT below this is never saturation, however it compares."
+    )
 
 
 class SingleFlightConfig(_Model):
@@ -167,6 +174,9 @@ class RoutingConfig(_Model):
         description="Named regular expressions; a match sends the text to the deep tier.",
     )
     failover: bool = Field(True, description="Retry on the other tier when a call fails before its first token.")
+    mode: Literal["auto", "fast_only", "deep_only"] = Field(
+        "auto", description="auto routes by length and patterns; the others pin every request to one tier."
+    )
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> RoutingConfig:
@@ -258,6 +268,9 @@ class TTSConfig(_Model):
     model: str = "tts-1"
     voice: str = "sv"
     sample_rate: int = Field(22050, ge=8000, le=48000)
+    sentence_streaming: bool = Field(
+        True, description="Speak each segment as soon as the model completes it; False waits for the whole text."
+    )
     timeout_s: Seconds = 15.0
     api_key: str | None = None
     classes: dict[RequestClass, VoiceStyle] = Field(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,7 +243,7 @@ class Lane:
         self, *, text: str, request_class: RequestClass, target_lang: str, request_id: str, kind: str = "text"
     ) -> Job:
         config = self.config
-        route = self.router.choose(text)
+        route = self.route(text)
         passthrough = config.prompts.passthrough
         key = request_key(
             text=text,
@@ -255,7 +256,7 @@ class Lane:
         return Job(
             key=key,
             request_class=request_class,
-            priority=priority_for(request_class, text, config.classes),
+            priority=self.priority(request_class, text),
             route=route,
             messages=build_messages(config, text=text, request_class=request_class, target_lang=target_lang),
             request_id=request_id,
@@ -276,7 +277,7 @@ class Lane:
 
         last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
         request_class = request_class or default_class_for_text(last_user, self.config.classes)
-        route = self.router.choose(last_user)
+        route = self.route(last_user)
         canonical = json.dumps([messages, dict(options)], sort_keys=True, ensure_ascii=False)
         key = request_key(
             text=canonical,
@@ -289,12 +290,24 @@ class Lane:
         return Job(
             key=key,
             request_class=request_class,
-            priority=priority_for(request_class, last_user, self.config.classes),
+            priority=self.priority(request_class, last_user),
             route=route,
             messages=messages,
             request_id=request_id,
             options=options,
         )
+
+    def route(self, text: str) -> RouteDecision:
+        mode = self.config.routing.mode
+        if mode == "fast_only":
+            return RouteDecision(Tier.FAST, ("mode:fast_only",))
+        if mode == "deep_only":
+            return RouteDecision(Tier.DEEP, ("mode:deep_only",))
+        return self.router.choose(text)
+
+    def priority(self, request_class: RequestClass, text: str) -> int:
+        # Without priorities every class shares one FIFO level (the baseline the demo compares with).
+        return priority_for(request_class, text, self.config.classes) if self.config.scheduler.priorities else 0
 
     def submit(self, job: Job, *, received: float | None = None, internal: bool = False) -> Submission:
         """Admit `job` now (no awaiting between look-up and flight creation, so admission is atomic).
@@ -309,10 +322,11 @@ class Lane:
             self.metrics.cache_lookups.labels("hit", "text").inc()
             return Submission(job, cached=cached)
         self.metrics.cache_lookups.labels("miss", "text").inc()
-        existing = self.flights.get(job.key)
-        if existing is not None:
+        # With single-flight off every leader gets a flight of its own.
+        flight_key = job.key if self.config.single_flight.enabled else f"{job.key}:{uuid.uuid4().hex}"
+        if flight_key in self.flights:
             self.metrics.singleflight.labels("joiner").inc()
-            return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
+            return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
         if job.passthrough_text is None and not internal:
             decision = self.guardian.admit()
             self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
@@ -325,7 +339,7 @@ class Lane:
                 )
                 raise ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s)
         self.metrics.singleflight.labels("leader").inc()
-        return Submission(job, flight=self.flights.join(job.key, self._producer(job, received)))
+        return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
 
     def prime_text(self, job: Job, text: str) -> None:
         """Cache `text` as the answer to `job` (the phrase bank: phrases are already speakable)."""

@@ -26,7 +26,7 @@ from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.segmenter import Segmenter, segment_text
-from voicelane.sidecar.singleflight import Flight
+from voicelane.sidecar.singleflight import Flight, SingleFlight
 from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
 from voicelane.sidecar.ttfa import StageClock, TTFAMonitor
 
@@ -109,6 +109,8 @@ class Speaker:
         self.monitor = monitor
         self.clock = clock
         self._meta: dict[str, SpeechMeta] = {}
+        # Audio flights are apart from the lane's text flights: their chunks are PCM bytes.
+        self.flights: SingleFlight[str, bytes] = SingleFlight(window_s=lane.flights.window_s, clock=clock)
         # Spoken requests of priority 0/1 in progress; email segments wait while any run.
         self.high_priority_active = 0
         self._idle = asyncio.Event()
@@ -147,16 +149,19 @@ class Speaker:
             self.metrics.cache_lookups.labels("hit", "audio").inc()
             return AudioSubmission(request, text_job.priority, key, cached=cached)
         self.metrics.cache_lookups.labels("miss", "audio").inc()
-        if key in self.lane.flights:
+        self.flights.window_s = self.lane.flights.window_s
+        if self.config.single_flight.enabled and key in self.flights:
             self.metrics.singleflight.labels("joiner").inc()
-            flight = self.lane.flights.join(key, self._never_started)  # type: ignore[arg-type]
+            flight: Flight[bytes, AudioResult] = self.flights.join(key, self._never_started)
             return AudioSubmission(request, text_job.priority, key, flight=flight, meta=self._meta.get(key, SpeechMeta()))
         # May raise ApiError (rate limit, guardian, queue): a refusal leaves before any audio work.
         text = self.lane.submit(text_job, received=stages.received)
         stages.mark("admitted")
         meta = SpeechMeta(stages=stages)
-        self._meta[key] = meta
-        flight = self.lane.flights.join(key, self._producer(request, text, text_job.priority, key, meta))  # type: ignore[arg-type]
+        flight_key = key if self.config.single_flight.enabled else f"{key}:{id(meta)}"
+        self._meta[flight_key] = meta
+        producer = self._producer(request, text, text_job.priority, key, meta, flight_key)
+        flight = self.flights.join(flight_key, producer)
         return AudioSubmission(request, text_job.priority, key, flight=flight, meta=meta)
 
     @staticmethod
@@ -166,7 +171,7 @@ class Speaker:
     # ----- production ----------------------------------------------------------------------------
 
     def _producer(
-        self, request: TextRequest, text: Submission, priority: int, key: str, meta: SpeechMeta
+        self, request: TextRequest, text: Submission, priority: int, key: str, meta: SpeechMeta, flight_key: str
     ) -> Callable[[Broadcast[bytes]], Any]:
         async def produce(out: Broadcast[bytes]) -> AudioResult:
             high = priority <= 1
@@ -177,7 +182,7 @@ class Speaker:
             finally:
                 if high:
                     self._leave_high()
-                self._meta.pop(key, None)
+                self._meta.pop(flight_key, None)
             if result.fallback is None:
                 self.lane.cache.put(key, result, result.size_bytes)
             return result
@@ -256,10 +261,15 @@ class Speaker:
     ) -> None:
         segmenter = Segmenter(lang=request.target_lang)
         emitted = 0
+        streaming = self.config.tts.sentence_streaming
+        held: list[str] = []  # without sentence streaming, segments wait for the whole text
         try:
             async for token in text.tokens():
                 stages.mark("first_token")
                 for segment in segmenter.feed(token):
+                    if not streaming:
+                        held.append(segment)
+                        continue
                     if limit is not None and emitted >= limit:
                         break
                     stages.mark("first_segment")
@@ -269,7 +279,7 @@ class Speaker:
                     # The TL;DR is long enough; the email's body follows as segments.
                     break
             else:
-                for segment in segmenter.flush():
+                for segment in [*held, *segmenter.flush()]:
                     stages.mark("first_segment")
                     await segments.put(segment)
         except ApiError as exc:

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "voicelane.sidecar.cli",
     "voicelane.sim.cli",
     "voicelane.operator.cli",
+    "voicelane.demo",
 )
 
 

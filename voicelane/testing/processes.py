@@ -112,8 +112,12 @@ class ManagedProcess:
 
 
 def voicelane_argv(*args: str) -> list[str]:
-    """Run the CLI with the interpreter running us, so tests use the installed package."""
-    return [sys.executable, "-m", "voicelane", *args]
+    """Run the CLI with the interpreter running us, so tests use the installed package.
+
+    `-P` keeps the working directory off sys.path: started from the repository root,
+    the folder `operator/` would otherwise shadow the standard library's `operator`.
+    """
+    return [sys.executable, "-P", "-m", "voicelane", *args]
 
 
 @contextlib.contextmanager

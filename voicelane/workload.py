@@ -1,0 +1,168 @@
+"""A realistic mixed voice workload and the client that replays it, measuring TTFA per request.
+
+The demo and the benchmarks both replay a script of timed steps against a sidecar over
+real HTTP and measure, client-side, the time from sending a request to receiving its
+first audio byte. Raw PCM is requested so the first body byte is audio, not a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+
+CHATS = (
+    "Hej! Ses vi vid lunch idag?",
+    "Kan du ringa mig när du har en minut?",
+    "Tack för hjälpen med rapporten igår.",
+    "I'm running ten minutes late, start without me.",
+    "Perfekt, då bokar jag ett bord till klockan tolv.",
+    "Did you get the slides I sent this morning?",
+    "Vi flyttar mötet till konferensrum B.",
+    "Glöm inte att köpa mjölk på vägen hem.",
+    "Great work on the release, the team is impressed.",
+    "Kommer du på fredagsfikat?",
+)
+NOTIFICATIONS = (
+    "Ditt paket har levererats till brevlådan.",
+    "Påminnelse: tandläkare i morgon kl. 09.30.",
+    "Your build finished successfully.",
+    "Batteriet är nere på 15 procent.",
+    "Ny kommentar på ditt inlägg.",
+)
+EMAILS = (
+    "Hej alla! Här kommer en sammanfattning av veckans arbete. Vi har slutfört migreringen av "
+    "databasen och alla tjänster körs nu mot det nya klustret. Nästa vecka fokuserar vi på "
+    "prestanda: svarstiderna för sökningen ska ner under 200 ms. Anna tar ansvar för mätningarna "
+    "och Erik ser över indexen. Budgeten för kvartalet ligger fortfarande inom ramen, men vi behöver "
+    "prioritera om två mindre projekt. Hör av er om ni har frågor. Hälsningar, Maria",
+    "Hi team, quick update on the customer rollout. Three of the five pilot sites are live and the "
+    "feedback has been positive overall. The main complaint is the login flow on older tablets, "
+    "which we will fix in the next patch. Please review the attached plan before Thursday's meeting "
+    "and add your comments. We also need a volunteer to run the training session next week. Thanks, Sam",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request of the script: when to send it (seconds from the start) and what."""
+
+    at_s: float
+    label: str  # chat, notification, email, duplicate, burst
+    source: str
+    text: str
+
+
+@dataclass
+class Measurement:
+    step: Step
+    status: int
+    started_s: float
+    ttfa_s: float | None
+    total_s: float
+    audio_bytes: int
+    tier: str | None
+    shared: bool
+    fallback: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["step"] = asdict(self.step)
+        return data
+
+
+def mixed_workload(*, duration_s: float = 20.0, seed: int = 7) -> list[Step]:
+    """Chats and notifications through the run, a few emails, duplicates within 2 s, one burst."""
+    rng = random.Random(seed)
+    steps: list[Step] = []
+    t = 0.5
+    while t < duration_s:
+        steps.append(Step(round(t, 3), "chat", "chat", rng.choice(CHATS)))
+        t += rng.uniform(0.8, 1.6)
+    t = 1.0
+    while t < duration_s:
+        steps.append(Step(round(t, 3), "notification", "notification", rng.choice(NOTIFICATIONS)))
+        t += rng.uniform(2.0, 3.5)
+    for index, email in enumerate(EMAILS):
+        steps.append(Step(round(2.0 + index * duration_s / 2.5, 3), "email", "email", email))
+    # The same notification from three devices within two seconds.
+    dup_at = duration_s * 0.35
+    dup_text = "Ditt möte börjar om fem minuter."
+    steps.extend(Step(round(dup_at + d, 3), "duplicate", "notification", dup_text) for d in (0.0, 0.4, 1.2))
+    # A burst beyond the rate limit: twelve distinct chats at once.
+    burst_at = duration_s * 0.6
+    steps.extend(Step(round(burst_at, 3), "burst", "chat", f"Snabbt meddelande nummer {n}.") for n in range(12))
+    return sorted(steps, key=lambda s: s.at_s)
+
+
+async def _one(session: aiohttp.ClientSession, url: str, step: Step, start: float) -> Measurement:
+    await asyncio.sleep(max(0.0, start + step.at_s - time.monotonic()))
+    sent = time.monotonic()
+    ttfa: float | None = None
+    size = 0
+    try:
+        async with session.post(url + "/v1/speak", json={"text": step.text, "source": step.source, "format": "pcm"}) as r:
+            if r.status == 200:
+                async for chunk in r.content.iter_any():
+                    if chunk and ttfa is None:
+                        ttfa = time.monotonic() - sent
+                    size += len(chunk)
+            else:
+                await r.read()
+            return Measurement(
+                step,
+                r.status,
+                sent - start,
+                ttfa,
+                time.monotonic() - sent,
+                size,
+                r.headers.get("X-Voicelane-Tier"),
+                r.headers.get("X-Voicelane-Shared") == "true",
+                r.headers.get("X-Voicelane-Fallback"),
+            )
+    except (aiohttp.ClientError, TimeoutError):
+        return Measurement(step, 0, sent - start, None, time.monotonic() - sent, size, None, False, None)
+
+
+async def replay(url: str, steps: Sequence[Step], *, timeout_s: float = 120.0) -> list[Measurement]:
+    """Send every step at its time (concurrently, as independent clients would) and measure each."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = time.monotonic() + 0.05
+        return list(await asyncio.gather(*(_one(session, url, step, start) for step in steps)))
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
+
+
+def summarize(measurements: Sequence[Measurement]) -> dict[str, dict[str, Any]]:
+    """Per label: count, TTFA p50/p95 of the answered ones, and how many were refused or failed."""
+    summary: dict[str, dict[str, Any]] = {}
+    for label in ("chat", "notification", "email", "duplicate", "burst"):
+        subset = [m for m in measurements if m.step.label == label]
+        if not subset:
+            continue
+        answered = [m.ttfa_s for m in subset if m.ttfa_s is not None]
+        summary[label] = {
+            "count": len(subset),
+            "answered": len(answered),
+            "refused": sum(1 for m in subset if m.status in (429, 503)),
+            "failed": sum(1 for m in subset if m.status not in (200, 429, 503)),
+            "shared": sum(1 for m in subset if m.shared),
+            "fallbacks": sum(1 for m in subset if m.fallback),
+            "p50_s": quantile(answered, 0.50),
+            "p95_s": quantile(answered, 0.95),
+        }
+    return summary
