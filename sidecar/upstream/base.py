@@ -1,0 +1,106 @@
+"""What every upstream client offers the router: a token stream, a health probe, and one error type.
+
+`UpstreamError.kind` is the vocabulary routing and metrics use:
+
+- `refused`: no connection, or the server closed it before answering;
+- `timeout`: nothing within connect, first-token, idle-between-tokens or total time;
+- `http_status`: an answer with a non-2xx status (`status` says which);
+- `protocol`: a stream that is malformed, too large, or ends without its done marker;
+- `server_error`: the server reported an error inside an otherwise good stream;
+- `cancelled`: the client was closed while the call ran.
+
+`before_first_token` says whether any text reached the caller; only such calls may
+fail over to another tier without the listener hearing a seam.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from voicelane.sidecar.config import Protocol, UpstreamConfig
+
+ErrorKind = Literal["refused", "timeout", "http_status", "protocol", "server_error", "cancelled"]
+
+# Statuses worth retrying elsewhere or later: the server is overloaded or broken, the request is fine.
+_RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+class UpstreamError(Exception):
+    """A failed upstream call, classified for routing, circuits and metrics."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        before_first_token: bool = True,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+        self.before_first_token = before_first_token
+        self.retryable = self._default_retryable(kind, status) if retryable is None else retryable
+
+    @staticmethod
+    def _default_retryable(kind: ErrorKind, status: int | None) -> bool:
+        # A 503 from Ollama means its queue is full: a failure of that tier, not of the request.
+        if kind == "http_status":
+            return status is not None and (status >= 500 or status in _RETRYABLE_STATUSES)
+        return kind != "cancelled"
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(kind={self.kind!r}, status={self.status!r}, "
+            f"before_first_token={self.before_first_token!r}, message={self.message!r})"
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat call. Fields left as None take the upstream's configured value."""
+
+    messages: Sequence[Mapping[str, str]]
+    model: str | None = None
+    num_predict: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] | None = None
+    keep_alive: str | None = None
+
+
+class UpstreamClient(ABC):
+    """A pooled client for one model server."""
+
+    config: UpstreamConfig
+
+    @abstractmethod
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[str]:
+        """Yield content tokens as they arrive.
+
+        Raises UpstreamError on any failure; a stream that ends without the server's
+        done marker raises (kind `protocol`) rather than looking complete.
+        """
+
+    @abstractmethod
+    async def health(self) -> bool:
+        """True if the server answers its cheap status endpoint; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release pooled connections; calls still running fail with kind `cancelled`."""
+
+
+def make_client(config: UpstreamConfig) -> UpstreamClient:
+    """The client for `config.protocol`."""
+    if config.protocol is Protocol.OPENAI:
+        from voicelane.sidecar.upstream.openai import OpenAIClient
+
+        return OpenAIClient(config)
+    from voicelane.sidecar.upstream.ollama import OllamaClient
+
+    return OllamaClient(config)
