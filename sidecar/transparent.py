@@ -73,6 +73,7 @@ async def _admit(request: web.Request, lane: Lane, *, api: str) -> tuple[dict[st
             messages.insert(0, {"role": "system", "content": payload["system"]})
     else:
         messages = _messages(payload, lane)
+    options: dict[str, Any]
     if api == "openai":
         options = {k: payload[k] for k in ("temperature", "stop") if k in payload}
         if "max_tokens" in payload:

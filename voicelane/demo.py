@@ -245,7 +245,8 @@ def write_charts(report_dir: Path, variants: list[dict[str, Any]]) -> list[Path]
         points = [(m.started_s, m.ttfa_s) for m in variant["measurements"] if m.ttfa_s is not None]
         refused = [m.started_s for m in variant["measurements"] if m.status in (429, 503)]
         if points:
-            ax.scatter(*zip(*points, strict=True), s=12, label=f"{variant['name']} answered")
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, s=12, label=f"{variant['name']} answered")
         if refused:
             ax.scatter(refused, [0] * len(refused), marker="x", label=f"{variant['name']} refused (429/503)")
     ax.set_xlabel("seconds since start")

