@@ -3,15 +3,190 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+# Offline review has no cluster to assign these; the operator always has the real ones.
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+DEFAULT_NAMESPACE = "default"
 
 
 def add_parser(subparsers: Any) -> None:
-    operator = subparsers.add_parser("operator", help="Run the VoiceLane operator (kopf).")
-    operator.set_defaults(handler=_not_ready)
-    render = subparsers.add_parser("render", help="Print the objects the operator would apply for a VoiceLane.")
-    render.set_defaults(handler=_not_ready)
+    operator = subparsers.add_parser(
+        "operator",
+        help="Run the VoiceLane operator (kopf).",
+        description="Reconcile VoiceLane resources into warm, reserved fast and deep Ollama tiers.",
+    )
+    operator.add_argument(
+        "--kubeconfig", metavar="PATH", type=Path, help="Kubeconfig file (default: in-cluster)."
+    )
+    operator.add_argument(
+        "--namespace",
+        metavar="NS",
+        action="append",
+        help="Watch this namespace (repeatable; default: all namespaces).",
+    )
+    operator.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="Address of /metrics and the health probes "
+        "(default 0.0.0.0:8080 in a cluster, else 127.0.0.1:8080).",
+    )
+    operator.add_argument(
+        "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz."
+    )
+    operator.add_argument(
+        "--operator-namespace",
+        metavar="NS",
+        help="Namespace whose operator pods each lane's NetworkPolicy admits "
+        "(default: the pod's own namespace in a cluster, else any namespace).",
+    )
+    operator.set_defaults(handler=run_operator)
+
+    render = subparsers.add_parser(
+        "render",
+        help="Print the objects the operator would apply for a VoiceLane.",
+        description="Render a VoiceLane offline into the exact child objects the operator applies, "
+        "as a multi-document YAML stream.",
+    )
+    render.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        metavar="FILE",
+        help="VoiceLane YAML (one or more documents; - for stdin).",
+    )
+    render.add_argument(
+        "-n",
+        "--namespace",
+        metavar="NS",
+        help=f"Namespace of lanes that name none (default: {DEFAULT_NAMESPACE}).",
+    )
+    render.add_argument(
+        "--operator-namespace",
+        metavar="NS",
+        help="Namespace of the operator, for the NetworkPolicy "
+        "(default: admit operator pods from any namespace).",
+    )
+    render.set_defaults(handler=run_render)
+
+    crd = subparsers.add_parser("crd", help="Print the VoiceLane CustomResourceDefinition as YAML.")
+    crd.set_defaults(handler=run_crd)
 
 
-def _not_ready(args: argparse.Namespace) -> int:
-    raise SystemExit(f"voicelane {args.command}: not available in this build")
+def default_metrics_listen(environ: Mapping[str, str]) -> str:
+    # Inside a pod the kubelet and Prometheus reach it from outside; on a laptop, stay on loopback.
+    return "0.0.0.0:8080" if environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1:8080"
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    if args.metrics_listen is None:
+        args.metrics_listen = default_metrics_listen(os.environ)
+    try:
+        from voicelane.operator.main import run
+    except ModuleNotFoundError as exc:
+        if exc.name != "voicelane.operator.main":
+            raise
+        print("voicelane operator: the operator runtime is not part of this build", file=sys.stderr)
+        return 2
+    result: int = run(args)
+    return result
+
+
+def _review_dumper() -> type:
+    """A YAML dumper whose multi-line strings (scripts, sidecar.yaml) print as readable blocks."""
+    import yaml
+
+    class ReviewDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    ReviewDumper.add_representer(str, represent_str)
+    return ReviewDumper
+
+
+def dump_yaml_stream(documents: Iterable[Mapping[str, Any]], stream: TextIO) -> None:
+    import yaml
+
+    yaml.dump_all(
+        list(documents),
+        stream,
+        Dumper=_review_dumper(),
+        sort_keys=False,
+        allow_unicode=True,
+        explicit_start=True,
+        width=120,
+    )
+
+
+def _read_lanes(filename: str) -> list[Any]:
+    import yaml
+
+    try:
+        text = sys.stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}") from None
+
+
+def _offline_lane(document: Any, *, namespace: str, position: int) -> dict[str, Any]:
+    from voicelane.operator.api import API_VERSION, KIND, SpecError
+
+    where = f"document {position}"
+    if not isinstance(document, dict):
+        raise SpecError(f"{where}: expected a VoiceLane mapping, got {type(document).__name__}")
+    if document.get("apiVersion") != API_VERSION or document.get("kind") != KIND:
+        raise SpecError(
+            f"{where}: expected apiVersion {API_VERSION} kind {KIND}, "
+            f"got {document.get('apiVersion')} {document.get('kind')}"
+        )
+    metadata = dict(document.get("metadata") or {})
+    metadata.setdefault("namespace", namespace)
+    metadata.setdefault("uid", PLACEHOLDER_UID)
+    return {**document, "metadata": metadata}
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from voicelane.operator.api import SpecError
+    from voicelane.operator.render import render_children, tier_warnings
+
+    prefix = f"voicelane render: {args.filename}"
+    try:
+        documents = _read_lanes(args.filename)
+    except ValueError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 2
+    if not documents:
+        print(f"{prefix}: no VoiceLane in the file", file=sys.stderr)
+        return 2
+    children: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    try:
+        for position, document in enumerate(documents, start=1):
+            lane = _offline_lane(document, namespace=args.namespace or DEFAULT_NAMESPACE, position=position)
+            children += render_children(lane, operator_namespace=args.operator_namespace)
+            warnings += tier_warnings(lane["spec"])
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"{prefix}: {problem}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"{prefix}: warning: {warning}", file=sys.stderr)
+    dump_yaml_stream(children, sys.stdout)
+    return 0
+
+
+def run_crd(args: argparse.Namespace) -> int:
+    from voicelane.operator.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0

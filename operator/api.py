@@ -1,0 +1,662 @@
+"""The VoiceLane API: the typed spec and status of a lane, the one Python source of truth.
+
+The CRD's openAPIV3Schema is generated from these models (see `crd.py`), and the
+renderer validates every VoiceLane through them, so the API server and
+`voicelane render` reject the same specs. Field names are camelCase on the wire
+(the Kubernetes convention) and snake_case in Python.
+
+The lane-wide policy, routing, TTS and per-tier client sections are subclasses of
+the sidecar's own configuration models: the same fields, defaults, ranges and
+validators, only spelled the Kubernetes way (`retry_after_s` → `retryAfterSeconds`).
+A sidecar field that is not reachable from here must be listed in
+`OPERATOR_OWNED_SIDECAR_FIELDS`, which a test checks.
+
+Cross-field rules are `CelRule`s: each carries its CEL expression and message for
+the CRD's `x-kubernetes-validations` and a Python predicate for the same rule, so
+both sides enforce one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from voicelane.sidecar.config import (
+    CacheConfig,
+    ClassesConfig,
+    GuardianConfig,
+    LimitsConfig,
+    PhraseBankConfig,
+    PromptsConfig,
+    Protocol,
+    RateLimitConfig,
+    RoutingConfig,
+    SchedulerConfig,
+    ServerConfig,
+    SingleFlightConfig,
+    TTFAConfig,
+    TTFATargets,
+    TTSConfig,
+    UpstreamConfig,
+)
+
+GROUP = "voicelane.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VoiceLane"
+PLURAL = "voicelanes"
+SINGULAR = "voicelane"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+TIERS: tuple[Literal["fast", "deep"], ...] = ("fast", "deep")
+TierName = Literal["fast", "deep"]
+
+# Pinned rather than `latest`, so a lane's pods do not change under it.
+DEFAULT_OLLAMA_IMAGE = "ollama/ollama:0.24.0"
+
+# A lane's name prefixes Service names such as `<lane>-fast-models` (12 characters
+# of suffix), and Service names are DNS-1035 labels of at most 63 characters.
+MAX_LANE_NAME_LENGTH = 50
+LANE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class SpecError(ValueError):
+    """An invalid VoiceLane: each problem names the field (`spec.fast.resources.cpu: ...`)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.message = message
+        self.problems = problems if problems is not None else [message]
+        super().__init__(message)
+
+
+class CelRule(NamedTuple):
+    """One cross-field rule, in CEL for the API server and in Python for the renderer."""
+
+    rule: str
+    message: str
+    holds: Callable[[Any], bool]
+
+    def as_validation(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+def k8s_field_name(python_name: str) -> str:
+    """`retry_after_s` → `retryAfterSeconds`, `sustained_per_s` → `sustainedPerSecond`.
+
+    The sidecar's YAML abbreviates seconds as `_s`; Kubernetes spells units out
+    (`periodSeconds`), so the CRD does too.
+    """
+    if python_name.endswith("_per_s"):
+        python_name = python_name[: -len("_per_s")] + "_per_second"
+    elif python_name.endswith("_s"):
+        python_name = python_name[: -len("_s")] + "_seconds"
+    head, *rest = python_name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _add_cel_rules(schema: dict[str, Any], model: type) -> None:
+    rules: tuple[CelRule, ...] = getattr(model, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [rule.as_validation() for rule in rules]
+
+
+class SpecModel(BaseModel):
+    """Base of every API model: camelCase on the wire, frozen, unknown keys refused, CEL rules checked."""
+
+    model_config = ConfigDict(
+        alias_generator=k8s_field_name,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_add_cel_rules,
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+    # Sidecar fields the operator sets itself: wire name → where the value comes from.
+    operator_owned: ClassVar[Mapping[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_operator_owned(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, source in cls.operator_owned.items():
+                if key in data:
+                    raise ValueError(f"{key} cannot be set here: {source}")
+        return data
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> SpecModel:
+        for rule in type(self).cel_rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
+
+
+# --- Kubernetes value types -------------------------------------------------------------
+
+# Positive quantities only (at least one non-zero digit); the exponent forms are left out.
+QUANTITY_PATTERN = r"^([0-9]*[1-9][0-9]*(\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)(m|[KMGTPE]i|[kMGTPE])?$"
+GO_DURATION_PATTERN = r"^-?([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Ollama model references: [registry/][namespace/]name[:tag]; no shell metacharacters.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+
+
+def parse_quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity as a Decimal (`500m` → 0.5); ValueError if it is not one."""
+    from kubernetes.utils.quantity import parse_quantity as _parse
+
+    if isinstance(value, bool):
+        raise ValueError("must be a quantity, not a boolean")
+    try:
+        return Decimal(_parse(value))
+    except (ValueError, TypeError, InvalidOperation) as exc:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as 2, 500m or 4Gi") from exc
+
+
+def _positive_quantity(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be a positive quantity such as 2, 500m or 4Gi")
+        return str(value)
+    if not isinstance(value, str) or not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a positive Kubernetes quantity such as 2, 500m or 4Gi")
+    parse_quantity(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_positive_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+GoDuration = Annotated[str, Field(pattern=GO_DURATION_PATTERN, max_length=32)]
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+_DURATION_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go duration (`1h30m`, `-1s`).
+
+    Written here because the standard library has no parser for Go's format, and
+    Ollama, the CRD's CEL `duration()` and this spec all use that format.
+    """
+    if not re.fullmatch(GO_DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 30s, 15m or 1h30m")
+    sign = -1.0 if text.startswith("-") else 1.0
+    return sign * sum(float(n) * _DURATION_UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+# --- per tier ---------------------------------------------------------------------------
+
+
+class ResourcesSpec(SpecModel):
+    """CPU and memory reserved for the model server: requests equal limits (Guaranteed QoS)."""
+
+    cpu: Quantity = Field(
+        description="CPUs, e.g. 4 or 1500m. Whole CPUs let the kubelet's static CPU manager pin them; "
+        "a fraction is accepted and reported in a condition."
+    )
+    memory: Quantity = Field(description="Memory, e.g. 8Gi: the model, its context cache and the server.")
+
+
+class StorageSpec(SpecModel):
+    """Where pulled models are kept; with neither size nor existingClaim, an emptyDir."""
+
+    cel_rules = (
+        CelRule(
+            "!(has(self.size) && has(self.existingClaim))",
+            "size and existingClaim are mutually exclusive: "
+            "size asks for a new claim, existingClaim mounts yours",
+            lambda s: not (s.size is not None and s.existing_claim is not None),
+        ),
+        CelRule(
+            "!has(self.storageClassName) || has(self.size)",
+            "storageClassName applies only to a new claim: set size with it",
+            lambda s: s.storage_class_name is None or s.size is not None,
+        ),
+    )
+
+    size: Quantity | None = Field(
+        None, description="Size of a new PersistentVolumeClaim for the model store."
+    )
+    storage_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass of the new claim."
+    )
+    existing_claim: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Mount this existing claim instead."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
+        "ReadWriteOnce",
+        description="Access mode of the claim (new or existing). Pods of a ReadWriteMany claim roll over "
+        "with a surge; the others are replaced one after the other (Recreate).",
+    )
+
+
+class Toleration(SpecModel):
+    """A core/v1 Toleration."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            lambda t: t.operator != "Exists" or not t.value,
+        ),
+    )
+
+    key: str | None = Field(None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, description="Only with effect NoExecute.")
+
+
+# Set by the operator on the model server; a lane that sets them would break the pod.
+RESERVED_ENV_NAMES: tuple[str, ...] = (
+    "HOME",
+    "OLLAMA_HOST",
+    "OLLAMA_MODELS",
+    "OLLAMA_KEEP_ALIVE",
+    "OLLAMA_NUM_PARALLEL",
+    "OLLAMA_MAX_QUEUE",
+    "OLLAMA_CONTEXT_LENGTH",
+    "OLLAMA_MAX_LOADED_MODELS",
+    "VOICELANE_MODEL",
+)
+_RESERVED_ENV_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_ENV_NAMES) + "]"
+
+
+class EnvVar(SpecModel):
+    """An extra environment variable for the model server (e.g. HTTPS_PROXY for pulling)."""
+
+    cel_rules = (
+        CelRule(
+            f"!(self.name in {_RESERVED_ENV_CEL})",
+            "this variable is set by the operator from the tier's fields: " + ", ".join(RESERVED_ENV_NAMES),
+            lambda e: e.name not in RESERVED_ENV_NAMES,
+        ),
+        CelRule(
+            "!(has(self.value) && has(self.valueFrom))",
+            "set value or valueFrom, not both",
+            lambda e: not (e.value is not None and e.value_from is not None),
+        ),
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
+    value: str | None = Field(None, max_length=32768)
+    value_from: dict[str, Any] | None = Field(
+        None, description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, ...), passed as is."
+    )
+
+
+class TierUpstreamSpec(SpecModel, UpstreamConfig):
+    """How each sidecar calls this tier: generation options, timeouts and its circuit breaker."""
+
+    cel_rules = (
+        CelRule(
+            "self.connectTimeoutSeconds <= self.firstTokenTimeoutSeconds",
+            "connectTimeoutSeconds must not exceed firstTokenTimeoutSeconds",
+            lambda u: u.connect_timeout_s <= u.first_token_timeout_s,
+        ),
+        CelRule(
+            "self.firstTokenTimeoutSeconds <= self.totalTimeoutSeconds",
+            "firstTokenTimeoutSeconds must not exceed totalTimeoutSeconds",
+            lambda u: u.first_token_timeout_s <= u.total_timeout_s,
+        ),
+    )
+    operator_owned = {
+        "url": "the operator points sidecars at the tier's Service",
+        "protocol": "the operator runs Ollama",
+        "model": "set the tier's model",
+        "keepAlive": "set the tier's keepAlive",
+        "apiKey": "secrets do not belong in a VoiceLane; "
+        "give the sidecar VOICELANE_UPSTREAMS__<TIER>__API_KEY from a Secret",
+    }
+
+    url: SkipJsonSchema[str] = Field("http://set-by-the-operator.invalid", exclude=True)
+    protocol: SkipJsonSchema[Protocol] = Field(Protocol.OLLAMA, exclude=True)
+    model: SkipJsonSchema[str] = Field("set-by-the-operator", exclude=True)
+    keep_alive: SkipJsonSchema[str] = Field("15m", exclude=True)
+    api_key: SkipJsonSchema[None] = Field(None, exclude=True)
+
+
+class TierSpec(SpecModel):
+    """One Ollama deployment of the lane (fast or deep)."""
+
+    cel_rules = (
+        CelRule(
+            "duration(self.rewarmInterval) >= duration('1m') "
+            "&& duration(self.rewarmInterval) <= duration('24h')",
+            "rewarmInterval must be between 1m and 24h",
+            lambda t: 60 <= duration_seconds(t.rewarm_interval) <= 86400,
+        ),
+    )
+
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=MODEL_PATTERN,
+        description="Ollama model to pull and keep loaded, e.g. llama3.2:1b.",
+    )
+    image: str = Field(
+        DEFAULT_OLLAMA_IMAGE, max_length=512, pattern=IMAGE_PATTERN, description="Ollama image."
+    )
+    replicas: int = Field(
+        1, ge=0, le=64, description="Pods of this tier; more than 1 adds a PodDisruptionBudget."
+    )
+    resources: ResourcesSpec
+    keep_alive: GoDuration = Field(
+        "15m",
+        description="How long the model stays loaded after a request (OLLAMA_KEEP_ALIVE and each "
+        "sidecar call); a negative duration such as -1s keeps it loaded for good.",
+    )
+    num_parallel: int = Field(
+        1, ge=1, le=64, description="Requests the model serves at once (OLLAMA_NUM_PARALLEL)."
+    )
+    max_queue: int = Field(
+        16, ge=1, le=100_000, description="Requests Ollama queues before answering 503 (OLLAMA_MAX_QUEUE)."
+    )
+    context_length: int | None = Field(
+        None,
+        ge=256,
+        le=1_048_576,
+        description="Context window in tokens (OLLAMA_CONTEXT_LENGTH); unset: Ollama's.",
+    )
+    storage: StorageSpec | None = Field(
+        None, description="Model store; unset: an emptyDir (pulled again per pod)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Passed to the pod.")
+    tolerations: tuple[Toleration, ...] = Field((), max_length=64, description="Passed to the pod.")
+    affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed to the pod as is.")
+    priority_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Passed to the pod."
+    )
+    env: tuple[EnvVar, ...] = Field(
+        (),
+        max_length=64,
+        description="Extra environment of the model server and the model pull.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    rewarm_interval: GoDuration = Field(
+        "30m",
+        description="How often the model is loaded again in the background so it stays resident and warm.",
+    )
+    upstream: TierUpstreamSpec = Field(TierUpstreamSpec(), description="How sidecars call this tier.")
+
+    @model_validator(mode="after")
+    def _unique_env_names(self) -> TierSpec:
+        names = [var.name for var in self.env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"env: duplicate names {', '.join(duplicates)}")
+        return self
+
+
+# --- lane-wide: the sidecar's policy in Kubernetes spelling ----------------------------
+
+
+class ServerPolicy(SpecModel, ServerConfig):
+    """The sidecar's own listener inside each app pod."""
+
+    operator_owned = {"metricsListen": "the operator serves sidecar metrics on 0.0.0.0:9464 for scraping"}
+    metrics_listen: SkipJsonSchema[None] = Field(None, exclude=True)
+
+
+class LimitsPolicy(SpecModel, LimitsConfig):
+    """Bounds on what an app may send to its sidecar."""
+
+
+class ClassesPolicy(SpecModel, ClassesConfig):
+    """Length bounds of the request classes."""
+
+
+class SchedulerPolicy(SpecModel, SchedulerConfig):
+    """Queue limits of each sidecar's priority scheduler."""
+
+
+class RateLimitPolicy(SpecModel, RateLimitConfig):
+    """Token bucket of each sidecar."""
+
+    cel_rules = (
+        CelRule(
+            "double(self.burst) >= double(self.sustainedPerSecond)",
+            "burst must be at least sustainedPerSecond: "
+            "a bucket smaller than one second of refill never fills",
+            lambda r: r.burst >= r.sustained_per_s,
+        ),
+    )
+
+
+class GuardianPolicy(SpecModel, GuardianConfig):
+    """Pressure guardian: thresholds and hysteresis for blocking model work."""
+
+    cel_rules = (
+        CelRule(
+            "self.sustainSeconds >= self.sampleIntervalSeconds",
+            "sustainSeconds must be at least sampleIntervalSeconds: "
+            "pressure is judged over one sample at least",
+            lambda g: g.sustain_s >= g.sample_interval_s,
+        ),
+    )
+
+
+class SingleFlightPolicy(SpecModel, SingleFlightConfig):
+    """Coalescing of identical concurrent requests."""
+
+
+class CachePolicy(SpecModel, CacheConfig):
+    """Cache of finished texts and audio."""
+
+
+class PhraseBankPolicy(SpecModel, PhraseBankConfig):
+    """Phrases prepared at start-up (default: the sidecar's built-in set)."""
+
+
+class PromptsPolicy(SpecModel, PromptsConfig):
+    """Prompt templates per request class (default: the sidecar's built-in set)."""
+
+
+class TTFATargetsPolicy(SpecModel, TTFATargets):
+    """Time-to-first-audio targets per request class, in seconds."""
+
+
+class TTFAPolicy(SpecModel, TTFAConfig):
+    """Time-to-first-audio targets and alerting."""
+
+    cel_rules = (
+        CelRule(
+            "[self.targets.chat, self.targets.notification, self.targets.emailTldr]"
+            ".all(t, self.expectedTtsSeconds < t)",
+            "expectedTtsSeconds must be below every TTFA target: the model's deadline is the target minus it",
+            lambda t: t.expected_tts_s < min(t.targets.chat, t.targets.notification, t.targets.email_tldr),
+        ),
+    )
+
+    targets: TTFATargetsPolicy = TTFATargetsPolicy()
+
+
+class PolicySpec(SpecModel):
+    """The policy every sidecar of the lane follows; the field names match the sidecar's configuration."""
+
+    server: ServerPolicy = ServerPolicy()
+    limits: LimitsPolicy = LimitsPolicy()
+    classes: ClassesPolicy = ClassesPolicy()
+    scheduler: SchedulerPolicy = SchedulerPolicy()
+    rate_limit: RateLimitPolicy = RateLimitPolicy()
+    guardian: GuardianPolicy = GuardianPolicy()
+    single_flight: SingleFlightPolicy = SingleFlightPolicy()
+    cache: CachePolicy = CachePolicy()
+    phrase_bank: PhraseBankPolicy = PhraseBankPolicy()
+    prompts: PromptsPolicy = PromptsPolicy()
+    ttfa: TTFAPolicy = TTFAPolicy()
+    default_lang: str = Field(
+        "sv", min_length=2, max_length=16, description="Language spoken when none is asked."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RoutingSpec(SpecModel, RoutingConfig):
+    """Which tier a text goes to (default complexPatterns: the sidecar's built-in set)."""
+
+
+class TTSSpec(SpecModel, TTSConfig):
+    """Speech: espeak inside each sidecar, or an OpenAI-compatible speech endpoint."""
+
+    cel_rules = (
+        CelRule(
+            "self.backend != 'openai' || has(self.url)",
+            "url is required when backend is openai",
+            lambda t: t.backend != "openai" or t.url is not None,
+        ),
+        CelRule(
+            "self.backend == 'openai' || !has(self.url)",
+            "url is used only with backend: openai; set the backend too",
+            lambda t: t.backend == "openai" or t.url is None,
+        ),
+    )
+    operator_owned = {
+        "apiKey": "secrets do not belong in a VoiceLane; "
+        "give the sidecar VOICELANE_TTS__API_KEY from a Secret"
+    }
+
+    api_key: SkipJsonSchema[None] = Field(None, exclude=True)
+
+
+class VoiceLaneSpec(SpecModel):
+    """A low-latency voice lane: fast and deep Ollama tiers and the policy of the sidecars that use them."""
+
+    cel_rules = (
+        CelRule(
+            "self.routing.fastMaxChars <= self.policy.limits.maxTextChars",
+            "routing.fastMaxChars must not exceed policy.limits.maxTextChars: longer texts are refused "
+            "before routing",
+            lambda s: s.routing.fast_max_chars <= s.policy.limits.max_text_chars,
+        ),
+    )
+
+    fast: TierSpec = Field(
+        description="The fast tier: a small model for short, simple texts (Service port 11435)."
+    )
+    deep: TierSpec = Field(
+        description="The deep tier: a larger model for long or complex texts (port 11434)."
+    )
+    routing: RoutingSpec = RoutingSpec()
+    policy: PolicySpec = PolicySpec()
+    tts: TTSSpec = TTSSpec()
+
+    def tier(self, name: TierName) -> TierSpec:
+        return self.fast if name == "fast" else self.deep
+
+
+# Rules on the whole object (only metadata.name is visible to CEL there).
+LANE_NAME_RULE = CelRule(
+    f"self.metadata.name.size() <= {MAX_LANE_NAME_LENGTH} "
+    f"&& self.metadata.name.matches('{LANE_NAME_PATTERN}')",
+    f"metadata.name must be a DNS-1035 label of at most {MAX_LANE_NAME_LENGTH} characters "
+    "(lowercase letters, digits, '-'; starting with a letter): it prefixes the lane's Services",
+    lambda name: len(name) <= MAX_LANE_NAME_LENGTH and re.fullmatch(LANE_NAME_PATTERN, name) is not None,
+)
+
+# Sidecar configuration fields that no VoiceLane field reaches, and why.
+OPERATOR_OWNED_SIDECAR_FIELDS: Mapping[str, str] = {
+    "server.metrics_listen": "always 0.0.0.0:9464, the port the PodMonitor scrapes",
+    "upstreams.fast.url": "the fast tier's Service",
+    "upstreams.deep.url": "the deep tier's Service",
+    "upstreams.fast.protocol": "the operator runs Ollama",
+    "upstreams.deep.protocol": "the operator runs Ollama",
+    "upstreams.fast.api_key": "a secret: from the sidecar's environment",
+    "upstreams.deep.api_key": "a secret: from the sidecar's environment",
+    "tts.api_key": "a secret: from the sidecar's environment",
+}
+
+# --- status -----------------------------------------------------------------------------
+
+CONDITION_TYPES: tuple[str, ...] = ("Ready", "FastReady", "DeepReady", "Progressing", "Degraded")
+
+
+class TierStatus(SpecModel):
+    """What a tier has: ready and desired pods, its model and where sidecars reach it."""
+
+    ready_replicas: int | None = Field(None, ge=0)
+    replicas: int | None = Field(None, ge=0)
+    model: str | None = None
+    endpoint: str | None = Field(None, description="Base URL of the tier's Service, as sidecars use it.")
+
+
+class Condition(SpecModel):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field("", max_length=32768)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, ge=0)
+
+
+class VoiceLaneStatus(SpecModel):
+    """Observed state of a lane, written by the operator."""
+
+    observed_generation: int | None = Field(None, ge=0)
+    fast: TierStatus | None = None
+    deep: TierStatus | None = None
+    conditions: tuple[Condition, ...] | None = Field(
+        None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def describe_validation_errors(exc: ValidationError, *, prefix: str) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"]:
+            # pydantic marks a bad mapping key as the segment "[key]".
+            path += f"[{part}]" if isinstance(part, int) else part if part == "[key]" else f".{part}"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{path}: {message}")
+    return problems
+
+
+def parse_spec(spec: Any) -> VoiceLaneSpec:
+    """Validate a VoiceLane's `spec`; SpecError names every offending field."""
+    if isinstance(spec, VoiceLaneSpec):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"spec: must be a mapping, got {type(spec).__name__}")
+    try:
+        return VoiceLaneSpec.model_validate(spec)
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc, prefix="spec")
+        raise SpecError("; ".join(problems), problems) from None
+
+
+def check_lane_name(name: Any) -> str:
+    if not isinstance(name, str) or not LANE_NAME_RULE.holds(name):
+        raise SpecError(LANE_NAME_RULE.message)
+    return name

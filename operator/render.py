@@ -1,0 +1,657 @@
+"""The renderer: a VoiceLane in, every child object the operator keeps for it out.
+
+Pure and deterministic: the same lane always renders the same objects in the same
+order, with no clock, cluster or randomness involved, so `voicelane render` shows
+exactly what the operator applies.
+
+Per tier (`fast`, `deep`):
+- a Deployment `<lane>-<tier>` of Ollama, in Guaranteed QoS (requests equal limits
+  on every container, init containers included);
+- a Service `<lane>-<tier>` (fast on port 11435, deep on 11434, both to the pod's
+  11434);
+- a PersistentVolumeClaim `<lane>-<tier>-models` when `storage.size` is given
+  (`existingClaim` is mounted as is; without storage an emptyDir holds the models);
+- a PodDisruptionBudget `<lane>-<tier>` when the tier has more than one replica.
+Lane-wide: the ConfigMap `<lane>-sidecar` (`sidecar.yaml`, the complete sidecar
+configuration) and the NetworkPolicy `<lane>-ollama`.
+
+How a pod proves its model is resident before it counts as Ready:
+1. the init container `pull-model` starts a private `ollama serve` on loopback and
+   pulls the model into the model store (a failed pull is tolerated only when the
+   store already holds the model, so air-gapped claims work);
+2. the container `warmer` loads the model (`ollama run --keepalive=<keepAlive>
+   <model> ""`, Ollama's documented preload) as soon as the server answers;
+3. the model server's startup and readiness probes run `ollama ps` and require the
+   model in its list of loaded models: only a resident model passes. The liveness
+   probe only asks whether the server answers, so a slow reload never kills a pod.
+The warmer then stays in the pod: every 10 s it checks `ollama ps` and reloads the
+model if it was unloaded (say keepAlive expired while the lane was idle), and every
+`rewarmInterval` it loads it again regardless, which also resets its keep-alive. An
+in-pod loop rather than a CronJob: it needs no API access, reaches the server on
+loopback, and lives and dies with the pod it keeps warm.
+
+The official image runs as root; here every container runs as uid 65532 with a
+read-only root filesystem, HOME and the model store on writable volumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from voicelane.operator.api import (
+    API_VERSION,
+    KIND,
+    TIERS,
+    SpecError,
+    TierName,
+    TierSpec,
+    VoiceLaneSpec,
+    check_lane_name,
+    duration_seconds,
+    parse_quantity,
+    parse_spec,
+)
+from voicelane.sidecar.config import ConfigError, SidecarConfig, build_config
+
+TIER_SERVICE_PORTS: Mapping[str, int] = {"fast": 11435, "deep": 11434}
+OLLAMA_PORT = 11434
+SIDECAR_METRICS_LISTEN = "0.0.0.0:9464"
+SIDECAR_CONFIG_KEY = "sidecar.yaml"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_LANE = "voicelane.dev/lane"
+LABEL_TIER = "voicelane.dev/tier"
+ANNOTATION_SPEC_HASH = "voicelane.dev/spec-hash"
+OPERATOR_NAME = "voicelane-operator"
+MODEL_SERVER_NAME = "ollama"
+
+# The image has a root user only; any fixed non-root uid works once HOME and the
+# model store are writable volumes, and fsGroup makes a claim writable for it.
+RUN_AS_UID = 65532
+MODELS_PATH = "/models"
+HOME_PATH = "/home/ollama"
+WARMER_CHECK_SECONDS = 10
+WARMER_RESOURCES = {"cpu": "100m", "memory": "128Mi"}
+# Generous: an 8B model pulls gigabytes before its first load.
+PROGRESS_DEADLINE_SECONDS = 3600
+STARTUP_PROBE_PERIOD_SECONDS = 5
+STARTUP_PROBE_FAILURES = 360  # 30 minutes to load a large model from a slow disk
+
+_LOOPBACK_HOST = f"127.0.0.1:{OLLAMA_PORT}"
+
+# True only if the model is in `ollama ps`, the server's list of loaded models.
+_RESIDENT_CHECK = (
+    f"OLLAMA_HOST={_LOOPBACK_HOST} ollama ps"
+    " | awk 'NR > 1 { print $1 }'"
+    ' | grep -Fxq -- "$VOICELANE_MODEL"'
+)
+
+_PULL_SCRIPT = """\
+set -eu
+ollama serve &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+waited=0
+until ollama list >/dev/null 2>&1; do
+  waited=$((waited + 1))
+  if [ "$waited" -gt 120 ]; then echo "ollama did not start within 120 s" >&2; exit 1; fi
+  sleep 1
+done
+if ! ollama pull "$VOICELANE_MODEL"; then
+  if ollama show "$VOICELANE_MODEL" >/dev/null 2>&1; then
+    echo "pulling $VOICELANE_MODEL failed; using the copy already in the model store" >&2
+  else
+    echo "pulling $VOICELANE_MODEL failed and the model store does not hold it" >&2
+    exit 1
+  fi
+fi
+"""
+
+_WARMER_SCRIPT = """\
+set -u
+trap 'exit 0' TERM INT
+pause() { sleep "$1" & wait "$!"; }
+resident() { ollama ps 2>/dev/null | awk 'NR > 1 { print $1 }' | grep -Fxq -- "$VOICELANE_MODEL"; }
+warm() {
+  if ollama run --keepalive="$OLLAMA_KEEP_ALIVE" "$VOICELANE_MODEL" "" </dev/null >/dev/null; then
+    echo "loaded $VOICELANE_MODEL"
+  else
+    echo "loading $VOICELANE_MODEL failed" >&2
+  fi
+}
+until ollama list >/dev/null 2>&1; do pause 1; done
+warm
+last=$(date +%s)
+while :; do
+  pause "$VOICELANE_CHECK_SECONDS"
+  now=$(date +%s)
+  if [ $((now - last)) -ge "$VOICELANE_REWARM_SECONDS" ] || ! resident; then
+    warm
+    last=$(date +%s)
+  fi
+done
+"""
+
+
+# --- names, labels, owner -------------------------------------------------------------
+
+
+def tier_name(lane_name: str, tier: TierName) -> str:
+    """Name of the tier's Deployment, Service and PodDisruptionBudget."""
+    return f"{lane_name}-{tier}"
+
+
+def claim_name(lane_name: str, tier: TierName) -> str:
+    return f"{lane_name}-{tier}-models"
+
+
+def sidecar_configmap_name(lane_name: str) -> str:
+    return f"{lane_name}-sidecar"
+
+
+def network_policy_name(lane_name: str) -> str:
+    return f"{lane_name}-ollama"
+
+
+def service_endpoint(lane_name: str, namespace: str, tier: TierName) -> str:
+    """Base URL of a tier as sidecars reach it (also the status `endpoint`)."""
+    return f"http://{tier_name(lane_name, tier)}.{namespace}.svc.cluster.local:{TIER_SERVICE_PORTS[tier]}"
+
+
+def selector_labels(lane_name: str, tier: TierName) -> dict[str, str]:
+    """Labels that select a tier's pods (the Deployment's immutable selector)."""
+    return {LABEL_NAME: MODEL_SERVER_NAME, LABEL_INSTANCE: lane_name, LABEL_TIER: tier}
+
+
+def lane_labels(lane_name: str, *, component: str, tier: TierName | None = None) -> dict[str, str]:
+    labels = {
+        LABEL_NAME: MODEL_SERVER_NAME if tier is not None else "voicelane",
+        LABEL_INSTANCE: lane_name,
+        LABEL_COMPONENT: component,
+        LABEL_PART_OF: "voicelane",
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_LANE: lane_name,
+    }
+    if tier is not None:
+        labels[LABEL_TIER] = tier
+    return labels
+
+
+def owner_reference(lane_name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": lane_name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def loaded_model_name(model: str) -> str:
+    """The name `ollama ps` lists a model under: default registry dropped, `:latest` added if untagged."""
+    for prefix in ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/"):
+        if model.startswith(prefix):
+            model = model[len(prefix) :]
+            break
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+# --- the sidecar configuration ---------------------------------------------------------
+
+
+def sidecar_layer(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> dict[str, Any]:
+    """The lane's spec mapped onto the sidecar's configuration keys (before validation)."""
+    layer: dict[str, Any] = spec.policy.model_dump(mode="json")
+    layer["server"]["metrics_listen"] = SIDECAR_METRICS_LISTEN
+    layer["routing"] = spec.routing.model_dump(mode="json")
+    layer["tts"] = spec.tts.model_dump(mode="json")
+    layer["upstreams"] = {
+        tier: {
+            **spec.tier(tier).upstream.model_dump(mode="json"),
+            "url": service_endpoint(lane_name, namespace, tier),
+            "protocol": "ollama",
+            "model": spec.tier(tier).model,
+            "keep_alive": spec.tier(tier).keep_alive,
+        }
+        for tier in TIERS
+    }
+    return layer
+
+
+def render_sidecar_config(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> SidecarConfig:
+    """The complete sidecar configuration of a lane, validated by the sidecar's own schema."""
+    try:
+        return build_config(sidecar_layer(spec, lane_name=lane_name, namespace=namespace))
+    except ConfigError as exc:
+        problems = [f"sidecar configuration: {problem}" for problem in exc.problems]
+        raise SpecError("; ".join(problems), problems) from None
+
+
+def sidecar_config_yaml(config: SidecarConfig, *, lane_name: str, namespace: str) -> str:
+    header = (
+        f"# Rendered by the VoiceLane operator from {namespace}/{lane_name}; edit the VoiceLane instead.\n"
+    )
+    body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=1000)
+    return header + body
+
+
+# --- warnings ---------------------------------------------------------------------------
+
+
+def tier_warnings(spec: VoiceLaneSpec | Mapping[str, Any]) -> list[str]:
+    """Accepted but worth knowing: the status writer reports these in a condition."""
+    lane = parse_spec(spec)
+    warnings: list[str] = []
+    for tier in TIERS:
+        tier_spec = lane.tier(tier)
+        cpu = parse_quantity(tier_spec.resources.cpu)
+        if cpu != cpu.to_integral_value():
+            warnings.append(
+                f"spec.{tier}.resources.cpu is {tier_spec.resources.cpu}, not a whole number of CPUs: "
+                "the kubelet's static CPU manager pins only whole CPUs, so this tier shares cores"
+            )
+        storage = tier_spec.storage
+        uses_claim = storage is not None and (storage.size is not None or storage.existing_claim is not None)
+        if (
+            uses_claim
+            and storage is not None
+            and tier_spec.replicas > 1
+            and storage.access_mode != "ReadWriteMany"
+        ):
+            warnings.append(
+                f"spec.{tier}.storage is a {storage.access_mode} claim "
+                f"shared by {tier_spec.replicas} replicas: "
+                "pods on different nodes cannot mount it; use ReadWriteMany or one replica"
+            )
+        if tier_spec.replicas == 0:
+            warnings.append(
+                f"spec.{tier}.replicas is 0: the {tier} tier has no pods and the lane cannot be ready"
+            )
+        if duration_seconds(tier_spec.keep_alive) == 0:
+            warnings.append(
+                f"spec.{tier}.keepAlive is {tier_spec.keep_alive}: the model is unloaded after every request "
+                "and reloaded by the warmer"
+            )
+    return warnings
+
+
+# --- children ---------------------------------------------------------------------------
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}
+
+
+def _resources(cpu: str, memory: str) -> dict[str, Any]:
+    amounts = {"cpu": cpu, "memory": memory}
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(pairs: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"name": name, "value": value} for name, value in pairs.items()]
+
+
+def _extra_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
+    return [var.model_dump(by_alias=True, exclude_none=True) for var in tier_spec.env]
+
+
+def _model_server_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
+    pairs = {
+        "OLLAMA_HOST": f"0.0.0.0:{OLLAMA_PORT}",
+        "OLLAMA_MODELS": MODELS_PATH,
+        "HOME": HOME_PATH,
+        "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
+        "OLLAMA_NUM_PARALLEL": str(tier_spec.num_parallel),
+        "OLLAMA_MAX_QUEUE": str(tier_spec.max_queue),
+        # One model per pod: the memory reserved for it is not shared with another.
+        "OLLAMA_MAX_LOADED_MODELS": "1",
+    }
+    if tier_spec.context_length is not None:
+        pairs["OLLAMA_CONTEXT_LENGTH"] = str(tier_spec.context_length)
+    pairs["VOICELANE_MODEL"] = loaded_model_name(tier_spec.model)
+    return _env(pairs) + _extra_env(tier_spec)
+
+
+def _exec_probe(command: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "exec": {"command": ["sh", "-c", command]},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def _model_store_volume(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, Any]:
+    storage = tier_spec.storage
+    if storage is not None and storage.existing_claim is not None:
+        return {"name": "models", "persistentVolumeClaim": {"claimName": storage.existing_claim}}
+    if storage is not None and storage.size is not None:
+        return {"name": "models", "persistentVolumeClaim": {"claimName": claim_name(lane_name, tier)}}
+    return {"name": "models", "emptyDir": {}}
+
+
+def _uses_exclusive_claim(tier_spec: TierSpec) -> bool:
+    storage = tier_spec.storage
+    if storage is None or (storage.size is None and storage.existing_claim is None):
+        return False
+    return storage.access_mode != "ReadWriteMany"
+
+
+def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, Any]:
+    cpu, memory = tier_spec.resources.cpu, tier_spec.resources.memory
+    server_mounts = [
+        {"name": "models", "mountPath": MODELS_PATH},
+        {"name": "home", "mountPath": HOME_PATH},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    model = loaded_model_name(tier_spec.model)
+    pull_model = {
+        "name": "pull-model",
+        "image": tier_spec.image,
+        "command": ["sh", "-c", _PULL_SCRIPT],
+        "env": _env(
+            {
+                "OLLAMA_HOST": _LOOPBACK_HOST,
+                "OLLAMA_MODELS": MODELS_PATH,
+                "HOME": HOME_PATH,
+                "VOICELANE_MODEL": model,
+            }
+        )
+        + _extra_env(tier_spec),
+        # Equal to the server's: keeps the pod Guaranteed without raising its total.
+        "resources": _resources(cpu, memory),
+        "securityContext": _container_security(),
+        "volumeMounts": server_mounts,
+    }
+    server = {
+        "name": MODEL_SERVER_NAME,
+        "image": tier_spec.image,
+        "args": ["serve"],
+        "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
+        "env": _model_server_env(tier_spec),
+        "resources": _resources(cpu, memory),
+        "securityContext": _container_security(),
+        "volumeMounts": server_mounts,
+        "startupProbe": _exec_probe(
+            _RESIDENT_CHECK, period=STARTUP_PROBE_PERIOD_SECONDS, failures=STARTUP_PROBE_FAILURES
+        ),
+        # Six misses (a minute) leave the warmer time to reload an unloaded model.
+        "readinessProbe": _exec_probe(_RESIDENT_CHECK, period=10, failures=6),
+        "livenessProbe": {
+            "httpGet": {"path": "/api/version", "port": "http"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+            "successThreshold": 1,
+        },
+    }
+    warmer = {
+        "name": "warmer",
+        "image": tier_spec.image,
+        "command": ["sh", "-c", _WARMER_SCRIPT],
+        "env": _env(
+            {
+                "OLLAMA_HOST": _LOOPBACK_HOST,
+                "HOME": "/tmp",
+                "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
+                "VOICELANE_MODEL": model,
+                "VOICELANE_REWARM_SECONDS": str(round(duration_seconds(tier_spec.rewarm_interval))),
+                "VOICELANE_CHECK_SECONDS": str(WARMER_CHECK_SECONDS),
+            }
+        ),
+        "resources": _resources(WARMER_RESOURCES["cpu"], WARMER_RESOURCES["memory"]),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_UID,
+            "runAsGroup": RUN_AS_UID,
+            "fsGroup": RUN_AS_UID,
+            # A model store holds a few large files; a recursive chown on every start is waste.
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [pull_model],
+        "containers": [server, warmer],
+        "volumes": [
+            _model_store_volume(lane_name, tier, tier_spec),
+            {"name": "home", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if tier_spec.node_selector:
+        pod["nodeSelector"] = dict(sorted(tier_spec.node_selector.items()))
+    if tier_spec.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tier_spec.tolerations]
+    if tier_spec.affinity is not None:
+        pod["affinity"] = tier_spec.affinity
+    if tier_spec.priority_class_name is not None:
+        pod["priorityClassName"] = tier_spec.priority_class_name
+    return pod
+
+
+def _deployment(
+    lane_name: str, namespace: str, tier: TierName, tier_spec: TierSpec, owner: dict[str, Any]
+) -> dict[str, Any]:
+    labels = lane_labels(lane_name, component="model-server", tier=tier)
+    if _uses_exclusive_claim(tier_spec):
+        # The old pod holds the claim; a surge pod elsewhere could never mount it.
+        strategy: dict[str, Any] = {"type": "Recreate"}
+    else:
+        # Keep the tier serving through a rollout: the new pod is Ready (model loaded) first.
+        strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(tier_name(lane_name, tier), namespace, labels, owner),
+        "spec": {
+            "replicas": tier_spec.replicas,
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "selector": {"matchLabels": selector_labels(lane_name, tier)},
+            "strategy": strategy,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"kubectl.kubernetes.io/default-container": MODEL_SERVER_NAME},
+                },
+                "spec": _pod_spec(lane_name, tier, tier_spec),
+            },
+        },
+    }
+
+
+def _service(lane_name: str, namespace: str, tier: TierName, owner: dict[str, Any]) -> dict[str, Any]:
+    labels = lane_labels(lane_name, component="model-server", tier=tier)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(tier_name(lane_name, tier), namespace, labels, owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(lane_name, tier),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": TIER_SERVICE_PORTS[tier],
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def _claim(
+    lane_name: str, namespace: str, tier: TierName, tier_spec: TierSpec, owner: dict[str, Any]
+) -> dict[str, Any] | None:
+    storage = tier_spec.storage
+    if storage is None or storage.size is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": [storage.access_mode],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name is not None:
+        spec["storageClassName"] = storage.storage_class_name
+    labels = lane_labels(lane_name, component="model-store", tier=tier)
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(claim_name(lane_name, tier), namespace, labels, owner),
+        "spec": spec,
+    }
+
+
+def _disruption_budget(
+    lane_name: str, namespace: str, tier: TierName, tier_spec: TierSpec, owner: dict[str, Any]
+) -> dict[str, Any] | None:
+    if tier_spec.replicas <= 1:
+        return None
+    labels = lane_labels(lane_name, component="model-server", tier=tier)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(tier_name(lane_name, tier), namespace, labels, owner),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(lane_name, tier)},
+            # A pod whose model never loaded must not block a node drain.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def _sidecar_configmap(
+    spec: VoiceLaneSpec, lane_name: str, namespace: str, owner: dict[str, Any]
+) -> dict[str, Any]:
+    config = render_sidecar_config(spec, lane_name=lane_name, namespace=namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            sidecar_configmap_name(lane_name),
+            namespace,
+            lane_labels(lane_name, component="sidecar-config"),
+            owner,
+        ),
+        "data": {SIDECAR_CONFIG_KEY: sidecar_config_yaml(config, lane_name=lane_name, namespace=namespace)},
+    }
+
+
+def _network_policy(
+    lane_name: str, namespace: str, owner: dict[str, Any], operator_namespace: str | None
+) -> dict[str, Any]:
+    operator_peer: dict[str, Any] = {
+        "namespaceSelector": (
+            {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}} if operator_namespace else {}
+        ),
+        "podSelector": {"matchLabels": {LABEL_NAME: OPERATOR_NAME}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(
+            network_policy_name(lane_name),
+            namespace,
+            lane_labels(lane_name, component="network-policy"),
+            owner,
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_NAME: MODEL_SERVER_NAME, LABEL_LANE: lane_name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {LABEL_LANE: lane_name}}}, operator_peer],
+                    "ports": [{"protocol": "TCP", "port": OLLAMA_PORT}],
+                }
+            ],
+        },
+    }
+
+
+def spec_hash(child: Mapping[str, Any]) -> str:
+    """A short digest of a child's rendered content, for cheap change detection."""
+    canonical = json.dumps(child, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _finished(child: dict[str, Any]) -> dict[str, Any]:
+    # A fresh tree: no dict is shared between or within children, so a caller may
+    # patch one freely, and the YAML of it has no anchors.
+    child = json.loads(json.dumps(child))
+    child["metadata"]["annotations"] = {ANNOTATION_SPEC_HASH: spec_hash(child)}
+    return child
+
+
+def _lane_identity(lane: Mapping[str, Any]) -> tuple[str, str, str]:
+    if not isinstance(lane, Mapping):
+        raise SpecError(f"a VoiceLane must be a mapping, got {type(lane).__name__}")
+    api_version, kind = lane.get("apiVersion", API_VERSION), lane.get("kind", KIND)
+    if api_version != API_VERSION or kind != KIND:
+        raise SpecError(f"expected apiVersion {API_VERSION} kind {KIND}, got {api_version} {kind}")
+    metadata = lane.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise SpecError("metadata: required (name, namespace, uid)")
+    name = check_lane_name(metadata.get("name"))
+    namespace, uid = metadata.get("namespace"), metadata.get("uid")
+    if not isinstance(namespace, str) or not namespace:
+        raise SpecError("metadata.namespace: required")
+    if not isinstance(uid, str) or not uid:
+        raise SpecError("metadata.uid: required (the owner reference of every child)")
+    return name, namespace, uid
+
+
+def render_children(
+    lane: Mapping[str, Any], *, operator_namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Every object the operator keeps for a VoiceLane, in apply order.
+
+    `lane` is the whole object (apiVersion, kind, metadata with name, namespace and
+    uid, spec). `operator_namespace` narrows the NetworkPolicy's operator peer to that
+    namespace; None admits operator pods from any namespace. Raises SpecError.
+    """
+    name, namespace, uid = _lane_identity(lane)
+    spec = parse_spec(lane.get("spec"))
+    owner = owner_reference(name, uid)
+    children: list[dict[str, Any] | None] = [
+        _sidecar_configmap(spec, name, namespace, owner),
+        _network_policy(name, namespace, owner, operator_namespace),
+    ]
+    for tier in TIERS:
+        tier_spec = spec.tier(tier)
+        children += [
+            _claim(name, namespace, tier, tier_spec, owner),
+            _service(name, namespace, tier, owner),
+            _deployment(name, namespace, tier, tier_spec, owner),
+            _disruption_budget(name, namespace, tier, tier_spec, owner),
+        ]
+    return [_finished(child) for child in children if child is not None]

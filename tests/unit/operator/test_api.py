@@ -1,0 +1,119 @@
+"""The typed VoiceLane spec: Kubernetes spelling, defaults, errors, and no drift from the sidecar."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from tests.unit.operator.conftest import with_spec
+from voicelane.operator.api import (
+    DEFAULT_OLLAMA_IMAGE,
+    OPERATOR_OWNED_SIDECAR_FIELDS,
+    SpecError,
+    duration_seconds,
+    k8s_field_name,
+    parse_spec,
+)
+from voicelane.sidecar.config import SidecarConfig
+
+
+def leaf_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+            paths |= leaf_paths(annotation, f"{prefix}{name}.")
+        else:
+            paths.add(f"{prefix}{name}")
+    return paths
+
+
+def dumped_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    return {f"{prefix}{key}" for key in tree} | {
+        path
+        for key, value in tree.items()
+        if isinstance(value, dict)
+        for path in dumped_paths(value, f"{prefix}{key}.")
+    }
+
+
+def test_defaults_of_a_minimal_lane(minimal_lane: dict) -> None:
+    spec = parse_spec(minimal_lane["spec"])
+    assert spec.fast.image == DEFAULT_OLLAMA_IMAGE != "ollama/ollama:latest"
+    assert (spec.fast.replicas, spec.fast.keep_alive, spec.fast.rewarm_interval) == (1, "15m", "30m")
+    assert spec.fast.storage is None
+    assert spec.routing.fast_max_chars == 130
+    targets = spec.policy.ttfa.targets
+    assert (targets.chat, targets.notification, targets.email_tldr) == (3.0, 2.5, 3.5)
+    assert spec.fast.resources.cpu == "1"  # an integer CPU count is kept as a quantity string
+
+
+def test_fields_are_spelled_the_kubernetes_way(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, policy={"rateLimit": {"burst": 10, "sustainedPerSecond": 5}})
+    assert parse_spec(lane["spec"]).policy.rate_limit.burst == 10
+    with pytest.raises(SpecError, match=r"spec\.policy\.rate_limit: Extra inputs are not permitted"):
+        parse_spec(with_spec(minimal_lane, policy={"rate_limit": {"burst": 10}})["spec"])
+
+
+@pytest.mark.parametrize(
+    ("python", "wire"),
+    [
+        ("fast_max_chars", "fastMaxChars"),
+        ("retry_after_s", "retryAfterSeconds"),
+        ("sustained_per_s", "sustainedPerSecond"),
+        ("email_tldr", "emailTldr"),
+        ("model", "model"),
+    ],
+)
+def test_field_names(python: str, wire: str) -> None:
+    assert k8s_field_name(python) == wire
+
+
+def test_unknown_fields_and_bad_values_name_the_field(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"modle": "x", "resources": {"cpu": "lots", "memory": "2Gi"}})
+    with pytest.raises(SpecError) as raised:
+        parse_spec(lane["spec"])
+    assert "spec.fast.modle: Extra inputs are not permitted" in raised.value.problems
+    assert any(p.startswith("spec.fast.resources.cpu: 'lots' is not") for p in raised.value.problems)
+
+
+def test_operator_owned_sidecar_fields_are_refused_with_the_reason(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"upstream": {"url": "http://elsewhere:11434"}})
+    with pytest.raises(SpecError, match=r"spec\.deep\.upstream: url cannot be set here: the operator points"):
+        parse_spec(lane["spec"])
+    with pytest.raises(SpecError, match=r"spec\.tts: apiKey cannot be set here: secrets do not belong"):
+        parse_spec(with_spec(minimal_lane, tts={"apiKey": "sk-1"})["spec"])
+
+
+def test_a_spec_that_is_not_a_mapping_is_refused() -> None:
+    with pytest.raises(SpecError, match="spec: must be a mapping, got list"):
+        parse_spec([1, 2])
+
+
+def test_every_sidecar_field_is_reachable_from_a_voicelane(minimal_lane: dict) -> None:
+    spec = parse_spec(minimal_lane["spec"])
+    reachable = dumped_paths(spec.policy.model_dump())
+    reachable |= dumped_paths({"routing": spec.routing.model_dump(), "tts": spec.tts.model_dump()})
+    for tier in ("fast", "deep"):
+        reachable |= dumped_paths(spec.tier(tier).upstream.model_dump(), f"upstreams.{tier}.")
+        reachable |= {
+            f"upstreams.{tier}.model",
+            f"upstreams.{tier}.keep_alive",
+        }  # the tier's model, keepAlive
+    unreachable = leaf_paths(SidecarConfig) - reachable
+    assert unreachable == set(OPERATOR_OWNED_SIDECAR_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30m", 1800), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25), ("-1s", -1)]
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert duration_seconds(text) == pytest.approx(seconds)
+
+
+def test_a_malformed_duration_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        duration_seconds("15 minutes")

@@ -1,0 +1,390 @@
+"""The renderer: every child a VoiceLane needs, valid for Kubernetes, owned, labelled and hardened."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.unit.operator.conftest import LANE_UID, with_spec
+from voicelane.operator.api import SpecError
+from voicelane.operator.render import ANNOTATION_SPEC_HASH, render_children, tier_warnings
+from voicelane.sidecar.config import load_config
+
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+COMMON_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "voicelane.dev/lane",
+)
+
+
+def by_kind_and_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(child["kind"], child["metadata"]["name"]): child for child in children}
+
+
+def pod_spec(children: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind_and_name(children)[("Deployment", deployment)]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    [found] = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name]
+    return found
+
+
+def env_of(container_spec: dict[str, Any]) -> dict[str, str]:
+    return {var["name"]: var.get("value", "<from>") for var in container_spec["env"]}
+
+
+def lanes_to_validate() -> list[str]:
+    return ["sample", "minimal", "existing-claim"]
+
+
+@pytest.fixture
+def lane_variants(sample_lane: dict, minimal_lane: dict) -> dict[str, dict]:
+    existing = with_spec(
+        minimal_lane,
+        fast={"storage": {"existingClaim": "shared-models", "accessMode": "ReadWriteMany"}, "replicas": 3},
+        deep={
+            "env": [
+                {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+            ],
+            "priorityClassName": "voice-critical",
+        },
+    )
+    return {"sample": sample_lane, "minimal": minimal_lane, "existing-claim": existing}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("variant", lanes_to_validate())
+def test_every_child_validates_strictly(lane_variants: dict, variant: str, version: str) -> None:
+    for child in render_children(lane_variants[variant]):
+        kubernetes_validate.validate(child, version, strict=True)
+
+
+def test_sample_children_and_their_names(sample_lane: dict) -> None:
+    assert list(by_kind_and_name(render_children(sample_lane))) == [
+        ("ConfigMap", "voice-sidecar"),
+        ("NetworkPolicy", "voice-ollama"),
+        ("PersistentVolumeClaim", "voice-fast-models"),
+        ("Service", "voice-fast"),
+        ("Deployment", "voice-fast"),
+        ("Service", "voice-deep"),
+        ("Deployment", "voice-deep"),
+        ("PodDisruptionBudget", "voice-deep"),  # deep has 2 replicas, fast 1
+    ]
+
+
+def test_every_child_is_owned_by_the_lane_and_labelled(sample_lane: dict) -> None:
+    for child in render_children(sample_lane):
+        metadata = child["metadata"]
+        assert metadata["namespace"] == "default"
+        assert metadata["ownerReferences"] == [
+            {
+                "apiVersion": "voicelane.dev/v1alpha1",
+                "kind": "VoiceLane",
+                "name": "voice",
+                "uid": LANE_UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert all(metadata["labels"].get(label) for label in COMMON_LABELS), metadata["name"]
+        assert metadata["labels"]["voicelane.dev/lane"] == "voice"
+        assert metadata["labels"]["app.kubernetes.io/managed-by"] == "voicelane-operator"
+        assert len(metadata["annotations"][ANNOTATION_SPEC_HASH]) == 16
+        if child["kind"] not in ("ConfigMap", "NetworkPolicy"):
+            assert metadata["labels"]["voicelane.dev/tier"] in metadata["name"]
+
+
+@pytest.mark.parametrize(("tier", "port"), [("fast", 11435), ("deep", 11434)])
+def test_services_expose_the_tier_ports_to_ollama(sample_lane: dict, tier: str, port: int) -> None:
+    children = by_kind_and_name(render_children(sample_lane))
+    service = children[("Service", f"voice-{tier}")]["spec"]
+    deployment = children[("Deployment", f"voice-{tier}")]["spec"]
+    assert service["ports"] == [
+        {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+    assert service["selector"] == deployment["selector"]["matchLabels"]
+    assert service["selector"].items() <= deployment["template"]["metadata"]["labels"].items()
+    server = container(deployment["template"]["spec"], "ollama")
+    assert server["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+    assert env_of(server)["OLLAMA_HOST"] == "0.0.0.0:11434"
+
+
+def test_pods_are_guaranteed_qos(sample_lane: dict) -> None:
+    for tier, cpu, memory in (("fast", "2", "4Gi"), ("deep", "4", "12Gi")):
+        pod = pod_spec(render_children(sample_lane), f"voice-{tier}")
+        for spec in pod["initContainers"] + pod["containers"]:
+            resources = spec["resources"]
+            assert resources["requests"] == resources["limits"], spec["name"]
+            assert set(resources["requests"]) == {"cpu", "memory"}, spec["name"]
+        assert container(pod, "ollama")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+        assert container(pod, "pull-model")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+
+
+def test_model_server_env_comes_from_the_spec(sample_lane: dict) -> None:
+    pod = pod_spec(render_children(sample_lane), "voice-deep")
+    env = env_of(container(pod, "ollama"))
+    assert env["OLLAMA_KEEP_ALIVE"] == "15m"
+    assert env["OLLAMA_NUM_PARALLEL"] == "2"
+    assert env["OLLAMA_MAX_QUEUE"] == "16"
+    assert env["OLLAMA_CONTEXT_LENGTH"] == "8192"
+    assert env["OLLAMA_MODELS"] == "/models"
+    assert env["VOICELANE_MODEL"] == "llama3.1:8b"
+
+
+def test_context_length_is_left_to_ollama_when_unset(minimal_lane: dict) -> None:
+    env = env_of(container(pod_spec(render_children(minimal_lane), "lane-fast"), "ollama"))
+    assert "OLLAMA_CONTEXT_LENGTH" not in env
+    assert env["OLLAMA_NUM_PARALLEL"] == "1"
+
+
+def test_extra_env_reaches_the_server_and_the_pull_but_not_the_warmer(lane_variants: dict) -> None:
+    pod = pod_spec(render_children(lane_variants["existing-claim"]), "lane-deep")
+    proxy = {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+    token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert container(pod, "ollama")["env"][-2:] == [proxy, token]
+    assert container(pod, "pull-model")["env"][-2:] == [proxy, token]
+    assert "HTTPS_PROXY" not in env_of(container(pod, "warmer"))
+
+
+def test_untagged_models_are_checked_under_their_latest_tag(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"model": "qwen2.5"})
+    pod = pod_spec(render_children(lane), "lane-fast")
+    assert {
+        env_of(container(pod, name))["VOICELANE_MODEL"] for name in ("pull-model", "ollama", "warmer")
+    } == {"qwen2.5:latest"}
+
+
+def test_probes_require_the_model_to_be_loaded(sample_lane: dict) -> None:
+    server = container(pod_spec(render_children(sample_lane), "voice-fast"), "ollama")
+    for probe in ("startupProbe", "readinessProbe"):
+        command = server[probe]["exec"]["command"]
+        assert command[:2] == ["sh", "-c"]
+        assert "ollama ps" in command[2]
+        assert '"$VOICELANE_MODEL"' in command[2]
+    # 30 minutes to pull-and-load on start; liveness only asks whether the server answers.
+    assert server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"] >= 1800
+    assert server["livenessProbe"]["httpGet"] == {"path": "/api/version", "port": "http"}
+
+
+def test_model_is_pulled_before_the_server_starts(sample_lane: dict) -> None:
+    pod = pod_spec(render_children(sample_lane), "voice-fast")
+    [pull] = pod["initContainers"]
+    assert pull["name"] == "pull-model"
+    assert 'ollama pull "$VOICELANE_MODEL"' in pull["command"][2]
+    assert {"name": "models", "mountPath": "/models"} in pull["volumeMounts"]
+    assert env_of(pull)["OLLAMA_MODELS"] == env_of(container(pod, "ollama"))["OLLAMA_MODELS"]
+
+
+def test_warmer_rewarms_at_the_tier_interval(sample_lane: dict) -> None:
+    children = render_children(sample_lane)
+    deep_warmer = env_of(container(pod_spec(children, "voice-deep"), "warmer"))
+    fast_warmer = env_of(container(pod_spec(children, "voice-fast"), "warmer"))
+    assert deep_warmer["VOICELANE_REWARM_SECONDS"] == "1200"  # rewarmInterval: 20m
+    assert fast_warmer["VOICELANE_REWARM_SECONDS"] == "1800"  # the 30m default
+    assert deep_warmer["OLLAMA_HOST"] == "127.0.0.1:11434"
+
+
+def test_pods_are_hardened(sample_lane: dict) -> None:
+    for deployment in ("voice-fast", "voice-deep"):
+        pod = pod_spec(render_children(sample_lane), deployment)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        writable = {volume["name"] for volume in pod["volumes"]}
+        for spec in pod["initContainers"] + pod["containers"]:
+            security = spec["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["runAsNonRoot"] is True
+            mounts = {mount["mountPath"]: mount["name"] for mount in spec["volumeMounts"]}
+            assert mounts["/tmp"] in writable
+            env = env_of(spec)
+            assert any(env["HOME"].startswith(path) for path in mounts), spec["name"]
+
+
+def test_storage_size_asks_for_a_claim_and_the_pods_mount_it(sample_lane: dict) -> None:
+    children = by_kind_and_name(render_children(sample_lane))
+    claim = children[("PersistentVolumeClaim", "voice-fast-models")]["spec"]
+    assert claim == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}
+    fast = children[("Deployment", "voice-fast")]["spec"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "voice-fast-models"}} in fast[
+        "template"
+    ]["spec"]["volumes"]
+    # A ReadWriteOnce claim cannot be mounted by a surge pod on another node.
+    assert fast["strategy"] == {"type": "Recreate"}
+
+
+def test_without_storage_models_live_in_an_empty_dir(sample_lane: dict) -> None:
+    deep = by_kind_and_name(render_children(sample_lane))[("Deployment", "voice-deep")]["spec"]
+    assert {"name": "models", "emptyDir": {}} in deep["template"]["spec"]["volumes"]
+    assert deep["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+
+
+def test_an_existing_claim_is_mounted_not_created(lane_variants: dict) -> None:
+    children = render_children(lane_variants["existing-claim"])
+    assert not [child for child in children if child["kind"] == "PersistentVolumeClaim"]
+    volumes = pod_spec(children, "lane-fast")["volumes"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "shared-models"}} in volumes
+
+
+def test_disruption_budget_only_with_more_than_one_replica(lane_variants: dict) -> None:
+    children = by_kind_and_name(render_children(lane_variants["existing-claim"]))
+    budget = children[("PodDisruptionBudget", "lane-fast")]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert (
+        budget["selector"]["matchLabels"]
+        == children[("Deployment", "lane-fast")]["spec"]["selector"]["matchLabels"]
+    )
+    assert ("PodDisruptionBudget", "lane-deep") not in children
+
+
+def test_scheduling_passes_through(sample_lane: dict) -> None:
+    pod = pod_spec(render_children(sample_lane), "voice-deep")
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [
+        {"key": "voicelane.dev/dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}
+    ]
+    assert pod["affinity"] == sample_lane["spec"]["deep"]["affinity"]
+    assert "priorityClassName" not in pod
+
+
+def test_network_policy_admits_only_the_lane_and_the_operator(sample_lane: dict) -> None:
+    children = by_kind_and_name(render_children(sample_lane))
+    policy = children[("NetworkPolicy", "voice-ollama")]["spec"]
+    for tier in ("fast", "deep"):
+        pod_labels = children[("Deployment", f"voice-{tier}")]["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 11434}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"voicelane.dev/lane": "voice"}}},
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "voicelane-operator"}},
+        },
+    ]
+
+
+def test_network_policy_can_name_the_operator_namespace(sample_lane: dict) -> None:
+    children = by_kind_and_name(render_children(sample_lane, operator_namespace="voicelane-system"))
+    operator_peer = children[("NetworkPolicy", "voice-ollama")]["spec"]["ingress"][0]["from"][1]
+    assert operator_peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "voicelane-system"}
+    }
+
+
+def test_sidecar_configmap_loads_with_the_sidecar_loader(sample_lane: dict, tmp_path: Path) -> None:
+    configmap = by_kind_and_name(render_children(sample_lane))[("ConfigMap", "voice-sidecar")]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(configmap["data"]["sidecar.yaml"], encoding="utf-8")
+    config = load_config(path, environ={})
+    assert config.upstreams.fast.url == "http://voice-fast.default.svc.cluster.local:11435"
+    assert config.upstreams.deep.url == "http://voice-deep.default.svc.cluster.local:11434"
+    assert (config.upstreams.fast.model, config.upstreams.deep.model) == ("llama3.2:1b", "llama3.1:8b")
+    assert config.upstreams.deep.first_token_timeout_s == 15
+    assert config.server.metrics_listen == "0.0.0.0:9464"
+    assert config.ttfa.targets.notification == 2.5
+
+
+def test_policy_changes_reach_the_sidecar_configuration(minimal_lane: dict, tmp_path: Path) -> None:
+    lane = with_spec(
+        minimal_lane,
+        policy={
+            "rateLimit": {"burst": 12, "sustainedPerSecond": 6},
+            "guardian": {"cpuThresholdPercent": 70},
+            "ttfa": {"targets": {"chat": 2.0}},
+            "scheduler": {"maxWaiting": 5},
+        },
+        routing={"fastMaxChars": 100},
+        tts={"backend": "openai", "url": "http://speech.voice.svc:8000"},
+        fast={"keepAlive": "1h", "upstream": {"numPredict": 64}},
+    )
+    configmap = by_kind_and_name(render_children(lane))[("ConfigMap", "lane-sidecar")]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(configmap["data"]["sidecar.yaml"], encoding="utf-8")
+    config = load_config(path, environ={})
+    assert (config.rate_limit.burst, config.rate_limit.sustained_per_s) == (12, 6)
+    assert config.guardian.cpu_threshold_percent == 70
+    assert config.ttfa.targets.chat == 2.0
+    assert config.scheduler.max_waiting == 5
+    assert config.routing.fast_max_chars == 100
+    assert (config.tts.backend, config.tts.url) == ("openai", "http://speech.voice.svc:8000")
+    assert (config.upstreams.fast.keep_alive, config.upstreams.fast.num_predict) == ("1h", 64)
+
+
+def test_render_is_deterministic_and_leaves_its_input_alone(sample_lane: dict) -> None:
+    original = copy.deepcopy(sample_lane)
+    first = render_children(sample_lane)
+    assert render_children(copy.deepcopy(sample_lane)) == first
+    assert sample_lane == original
+    first[0]["metadata"]["labels"]["changed"] = "yes"
+    assert "changed" not in render_children(sample_lane)[0]["metadata"]["labels"]
+
+
+def test_spec_hash_changes_only_for_children_that_change(sample_lane: dict) -> None:
+    before = by_kind_and_name(render_children(sample_lane))
+    after = by_kind_and_name(render_children(with_spec(sample_lane, deep={"numParallel": 3})))
+
+    def digest(children: dict, key: tuple[str, str]) -> str:
+        digest_value: str = children[key]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+        return digest_value
+
+    assert digest(before, ("Deployment", "voice-deep")) != digest(after, ("Deployment", "voice-deep"))
+    assert digest(before, ("Deployment", "voice-fast")) == digest(after, ("Deployment", "voice-fast"))
+    assert digest(before, ("Service", "voice-deep")) == digest(after, ("Service", "voice-deep"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"name": "voice", "namespace": "default"}, "metadata.uid: required"),
+        ({"name": "voice", "uid": LANE_UID}, "metadata.namespace: required"),
+        (
+            {"name": "Voice", "namespace": "default", "uid": LANE_UID},
+            "metadata.name must be a DNS-1035 label",
+        ),
+        ({"name": "v" * 51, "namespace": "default", "uid": LANE_UID}, "at most 50 characters"),
+    ],
+)
+def test_lane_identity_errors(sample_lane: dict, metadata: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        render_children({**sample_lane, "metadata": metadata})
+
+
+def test_another_kind_is_refused(sample_lane: dict) -> None:
+    with pytest.raises(SpecError, match=r"expected apiVersion voicelane\.dev/v1alpha1 kind VoiceLane"):
+        render_children({**sample_lane, "kind": "Deployment"})
+
+
+def test_whole_cpus_raise_no_warning(sample_lane: dict) -> None:
+    assert tier_warnings(sample_lane["spec"]) == []
+
+
+def test_fractional_cpu_is_accepted_with_a_warning(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"resources": {"cpu": "1500m", "memory": "2Gi"}})
+    assert render_children(lane)
+    [warning] = tier_warnings(lane["spec"])
+    assert warning.startswith("spec.fast.resources.cpu is 1500m, not a whole number of CPUs")
+
+
+def test_a_shared_single_node_claim_with_replicas_is_warned_about(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"replicas": 2, "storage": {"size": "20Gi"}})
+    [warning] = tier_warnings(lane["spec"])
+    assert "spec.deep.storage is a ReadWriteOnce claim shared by 2 replicas" in warning
