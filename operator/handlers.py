@@ -1,0 +1,451 @@
+"""kopf handlers that keep every VoiceLane's children and status in line with its spec.
+
+The handlers are thin. A lane's create/resume/update and a periodic resync call
+`LaneReconciler.reconcile`; an event on any child (found by the `voicelane.dev/lane` label) calls
+`LaneReconciler.kick`, which coalesces bursts so a lane is reconciled once per burst. A reconcile
+renders the desired children (render.py), lists the live ones, applies the plan from apply.py with
+the official kubernetes client, computes the status with status.py, writes it when it changed, and
+posts Events for what a user would want to know. Reconciles of one lane never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import kopf
+import urllib3
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from voicelane.operator import render
+from voicelane.operator.api import SpecError
+from voicelane.operator.apply import (
+    CHILD_RESOURCES,
+    LANE_LABEL,
+    LANE_RESOURCE,
+    ApiResource,
+    Step,
+    Verb,
+    plan_child,
+    plan_children,
+)
+from voicelane.operator.metrics import OperatorMetrics
+from voicelane.operator.status import Problem, condition_of, lane_status, owned_part, true_conditions
+
+logger = logging.getLogger("voicelane.operator")
+
+RESYNC_INTERVAL_S = 60.0  # the safety net for drift no watch event reported
+MAX_RETRY_DELAY_S = 30.0
+LANE = (LANE_RESOURCE.group, LANE_RESOURCE.version, LANE_RESOURCE.plural)
+LaneKey = tuple[str, str]  # (namespace, name)
+Body = dict[str, Any]
+
+registry = kopf.OperatorRegistry()
+
+
+# --- the API client ----------------------------------------------------------------------------
+
+
+class TransientApiError(Exception):
+    """The API server failed or could not be reached; the same reconcile may succeed later."""
+
+
+class KubeApi:
+    """Generic JSON calls through the official kubernetes client, each run in a worker thread.
+
+    The generated typed APIs return models and cover only built-in kinds; the operator handles
+    every child kind as plain dicts, so it calls the resource paths directly.
+    """
+
+    def __init__(self, client: ApiClient, *, timeout_s: tuple[float, float] = (5.0, 30.0)) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def get(self, path: str) -> Body | None:
+        try:
+            return await self._call("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_objects(self, path: str, *, label_selector: str) -> list[Body]:
+        response = await self._call("GET", path, query=[("labelSelector", label_selector)])
+        items: list[Body] = response.get("items") or []
+        kind = str(response.get("kind", "")).removesuffix("List")
+        for item in items:  # list items may omit their own kind and apiVersion
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", response.get("apiVersion"))
+        return items
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> Body:
+        return await self._call("POST", path, body=body)
+
+    async def patch(self, path: str, body: Mapping[str, Any]) -> Body | None:
+        try:
+            return await self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete(self, path: str) -> None:
+        with contextlib.suppress(ApiException):  # a 404 means done; others surface on the next resync
+            await self._call("DELETE", path, body={"propagationPolicy": "Background"})
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> Body:
+        try:
+            return await asyncio.to_thread(self._call_blocking, method, path, body, list(query), content_type)
+        except ApiException as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 429:
+                raise TransientApiError(f"{method} {path}: {exc.status} {exc.reason}") from exc
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientApiError(f"{method} {path}: {exc}") from exc
+
+    def _call_blocking(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        query: list[tuple[str, str]],
+        content_type: str,
+    ) -> Body:
+        method, url, headers, payload, _ = self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=self.timeout_s
+        )
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(data) if data else {}
+
+
+# --- reconciling a lane ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    result: str  # applied | unchanged | invalid | error (the metric's label)
+    message: str = ""
+
+
+class LaneReconciler:
+    """Reconciles lanes one at a time each; see the module docstring for what a reconcile does."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        metrics: OperatorMetrics,
+        *,
+        operator_namespace: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.metrics = metrics
+        self.operator_namespace = operator_namespace
+        self.clock = clock
+        self._locks: dict[LaneKey, asyncio.Lock] = {}
+        self._queued: set[LaneKey] = set()
+        self._failures: dict[LaneKey, int] = {}
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def reconcile(self, key: LaneKey) -> Outcome:
+        """Reconcile now (after any running reconcile of the lane); TransientApiError propagates."""
+        async with self._lock(key):
+            return await self._timed(key)
+
+    async def kick(self, key: LaneKey) -> None:
+        """Reconcile soon; a kick while another waits its turn is absorbed by that one."""
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        async with self._lock(key):
+            self._queued.discard(key)
+            try:
+                await self._timed(key)
+            except (TransientApiError, ApiException) as exc:
+                self._retry_later(key, exc)
+            else:
+                self._failures.pop(key, None)
+
+    def retry_delay(self, attempt: int) -> float:
+        return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempt, 10) * 0.5))
+
+    def _retry_later(self, key: LaneKey, exc: Exception) -> None:
+        attempt = self._failures.get(key, 0)
+        self._failures[key] = attempt + 1
+        delay = self.retry_delay(attempt)
+        logger.warning("Reconciling %s/%s failed (%s); retrying in %.1f s.", *key, exc, delay)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self.kick(key)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    def _lock(self, key: LaneKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _timed(self, key: LaneKey) -> Outcome:
+        started = self.clock()
+        outcome = Outcome("error")
+        try:
+            outcome = await self._reconcile(key)
+            return outcome
+        finally:
+            self.metrics.observe_reconcile(outcome.result, self.clock() - started)
+
+    async def _reconcile(self, key: LaneKey) -> Outcome:
+        namespace, name = key
+        lane = await self.api.get(LANE_RESOURCE.object_path(namespace, name))
+        if lane is None:
+            self.metrics.forget_lane(key)
+            return Outcome("unchanged", "the lane is gone")
+        if lane["metadata"].get("deletionTimestamp"):
+            return Outcome("unchanged", "the lane is being deleted; garbage collection removes its children")
+        live = await self._live_children(lane)
+        try:
+            desired = render.render_children(lane, operator_namespace=self.operator_namespace)
+            warnings = _tier_warnings(lane)
+        except SpecError as exc:
+            invalid = Problem("InvalidSpec", str(exc))
+            await self._publish_status(lane, lane_status(lane, live, [], problem=invalid))
+            return Outcome("invalid", invalid.message)
+
+        steps = plan_children(desired, live, owner_uid=str(lane["metadata"]["uid"]))
+        wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])): obj for obj in desired}
+        children: list[Body] = []
+        done: list[Step] = []
+        problem: Problem | None = None
+        for step in steps:
+            try:
+                result, performed = await self._perform(
+                    step, wanted.get((step.resource.kind, step.name)), lane, live
+                )
+            except ApiException as exc:  # a refusal (4xx): show it, keep applying the rest
+                problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(exc)}")
+                continue
+            if performed.verb == Verb.CONFLICT:
+                problem = Problem("ChildConflict", performed.message)
+            if performed.verb not in (Verb.KEEP, Verb.CONFLICT):
+                done.append(performed)
+            if result is not None:
+                children.append(result)
+        status = lane_status(lane, children, warnings, problem=problem)
+        self._post_change_events(lane, done)
+        await self._publish_status(lane, status)
+        return Outcome("applied" if done else "unchanged")
+
+    async def _perform(
+        self, step: Step, desired: Mapping[str, Any] | None, lane: Mapping[str, Any], live: Sequence[Body]
+    ) -> tuple[Body | None, Step]:
+        """Carry out one step; returns the child as it now is (None once deleted) and what was done."""
+        path = step.resource.object_path(step.namespace, step.name)
+        current = next(
+            (
+                o
+                for o in live
+                if o.get("kind") == step.resource.kind and o["metadata"].get("name") == step.name
+            ),
+            None,
+        )
+        if step.verb == Verb.KEEP:
+            return current, step
+        if step.verb == Verb.CONFLICT:
+            return None, step
+        if step.verb == Verb.DELETE:
+            await self.api.delete(path)
+            return None, step
+        assert step.body is not None
+        assert desired is not None
+        if step.verb == Verb.PATCH:
+            patched = await self.api.patch(path, step.body)
+            if patched is not None:
+                return patched, step
+            step = plan_child(desired, None, owner_uid=str(lane["metadata"]["uid"]))  # gone meanwhile
+        try:
+            return await self.api.create(step.resource.collection_path(step.namespace), step.body or {}), step
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        # It exists after all (created meanwhile, or without our label): patch what differs.
+        fetched = await self.api.get(path)
+        retry = plan_child(desired, fetched, owner_uid=str(lane["metadata"]["uid"]))
+        if retry.verb == Verb.PATCH and retry.body is not None:
+            return await self.api.patch(path, retry.body), retry
+        return fetched, retry
+
+    async def _live_children(self, lane: Mapping[str, Any]) -> list[Body]:
+        namespace, name = lane["metadata"]["namespace"], lane["metadata"]["name"]
+        selector = f"{LANE_LABEL}={name}"
+        listed = await asyncio.gather(
+            *(
+                self.api.list_objects(resource.collection_path(namespace), label_selector=selector)
+                for resource in CHILD_RESOURCES
+            )
+        )
+        return [obj for objs in listed for obj in objs]
+
+    async def _publish_status(self, lane: Mapping[str, Any], status: Body) -> None:
+        namespace, name = lane["metadata"]["namespace"], lane["metadata"]["name"]
+        before = owned_part(lane.get("status"))
+        self.metrics.observe_lane((namespace, name), true_conditions(status))
+        self._post_condition_events(lane, before, status)
+        if before == status:
+            return
+        removed = {key: None for key in before if key not in status}
+        path = LANE_RESOURCE.object_path(namespace, name, "status")
+        await self.api.patch(path, {"status": {**status, **removed}})
+
+    def _post_change_events(self, lane: Mapping[str, Any], done: Sequence[Step]) -> None:
+        if not done:
+            return
+        generation = lane["metadata"].get("generation")
+        drift = (lane.get("status") or {}).get("observedGeneration") == generation
+        words = {Verb.CREATE: "created", Verb.PATCH: "updated", Verb.DELETE: "deleted"}
+        parts = []
+        for step in done:
+            fields = (
+                f" ({', '.join(step.changed[:4])}{', …' if len(step.changed) > 4 else ''})"
+                if step.changed
+                else ""
+            )
+            parts.append(f"{words.get(step.verb, step.verb)} {step.title}{fields}")
+        if drift:
+            _event(lane, "Normal", reason="DriftCorrected", message="Restored children: " + "; ".join(parts))
+        else:
+            _event(lane, "Normal", reason="Applied", message=f"Generation {generation}: " + "; ".join(parts))
+
+    def _post_condition_events(
+        self, lane: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> None:
+        was_ready = condition_of(before, "Ready").get("status")
+        ready = condition_of(after, "Ready")
+        if ready.get("status") == "True" and was_ready != "True":
+            _event(lane, "Normal", reason="LaneReady", message=ready.get("message", ""))
+        elif ready.get("status") != "True" and was_ready == "True":
+            _event(lane, "Warning", reason="LaneNotReady", message=ready.get("message", ""))
+        degraded, was_degraded = condition_of(after, "Degraded"), condition_of(before, "Degraded")
+        changed = (degraded.get("reason"), degraded.get("message")) != (
+            was_degraded.get("reason"),
+            was_degraded.get("message"),
+        )
+        if degraded.get("status") == "True" and changed:
+            _event(
+                lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", ""))
+            )
+
+
+def _event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None:
+    # kopf.event, not kopf.info: the operator's posting level (WARNING) filters kopf.info out,
+    # which keeps kopf's own "handler succeeded" chatter off the lanes and their children.
+    # kopf's signature wants its Body wrapper; it takes a raw object as well.
+    kopf.event(cast(Any, lane), type=type, reason=reason, message=message)
+
+
+def _tier_warnings(lane: Mapping[str, Any]) -> list[str]:
+    return list(render.tier_warnings(lane.get("spec") or {}))
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return f"{exc.status} {exc.reason}"
+
+
+# --- kopf wiring -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorMemo:
+    """What every handler gets as `memo`: the reconciler, the metrics and the login to the API."""
+
+    reconciler: LaneReconciler
+    metrics: OperatorMetrics
+    login: Callable[[], kopf.ConnectionInfo]
+
+
+@kopf.on.login(registry=registry)
+def login(memo: OperatorMemo, **_: Any) -> kopf.ConnectionInfo:
+    return memo.login()
+
+
+@kopf.on.probe(id="lanes", registry=registry)
+def lanes_probe(memo: OperatorMemo, **_: Any) -> int:
+    return memo.metrics.lane_count
+
+
+@kopf.on.resume(*LANE, registry=registry)
+@kopf.on.create(*LANE, registry=registry)
+@kopf.on.update(*LANE, registry=registry)
+async def reconcile_lane(namespace: str | None, name: str, memo: OperatorMemo, retry: int, **_: Any) -> None:
+    try:
+        outcome = await memo.reconciler.reconcile((namespace or "", name))
+    except TransientApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=memo.reconciler.retry_delay(retry)) from exc
+    except ApiException as exc:
+        raise kopf.TemporaryError(_api_message(exc), delay=memo.reconciler.retry_delay(retry)) from exc
+    if outcome.result == "invalid":
+        # Retrying cannot help; the condition and Event say what to fix, the next edit retries.
+        raise kopf.PermanentError(f"invalid spec: {outcome.message}")
+
+
+@kopf.timer(*LANE, interval=RESYNC_INTERVAL_S, initial_delay=RESYNC_INTERVAL_S, registry=registry)
+async def resync_lane(namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
+    await memo.reconciler.kick((namespace or "", name))
+
+
+@kopf.on.event(*LANE, registry=registry)
+def lane_event(type: str, namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.metrics.forget_lane((namespace or "", name))
+
+
+async def child_event(
+    type: str | None, namespace: str | None, labels: Mapping[str, str], memo: OperatorMemo, **_: Any
+) -> None:
+    # The initial listing is covered by the lanes' resume handlers; later events mean a change.
+    if type is None:
+        return
+    await memo.reconciler.kick((namespace or "", labels[LANE_LABEL]))
+
+
+def _watch_children(resources: Sequence[ApiResource]) -> None:
+    for resource in resources:
+        kopf.on.event(
+            resource.group,
+            resource.version,
+            resource.plural,
+            id=f"child_event/{resource.plural}",
+            labels={LANE_LABEL: kopf.PRESENT},
+            registry=registry,
+        )(child_event)
+
+
+_watch_children(CHILD_RESOURCES)

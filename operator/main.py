@@ -1,0 +1,178 @@
+"""Run the operator: log in to the API, then run kopf in-process with the handlers of handlers.py.
+
+`run(args)` is what `voicelane operator` calls. The kubeconfig path is explicit (`--kubeconfig`,
+else $KUBECONFIG read now, else the in-cluster service account): the kubernetes client fixes its
+default kubeconfig path when it is imported, so it is never relied on. kopf runs standalone (no
+peering) with resource and namespace scanning off: it serves the given namespaces, or the whole
+cluster, and needs no rights on CRDs or namespaces. Metrics are served on `--metrics-listen`,
+kopf's liveness probe on `--liveness`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+logger = logging.getLogger("voicelane.operator")
+
+
+class LoginFailed(RuntimeError):
+    pass
+
+
+def client_configuration(kubeconfig: str | None) -> tuple[Any, str | None]:
+    """A kubernetes client Configuration and the context's default namespace.
+
+    `kubeconfig` may list several files separated by os.pathsep, as $KUBECONFIG may.
+    """
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        try:
+            config.load_kube_config(config_file=path, client_configuration=configuration)
+            _, active = config.list_kube_config_contexts(config_file=path)
+        except (OSError, config.ConfigException) as exc:
+            raise LoginFailed(f"cannot use kubeconfig {path}: {exc}") from exc
+        namespace = (active or {}).get("context", {}).get("namespace")
+        return configuration, namespace
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as exc:
+        raise LoginFailed(
+            "no kubeconfig (--kubeconfig or KUBECONFIG) and not running in a cluster: " + str(exc)
+        ) from exc
+    namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.exists() else None
+    return configuration, namespace
+
+
+def connection_info(configuration: Any, default_namespace: str | None) -> Any:
+    """kopf's view of the same credentials the kubernetes client resolved (tokens, certificates)."""
+    import kopf
+
+    authorization = (configuration.api_key or {}).get("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if not token:
+        scheme, token = "Bearer", scheme
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme.capitalize() if token else None,
+        token=token or None,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+        default_namespace=default_namespace,
+    )
+
+
+def liveness_url(value: str | None) -> str | None:
+    """kopf wants a URL; accept HOST:PORT as well (the path is then /healthz)."""
+    if not value:
+        return None
+    return value if "://" in value else f"http://{value}/healthz"
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    kubeconfig = str(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
+    kopf.configure(verbose=bool(getattr(args, "verbose", False)))
+    try:
+        configuration, default_namespace = client_configuration(kubeconfig)
+    except LoginFailed as exc:
+        logger.error("%s", exc)
+        return 2
+    in_cluster = not (kubeconfig or os.environ.get("KUBECONFIG"))
+    # The NetworkPolicy admits the operator's namespace; in a pod it is the service account's.
+    operator_namespace = (
+        getattr(args, "operator_namespace", None)
+        or os.environ.get("POD_NAMESPACE")
+        or (default_namespace if in_cluster else None)
+    )
+    try:
+        asyncio.run(
+            operate(
+                configuration,
+                kubeconfig=kubeconfig,
+                namespaces=list(getattr(args, "namespace", None) or []),
+                metrics_listen=getattr(args, "metrics_listen", None),
+                liveness=liveness_url(getattr(args, "liveness", None)),
+                operator_namespace=operator_namespace,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def operate(
+    configuration: Any,
+    *,
+    kubeconfig: str | None,
+    namespaces: list[str],
+    metrics_listen: str | None,
+    liveness: str | None,
+    operator_namespace: str | None,
+) -> None:
+    """Run kopf with the VoiceLane handlers until it is stopped (SIGTERM or SIGINT)."""
+    import kopf
+    from kubernetes.client import ApiClient
+
+    from voicelane.operator import handlers
+    from voicelane.operator.metrics import OperatorMetrics, start_server
+
+    def login() -> kopf.ConnectionInfo:
+        # Re-read on every (re-)login so rotated tokens and edited kubeconfigs are picked up.
+        fresh, namespace = client_configuration(kubeconfig)
+        return connection_info(fresh, namespace)
+
+    metrics = OperatorMetrics()
+    reconciler = handlers.LaneReconciler(
+        handlers.KubeApi(ApiClient(configuration)), metrics, operator_namespace=operator_namespace
+    )
+    memo = handlers.OperatorMemo(reconciler=reconciler, metrics=metrics, login=login)
+
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True  # no CRD or namespace watching: fixed scope, fewer rights
+    settings.posting.level = logging.WARNING  # kopf's handler chatter stays in the log
+    settings.networking.request_timeout = 30.0
+    settings.networking.connect_timeout = 10.0
+    settings.persistence.finalizer = "voicelane.dev/operator"
+
+    ready = asyncio.Event()
+    runner = None
+    if metrics_listen:
+        host, port = host_port(metrics_listen)
+        runner = await start_server(metrics, host, port, ready=ready)
+        logger.info("Serving /metrics, /healthz and /readyz on http://%s:%d", host, port)
+    try:
+        await kopf.operator(
+            registry=handlers.registry,
+            settings=settings,
+            memo=memo,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+            ready_flag=ready,
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
