@@ -145,7 +145,7 @@ def test_deadline_miss_speaks_the_original_text(start_sim, start_sidecar) -> Non
     assert response.headers["X-Voicelane-Fallback"] == "deadline"
     assert len(parse_wav(response.content)[3]) > 0
     assert elapsed < 5
-    assert 'voicelane_fallbacks_total{request_class="chat",reason="deadline"} 1.0' in requests.get(
+    assert 'voicelane_fallbacks_total{reason="deadline",request_class="chat"} 1.0' in requests.get(
         sidecar.url + "/metrics", timeout=5
     ).text
 
