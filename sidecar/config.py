@@ -62,7 +62,9 @@ class LimitsConfig(_Model):
 
 
 class ClassesConfig(_Model):
-    short_max_chars: int = Field(130, ge=1, le=100_000, description="chat/notification up to this length run at priority 0.")
+    short_max_chars: int = Field(
+        130, ge=1, le=100_000, description="chat/notification up to this length run at priority 0."
+    )
     tldr_max_chars: int = Field(200, ge=1, le=100_000, description="Upper bound of an email TL;DR.")
 
 

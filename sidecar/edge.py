@@ -54,7 +54,9 @@ async def read_body(request: web.Request, limits: LimitsConfig) -> bytes:
     try:
         await asyncio.wait_for(_read(), timeout=limits.body_read_timeout_s)
     except TimeoutError:
-        raise ApiError(408, "body_timeout", f"request body not received within {limits.body_read_timeout_s} s") from None
+        raise ApiError(
+            408, "body_timeout", f"request body not received within {limits.body_read_timeout_s} s"
+        ) from None
     return bytes(body)
 
 
@@ -91,7 +93,9 @@ def check_text(value: Any, limits: LimitsConfig, *, field: str = "text") -> str:
     if not value.strip():
         raise bad_request("empty_text", f"'{field}' must not be empty")
     if len(value) > limits.max_text_chars:
-        raise ApiError(413, "text_too_long", f"'{field}' has {len(value)} characters; the limit is {limits.max_text_chars}")
+        raise ApiError(
+            413, "text_too_long", f"'{field}' has {len(value)} characters; the limit is {limits.max_text_chars}"
+        )
     return value
 
 
@@ -102,7 +106,9 @@ def parse_class(value: Any) -> RequestClass:
         return RequestClass(value)
     except (ValueError, TypeError):
         raise bad_request(
-            "unknown_source", f"unknown source {value!r}; valid classes: {VALID_CLASSES}", valid=[c.value for c in RequestClass]
+            "unknown_source",
+            f"unknown source {value!r}; valid classes: {VALID_CLASSES}",
+            valid=[c.value for c in RequestClass],
         ) from None
 
 
@@ -118,7 +124,7 @@ def parse_text_request(payload: dict[str, Any], limits: LimitsConfig, *, default
     voice = _optional_str(payload, "voice", max_len=64)
     audio_format = payload.get("format", "wav")
     if audio_format not in ("wav", "pcm"):
-        raise bad_request("invalid_field", "'format' must be \"wav\" or \"pcm\"")
+        raise bad_request("invalid_field", '\'format\' must be "wav" or "pcm"')
     return TextRequest(
         text=text,
         request_class=request_class,

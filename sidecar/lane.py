@@ -152,7 +152,9 @@ class Lane:
         )
         self.scheduler = PriorityScheduler(config.scheduler, clock=clock)
         self.router = Router(config.routing)
-        self.clients: dict[Tier, UpstreamClient] = {tier: client_factory(config.upstreams.for_tier(tier)) for tier in Tier}
+        self.clients: dict[Tier, UpstreamClient] = {
+            tier: client_factory(config.upstreams.for_tier(tier)) for tier in Tier
+        }
         self.circuits: dict[Tier, CircuitBreaker] = {tier: self._circuit(config, tier) for tier in Tier}
         self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
         self._tasks: list[asyncio.Task[None]] = []
@@ -211,7 +213,9 @@ class Lane:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.gather(*(self._probe(tier) for tier in Tier))
-            await asyncio.sleep(min(u.health_interval_s for u in (self.config.upstreams.fast, self.config.upstreams.deep)))
+            await asyncio.sleep(
+                min(u.health_interval_s for u in (self.config.upstreams.fast, self.config.upstreams.deep))
+            )
 
     async def _probe(self, tier: Tier) -> None:
         client = self.clients[tier]
@@ -349,9 +353,7 @@ class Lane:
     def scheduler_idle_above(self, priority: int) -> bool:
         """True when no work of a higher priority (lower number) runs or waits."""
         snapshot = self.scheduler.snapshot()
-        return all(
-            not snapshot["running"].get(p, 0) and not snapshot["waiting"].get(p, 0) for p in range(priority)
-        )
+        return all(not snapshot["running"].get(p, 0) and not snapshot["waiting"].get(p, 0) for p in range(priority))
 
     # ----- model work ----------------------------------------------------------------------------
 

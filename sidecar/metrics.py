@@ -150,9 +150,7 @@ class SidecarMetrics:
         self.registry.register(_StateCollector(snapshot))
 
 
-def gauge(
-    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
-) -> Metric:
+def gauge(name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for label_values, value in samples:
         family.add_metric(label_values, value)

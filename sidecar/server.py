@@ -26,10 +26,10 @@ from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
 from voicelane.sidecar.edge import decode_json_object, parse_text_request, read_body
 from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_gauge
 from voicelane.sidecar.pressure import InjectedPressureSource, LocalPressureSource, PressureSample
-from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.reload import ConfigWatcher
 from voicelane.sidecar.speech import AudioSubmission, Speaker
 from voicelane.sidecar.ttfa import Alert, StageClock, TTFAMonitor
@@ -226,9 +226,7 @@ async def handle_followups(request: web.Request) -> web.Response:
     followups = request.app[FOLLOWUPS_KEY].get(request_id)
     if followups is None:
         raise ApiError(404, "unknown_email", f"no follow-ups for request id {request_id!r}")
-    return web.json_response(
-        {"request_id": request_id, "segments": [f.describe(request_id) for f in followups]}
-    )
+    return web.json_response({"request_id": request_id, "segments": [f.describe(request_id) for f in followups]})
 
 
 async def handle_followup_audio(request: web.Request) -> web.Response:
@@ -323,13 +321,19 @@ def _state_metrics(lane: Lane) -> Callable[[], list[Any]]:
                 ["priority"],
                 [([str(p)], float(n)) for p, n in queue["running"].items()],
             ),
-            plain_gauge("voicelane_guardian_blocked", "1 while the guardian blocks new model work.", float(guardian["blocked"])),
+            plain_gauge(
+                "voicelane_guardian_blocked", "1 while the guardian blocks new model work.", float(guardian["blocked"])
+            ),
             plain_gauge(
                 "voicelane_guardian_emergency_blocks",
                 "Times the guardian entered the blocked state since start.",
                 float(guardian["emergency_blocks"]),
             ),
-            plain_gauge("voicelane_admission_rate_per_second", "Admission attempts per second, recent.", float(guardian["current_rps"])),
+            plain_gauge(
+                "voicelane_admission_rate_per_second",
+                "Admission attempts per second, recent.",
+                float(guardian["current_rps"]),
+            ),
             gauge(
                 "voicelane_upstream_circuit_open",
                 "1 while a tier's circuit is open.",
@@ -360,7 +364,9 @@ async def handle_inject_pressure(request: web.Request) -> web.Response:
     if not isinstance(source, InjectedPressureSource):
         raise ApiError(409, "not_injectable", "the sidecar was not started with test hooks")
     try:
-        sample = PressureSample(cpu_percent=float(payload["cpu_percent"]), memory_percent=float(payload["memory_percent"]))
+        sample = PressureSample(
+            cpu_percent=float(payload["cpu_percent"]), memory_percent=float(payload["memory_percent"])
+        )
     except (KeyError, TypeError, ValueError):
         raise ApiError(400, "invalid_field", "expected numeric 'cpu_percent' and 'memory_percent'") from None
     source.set(sample)
@@ -450,7 +456,10 @@ def build_app(
     background: list[asyncio.Task[None]] = []
 
     async def prepare_phrase_bank() -> None:
-        state["phrase_bank"] = {"prepared": 0, "total": len(config.phrase_bank.phrases) if config.phrase_bank.enabled else 0}
+        state["phrase_bank"] = {
+            "prepared": 0,
+            "total": len(config.phrase_bank.phrases) if config.phrase_bank.enabled else 0,
+        }
         state["phrase_bank"]["prepared"] = await speaker.prepare_phrase_bank()
 
     async def on_startup(_: web.Application) -> None:
@@ -508,7 +517,8 @@ async def _serve_async(
 
 def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool = False) -> int:
     logging.basicConfig(
-        level=config.log_level.upper(), format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+        level=config.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_async(config, config_path=config_path, flags=flags, test_hooks=test_hooks))

@@ -27,8 +27,8 @@ from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.segmenter import Segmenter, segment_text
 from voicelane.sidecar.singleflight import Flight, SingleFlight
-from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
 from voicelane.sidecar.ttfa import StageClock, TTFAMonitor
+from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
 
 log = logging.getLogger("voicelane.sidecar.speech")
 
@@ -153,7 +153,9 @@ class Speaker:
         if self.config.single_flight.enabled and key in self.flights:
             self.metrics.singleflight.labels("joiner").inc()
             flight: Flight[bytes, AudioResult] = self.flights.join(key, self._never_started)
-            return AudioSubmission(request, text_job.priority, key, flight=flight, meta=self._meta.get(key, SpeechMeta()))
+            return AudioSubmission(
+                request, text_job.priority, key, flight=flight, meta=self._meta.get(key, SpeechMeta())
+            )
         # May raise ApiError (rate limit, guardian, queue): a refusal leaves before any audio work.
         text = self.lane.submit(text_job, received=stages.received)
         stages.mark("admitted")
@@ -213,9 +215,11 @@ class Speaker:
             return spoken.strip() or request.text[: self.config.classes.tldr_max_chars]
         return request.text
 
-    async def _speak(self, request: TextRequest, text: Submission, out: Broadcast[bytes], meta: SpeechMeta) -> AudioResult:
+    async def _speak(
+        self, request: TextRequest, text: Submission, out: Broadcast[bytes], meta: SpeechMeta
+    ) -> AudioResult:
         stages = meta.stages or StageClock(self.clock())
-        segments: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+        segments: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         limit = self.config.classes.tldr_max_chars if request.request_class is RequestClass.EMAIL else None
         pump = asyncio.create_task(self._pump_segments(request, text, segments, stages, limit))
         pcm = bytearray()
@@ -243,7 +247,9 @@ class Speaker:
             else:
                 meta.tier = await text.tier(self.lane) or "unknown"
                 queue_items = [first] if isinstance(first, str) else [None]
-            await self._synthesize_all(request, queue_items, segments, out, pcm, spoken, stages, use_queue=fallback is None)
+            await self._synthesize_all(
+                request, queue_items, segments, out, pcm, spoken, stages, use_queue=fallback is None
+            )
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -255,7 +261,7 @@ class Speaker:
         self,
         request: TextRequest,
         text: Submission,
-        segments: asyncio.Queue[str | None | BaseException],
+        segments: asyncio.Queue[str | BaseException | None],
         stages: StageClock,
         limit: int | None,
     ) -> None:
@@ -291,7 +297,7 @@ class Speaker:
         self,
         request: TextRequest,
         first_items: list[str | None],
-        segments: asyncio.Queue[str | None | BaseException],
+        segments: asyncio.Queue[str | BaseException | None],
         out: Broadcast[bytes],
         pcm: bytearray,
         spoken: list[str],
@@ -380,4 +386,8 @@ class Speaker:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, ApiError) and exc.status in (429, 503) and exc.code in {"rate_limited", "queue_full", "guardian_emergency"}
+    return (
+        isinstance(exc, ApiError)
+        and exc.status in (429, 503)
+        and exc.code in {"rate_limited", "queue_full", "guardian_emergency"}
+    )

@@ -36,8 +36,14 @@ def _messages(payload: dict[str, Any], lane: Lane) -> list[dict[str, str]]:
         raise bad_request("invalid_messages", "'messages' must be a non-empty list of {role, content}")
     messages: list[dict[str, str]] = []
     for index, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("role"), str) or not isinstance(item.get("content"), str):
-            raise bad_request("invalid_messages", f"messages[{index}] must be an object with string 'role' and 'content'")
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("role"), str)
+            or not isinstance(item.get("content"), str)
+        ):
+            raise bad_request(
+                "invalid_messages", f"messages[{index}] must be an object with string 'role' and 'content'"
+            )
         messages.append({"role": item["role"], "content": item["content"]})
     check_text("".join(m["content"] for m in messages), lane.config.limits, field="messages")
     return messages
@@ -85,7 +91,9 @@ async def _admit(request: web.Request, lane: Lane, *, api: str) -> tuple[dict[st
         options = {k: raw_options[k] for k in _OPTION_KEYS if k in raw_options}
     _check_options(options)
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    job = lane.chat_job(messages=messages, request_class=_source(request), request_id=request_id, options=options, api=api)
+    job = lane.chat_job(
+        messages=messages, request_class=_source(request), request_id=request_id, options=options, api=api
+    )
     return payload, lane.submit(job)
 
 
@@ -236,7 +244,9 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
     async def openai_models(request: web.Request) -> web.Response:
         lane = request.app[lane_key]
         models = sorted({lane.config.upstreams.fast.model, lane.config.upstreams.deep.model})
-        return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "voicelane"} for m in models]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "voicelane"} for m in models]}
+        )
 
     app.router.add_post("/api/chat", ollama_chat)
     app.router.add_post("/api/generate", ollama_generate)

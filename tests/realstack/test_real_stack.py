@@ -26,8 +26,13 @@ def stack_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("realstack-logs")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with running(llama_server_argv(server, model, port=port), ready_url=url + "/health", log_dir=logs,
-                 name="llama-server", ready_timeout_s=240):
+    with running(
+        llama_server_argv(server, model, port=port),
+        ready_url=url + "/health",
+        log_dir=logs,
+        name="llama-server",
+        ready_timeout_s=240,
+    ):
         yield url
 
 
@@ -47,8 +52,12 @@ def sidecar_url(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     config_file.write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with running(voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}"),
-                 ready_url=url + "/healthz", log_dir=logs, name="sidecar"):
+    with running(
+        voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}"),
+        ready_url=url + "/healthz",
+        log_dir=logs,
+        name="sidecar",
+    ):
         yield url
 
 
@@ -61,7 +70,9 @@ def sidecar_url(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ],
 )
 def test_each_class_is_spoken_by_the_real_model(sidecar_url: str, source: str, text: str) -> None:
-    response = requests.post(sidecar_url + "/v1/speak", json={"text": text, "source": source, "lang": "en"}, timeout=300)
+    response = requests.post(
+        sidecar_url + "/v1/speak", json={"text": text, "source": source, "lang": "en"}, timeout=300
+    )
     assert response.status_code == 200, response.text
     assert response.headers["X-Voicelane-Tier"] in {"fast", "deep"}
     assert "X-Voicelane-Fallback" not in response.headers
@@ -71,12 +82,20 @@ def test_each_class_is_spoken_by_the_real_model(sidecar_url: str, source: str, t
     assert len(pcm) > rate  # more than half a second of speech
     stats = requests.get(sidecar_url + "/v1/stats", timeout=10).json()["ttfa"]["classes"][source]
     assert stats["count"] >= 1
-    assert set(stats["stages_mean_s"]) >= {"dispatched", "first_token", "first_segment", "tts_first_byte", "first_audio_sent"}
+    assert set(stats["stages_mean_s"]) >= {
+        "dispatched",
+        "first_token",
+        "first_segment",
+        "tts_first_byte",
+        "first_audio_sent",
+    }
     assert 0 < stats["p50_s"] < 300
 
 
 def test_text_endpoint_uses_the_real_model(sidecar_url: str) -> None:
-    response = requests.post(sidecar_url + "/v1/text", json={"text": "Good morning, everyone.", "source": "chat"}, timeout=300)
+    response = requests.post(
+        sidecar_url + "/v1/text", json={"text": "Good morning, everyone.", "source": "chat"}, timeout=300
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["text"].strip()

@@ -517,7 +517,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _changes: collections.deque[Change] = attrs.field(init=False)
     _forgotten_rv: int = attrs.field(default=0, init=False)  # the newest rv evicted from the log
     _watchers: set[asyncio.Queue[Any]] = attrs.field(factory=set, init=False)
-    _usage: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    _usage: collections.Counter[tuple[str, str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     _fault_ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _background: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
 
@@ -623,7 +623,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if path is not None and path.plural:
             verb = request_verb(request.method.value, path.name, request.params)
             plural = f"{path.plural}/{path.subresource}" if path.subresource else path.plural
-            self._usage[(verb, path.group, plural)] += 1
+            # Who asked, by the User-Agent's product: kubectl, kopf, OpenAPI-Generator (the kubernetes client).
+            agent = (request.headers.get("User-Agent") or "unknown").split("/", 1)[0]
+            self._usage[(agent, verb, path.group, plural)] += 1
             fault = self._take_fault(verb, path)
             if fault is not None:
                 return await self._inject(fault, request)
@@ -676,8 +678,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def usage(self) -> list[Body]:
         return [
-            {"verb": verb, "group": group, "resource": resource, "count": count}
-            for (verb, group, resource), count in sorted(self._usage.items())
+            {"agent": agent, "verb": verb, "group": group, "resource": resource, "count": count}
+            for (agent, verb, group, resource), count in sorted(self._usage.items())
         ]
 
     # -- the store --------------------------------------------------------------------------------
@@ -1311,7 +1313,7 @@ class ControlApi:
     POST /_emulator/faults                  a Fault as JSON → the stored fault with its id
     DELETE /_emulator/faults                → {"cleared": N}
     POST /_emulator/watches/drop            → {"dropped": N}
-    GET  /_emulator/usage                   → [{"verb", "group", "resource", "count"}...]
+    GET  /_emulator/usage                   → [{"agent", "verb", "group", "resource", "count"}...]
     """
 
     def __init__(self, emulator: KubeEmulator) -> None:

@@ -57,7 +57,9 @@ def start_sidecar(log_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Endpo
     """Start `voicelane sidecar` in front of the given tiers with a config file of overrides."""
     with contextlib.ExitStack() as stack:
 
-        def start(fast: str, deep: str | None = None, config: dict[str, Any] | None = None, name: str = "sidecar") -> Endpoint:
+        def start(
+            fast: str, deep: str | None = None, config: dict[str, Any] | None = None, name: str = "sidecar"
+        ) -> Endpoint:
             port = free_port()
             settings = _deep_update(
                 {

@@ -17,7 +17,13 @@ async def post_text(session: aiohttp.ClientSession, url: str, text: str, source:
     sent = time.monotonic()
     async with session.post(url + "/v1/text", json={"text": text, "source": source, **extra}) as response:
         body = await response.json()
-        return {"status": response.status, "body": body, "headers": response.headers, "sent": sent, "finished": time.monotonic()}
+        return {
+            "status": response.status,
+            "body": body,
+            "headers": response.headers,
+            "sent": sent,
+            "finished": time.monotonic(),
+        }
 
 
 def dispatched_at(reply: dict[str, Any]) -> float:
@@ -26,7 +32,9 @@ def dispatched_at(reply: dict[str, Any]) -> float:
 
 async def test_higher_priority_and_idle_only_segments(start_sim, start_sidecar) -> None:
     sim = start_sim("--ttft-ms", "300", "--tokens-per-s", "200", "--parallel", "8")
-    sidecar = start_sidecar(sim.url, config={"scheduler": {"max_waiting": 3}, "rate_limit": {"burst": 20, "sustained_per_s": 20}})
+    sidecar = start_sidecar(
+        sim.url, config={"scheduler": {"max_waiting": 3}, "rate_limit": {"burst": 20, "sustained_per_s": 20}}
+    )
     async with aiohttp.ClientSession() as session:
         # Occupy the priority-0 and priority-1 slots, then queue one of each priority behind them.
         busy_chat = asyncio.create_task(post_text(session, sidecar.url, "First chat message.", "chat"))

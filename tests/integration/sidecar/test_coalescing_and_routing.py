@@ -43,9 +43,13 @@ async def test_joiner_gets_its_answer_when_the_leader_disconnects(start_sim, sta
     sidecar = start_sidecar(sim.url)
     text = "Mötet flyttas till klockan tre."
     async with aiohttp.ClientSession() as leader_session, aiohttp.ClientSession() as joiner_session:
-        leader = asyncio.create_task(leader_session.post(sidecar.url + "/v1/text", json={"text": text, "source": "chat"}))
+        leader = asyncio.create_task(
+            leader_session.post(sidecar.url + "/v1/text", json={"text": text, "source": "chat"})
+        )
         await asyncio.sleep(0.2)
-        joiner = asyncio.create_task(joiner_session.post(sidecar.url + "/v1/text", json={"text": text, "source": "chat"}))
+        joiner = asyncio.create_task(
+            joiner_session.post(sidecar.url + "/v1/text", json={"text": text, "source": "chat"})
+        )
         await asyncio.sleep(0.2)
         leader.cancel()
         await leader_session.close()

@@ -18,10 +18,19 @@ def sidecar_url(tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("logs")
     sim_port, port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
-    with running(voicelane_argv("sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft-ms", "5"),
-                 ready_url=sim_url + "/api/version", log_dir=logs, name="sim"), running(
-        voicelane_argv("sidecar", "--listen", f"127.0.0.1:{port}", "--fast-url", sim_url, "--deep-url", sim_url),
-        ready_url=f"http://127.0.0.1:{port}/healthz", log_dir=logs, name="sidecar",
+    with (
+        running(
+            voicelane_argv("sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft-ms", "5"),
+            ready_url=sim_url + "/api/version",
+            log_dir=logs,
+            name="sim",
+        ),
+        running(
+            voicelane_argv("sidecar", "--listen", f"127.0.0.1:{port}", "--fast-url", sim_url, "--deep-url", sim_url),
+            ready_url=f"http://127.0.0.1:{port}/healthz",
+            log_dir=logs,
+            name="sidecar",
+        ),
     ):
         yield f"http://127.0.0.1:{port}"
 
@@ -48,7 +57,9 @@ def error_of(response: requests.Response) -> dict:
     ],
 )
 def test_bad_text_requests(sidecar_url: str, body: bytes, status: int, code: str) -> None:
-    response = requests.post(sidecar_url + "/v1/text", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    response = requests.post(
+        sidecar_url + "/v1/text", data=body, headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert response.status_code == status
     error = error_of(response)
     assert error["code"] == code
@@ -66,8 +77,7 @@ def test_oversized_body_is_refused_before_it_is_read(sidecar_url: str) -> None:
     host, port = sidecar_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
-            b"POST /v1/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 10000000\r\n\r\n"
+            b"POST /v1/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
         )
         head = sock.recv(4096).decode("latin-1")
     assert head.startswith("HTTP/1.1 413")

@@ -110,7 +110,9 @@ async def test_email_tldr_first_then_segments_only_while_chat_is_idle(start_sim,
 
         async def chat(n: int) -> None:
             started = time.time()
-            async with session.post(sidecar.url + "/v1/speak", json={"text": f"Chatt nummer {n}.", "source": "chat"}) as r:
+            async with session.post(
+                sidecar.url + "/v1/speak", json={"text": f"Chatt nummer {n}.", "source": "chat"}
+            ) as r:
                 assert r.status == 200
                 await r.read()
             chat_windows.append((started, time.time()))
@@ -145,9 +147,10 @@ def test_deadline_miss_speaks_the_original_text(start_sim, start_sidecar) -> Non
     assert response.headers["X-Voicelane-Fallback"] == "deadline"
     assert len(parse_wav(response.content)[3]) > 0
     assert elapsed < 5
-    assert 'voicelane_fallbacks_total{reason="deadline",request_class="chat"} 1.0' in requests.get(
-        sidecar.url + "/metrics", timeout=5
-    ).text
+    assert (
+        'voicelane_fallbacks_total{reason="deadline",request_class="chat"} 1.0'
+        in requests.get(sidecar.url + "/metrics", timeout=5).text
+    )
 
 
 def test_model_failure_still_speaks_for_chat(start_sim, start_sidecar) -> None:

@@ -37,7 +37,9 @@ def test_source_header_sets_the_class_and_bad_header_is_refused(start_sim, start
     sim = start_sim("--ttft-ms", "5")
     sidecar = start_sidecar(sim.url)
     body = {"model": "any", "messages": [{"role": "user", "content": "Segment text."}], "stream": False}
-    ok = requests.post(sidecar.url + "/api/chat", json=body, headers={"X-Voicelane-Source": "email_segment"}, timeout=10)
+    ok = requests.post(
+        sidecar.url + "/api/chat", json=body, headers={"X-Voicelane-Source": "email_segment"}, timeout=10
+    )
     assert ok.status_code == 200
     assert ok.headers["X-Voicelane-Priority"] == "2"
     bad = requests.post(sidecar.url + "/api/chat", json=body, headers={"X-Voicelane-Source": "sms"}, timeout=10)
