@@ -17,18 +17,19 @@ from typing import Any
 
 import aiohttp
 
+# Chat templates: filled with a name and a number so that, as in real chat, texts rarely repeat
+# exactly; repeats are the duplicate scenario's job.
 CHATS = (
-    "Hej! Ses vi vid lunch idag?",
-    "Kan du ringa mig när du har en minut?",
-    "Tack för hjälpen med rapporten igår.",
-    "I'm running ten minutes late, start without me.",
-    "Perfekt, då bokar jag ett bord till klockan tolv.",
-    "Did you get the slides I sent this morning?",
-    "Vi flyttar mötet till konferensrum B.",
-    "Glöm inte att köpa mjölk på vägen hem.",
-    "Great work on the release, the team is impressed.",
-    "Kommer du på fredagsfikat?",
+    "Hej {name}! Ses vi vid lunch klockan {hour}?",
+    "Kan du ringa mig, {name}? Jag är ledig om {minutes} minuter.",
+    "Tack {name} för hjälpen med rapporten, sida {minutes} blev jättebra.",
+    "{name}, I'm running {minutes} minutes late, start without me.",
+    "Perfekt {name}, då bokar jag ett bord till klockan {hour}.",
+    "Did you get the {minutes} slides I sent this morning, {name}?",
+    "Vi flyttar mötet till rum {minutes}, säg till {name}.",
+    "Great work on release {minutes}, {name}, the team is impressed.",
 )
+NAMES = ("Anna", "Erik", "Maria", "Sam", "Lena", "Omar", "Sara", "Johan")
 NOTIFICATIONS = (
     "Ditt paket har levererats till brevlådan.",
     "Påminnelse: tandläkare i morgon kl. 09.30.",
@@ -83,7 +84,8 @@ def mixed_workload(*, duration_s: float = 20.0, seed: int = 7) -> list[Step]:
     steps: list[Step] = []
     t = 0.5
     while t < duration_s:
-        steps.append(Step(round(t, 3), "chat", "chat", rng.choice(CHATS)))
+        chat = rng.choice(CHATS).format(name=rng.choice(NAMES), hour=rng.randint(8, 18), minutes=rng.randint(2, 59))
+        steps.append(Step(round(t, 3), "chat", "chat", chat))
         t += rng.uniform(0.8, 1.6)
     t = 1.0
     while t < duration_s:
@@ -91,10 +93,10 @@ def mixed_workload(*, duration_s: float = 20.0, seed: int = 7) -> list[Step]:
         t += rng.uniform(2.0, 3.5)
     for index, email in enumerate(EMAILS):
         steps.append(Step(round(2.0 + index * duration_s / 2.5, 3), "email", "email", email))
-    # The same notification from three devices within two seconds.
+    # The same notification from four devices within two seconds, three of them at once.
     dup_at = duration_s * 0.35
     dup_text = "Ditt möte börjar om fem minuter."
-    steps.extend(Step(round(dup_at + d, 3), "duplicate", "notification", dup_text) for d in (0.0, 0.4, 1.2))
+    steps.extend(Step(round(dup_at + d, 3), "duplicate", "notification", dup_text) for d in (0.0, 0.05, 0.1, 1.2))
     # A burst beyond the rate limit: twelve distinct chats at once.
     burst_at = duration_s * 0.6
     steps.extend(Step(round(burst_at, 3), "burst", "chat", f"Snabbt meddelande nummer {n}.") for n in range(12))
