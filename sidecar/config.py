@@ -269,7 +269,9 @@ class TTSConfig(_Model):
     url: str | None = Field(None, pattern=r"^https?://", description="Base URL of an OpenAI-compatible speech server.")
     model: str = "tts-1"
     voice: str = "sv"
-    sample_rate: int = Field(22050, ge=8000, le=48000)
+    sample_rate: int = Field(
+        24000, ge=8000, le=48000, description="Rate of raw PCM from the OpenAI-compatible server (OpenAI sends 24 kHz)."
+    )
     sentence_streaming: bool = Field(
         True, description="Speak each segment as soon as the model completes it; False waits for the whole text."
     )

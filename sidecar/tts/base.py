@@ -104,8 +104,8 @@ def make_backend(config: TTSConfig) -> TTSBackend:
     """The backend `config.backend` names.
 
     Each backend reports its native sample rate (espeak-ng: what espeak_Initialize returns,
-    22050 Hz; OpenAI-compatible servers: 24 kHz `pcm`); audio is not resampled, so
-    `config.sample_rate` is not consulted.
+    22050 Hz; OpenAI-compatible servers: `config.sample_rate`, 24 kHz for OpenAI's `pcm`);
+    audio is not resampled.
     """
     if config.backend == "openai":
         from voicelane.sidecar.tts.openai import OpenAIBackend
@@ -118,6 +118,7 @@ def make_backend(config: TTSConfig) -> TTSBackend:
             voice=config.voice,
             api_key=config.api_key,
             timeout_s=config.timeout_s,
+            sample_rate=config.sample_rate,
         )
     from voicelane.sidecar.tts.espeak import EspeakBackend
 
