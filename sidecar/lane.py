@@ -159,8 +159,10 @@ class Lane:
         self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
         self._tasks: list[asyncio.Task[None]] = []
         self._retired_clients: list[UpstreamClient] = []
-        # Which tier is answering each running flight (known from its first token on).
+        # Which tier is answering each running flight (known from its first token on), and
+        # when its model slot was granted: speech requests report both as their own stages.
         self.answering_tier: dict[str, str] = {}
+        self.dispatched_at: dict[str, float] = {}
 
     # ----- configuration -------------------------------------------------------------------------
 
@@ -369,6 +371,7 @@ class Lane:
                     result = await self._run_model(job, out, timeline)
             finally:
                 self.answering_tier.pop(job.key, None)
+                self.dispatched_at.pop(job.key, None)
             self.cache.put(job.key, result, result.size_bytes)
             return result
 
@@ -379,6 +382,7 @@ class Lane:
             slot = self.scheduler.slot(job.priority)
             async with slot as ticket:
                 timeline.mark("dispatched", self.clock())
+                self.dispatched_at[job.key] = self.clock()
                 self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
                 return await self._call_tiers(job, out, timeline)
         except QueueFull as exc:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # `_created` series double every counter and histogram in the scrape and nothing here reads them.
@@ -146,6 +146,29 @@ class SidecarMetrics:
             registry=r,
         )
 
+    def initialize_series(self, classes: Iterable[str]) -> None:
+        """Create the known label combinations at zero, so rate() sees the first event after a start."""
+        for request_class in classes:
+            for within in ("true", "false"):
+                self.ttfa_target.labels(request_class, within)
+            for reason in ("deadline", "model_failure"):
+                self.fallbacks.labels(request_class, reason)
+            for kind in ("p95_over_target", "consecutive_slow"):
+                self.alerts.labels(request_class, kind)
+        for decision, reason in (
+            ("allowed", "ok"),
+            ("rejected", "rate_limited"),
+            ("rejected", "guardian_emergency"),
+            ("rejected", "queue_full"),
+        ):
+            self.admissions.labels(decision, reason)
+        for source, target in (("fast", "deep"), ("deep", "fast")):
+            self.failovers.labels(source, target)
+        for result in ("ok", "failed"):
+            self.guardian_checks.labels(result)
+        for role in ("leader", "joiner"):
+            self.singleflight.labels(role)
+
     def add_state(self, snapshot: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_StateCollector(snapshot))
 
@@ -159,6 +182,11 @@ def gauge(name: str, documentation: str, labels: list[str], samples: Iterable[tu
 
 def plain_gauge(name: str, documentation: str, value: float) -> Metric:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+def plain_counter(name: str, documentation: str, value: float) -> Metric:
+    """A counter kept by a component and read at scrape time (exposed as `<name>_total`)."""
+    return CounterMetricFamily(name, documentation, value=value)
 
 
 def as_float(value: Any) -> float:

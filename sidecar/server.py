@@ -28,7 +28,7 @@ from voicelane.sidecar.edge import decode_json_object, parse_text_request, read_
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
-from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_gauge
+from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_counter, plain_gauge
 from voicelane.sidecar.pressure import InjectedPressureSource, LocalPressureSource, PressureSample
 from voicelane.sidecar.reload import ConfigWatcher
 from voicelane.sidecar.speech import AudioSubmission, Speaker
@@ -324,10 +324,20 @@ def _state_metrics(lane: Lane) -> Callable[[], list[Any]]:
             plain_gauge(
                 "voicelane_guardian_blocked", "1 while the guardian blocks new model work.", float(guardian["blocked"])
             ),
-            plain_gauge(
+            plain_counter(
                 "voicelane_guardian_emergency_blocks",
-                "Times the guardian entered the blocked state since start.",
+                "Times the guardian entered the blocked state.",
                 float(guardian["emergency_blocks"]),
+            ),
+            gauge(
+                "voicelane_ttfa_target_seconds",
+                "The TTFA target of each class in the running configuration.",
+                ["request_class"],
+                [
+                    ([cls.value], lane.config.ttfa.targets.for_class(cls))
+                    for cls in RequestClass
+                    if cls is not RequestClass.EMAIL_SEGMENT
+                ],
             ),
             plain_gauge(
                 "voicelane_admission_rate_per_second",
@@ -344,7 +354,8 @@ def _state_metrics(lane: Lane) -> Callable[[], list[Any]]:
                 "voicelane_upstream_healthy",
                 "1 when a tier's last health check passed.",
                 ["tier"],
-                [([tier.value], float(bool(ok))) for tier, ok in lane.healthy.items()],
+                # A tier not yet checked has no sample: "unknown" is not "down".
+                [([tier.value], float(ok)) for tier, ok in lane.healthy.items() if ok is not None],
             ),
             plain_gauge("voicelane_cache_entries", "Entries in the result cache.", float(cache["entries"])),
             plain_gauge("voicelane_cache_bytes", "Bytes held by the result cache.", float(cache["bytes"])),
@@ -412,6 +423,7 @@ def build_app(
     else:
         lane = Lane(config, metrics, local_pressure=LocalPressureSource())
     metrics.add_state(_state_metrics(lane))
+    metrics.initialize_series(c.value for c in RequestClass if c is not RequestClass.EMAIL_SEGMENT)
 
     def count_alert(alert: Alert) -> None:
         metrics.alerts.labels(alert.request_class, alert.kind).inc()

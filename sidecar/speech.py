@@ -271,6 +271,10 @@ class Speaker:
         held: list[str] = []  # without sentence streaming, segments wait for the whole text
         try:
             async for token in text.tokens():
+                if "first_token" not in stages.marks:
+                    dispatched = self.lane.dispatched_at.get(text.job.key)
+                    if dispatched is not None:
+                        stages.mark("dispatched", dispatched)
                 stages.mark("first_token")
                 for segment in segmenter.feed(token):
                     if not streaming:
