@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.resources
 import json
 import logging
 import signal
@@ -298,6 +300,16 @@ async def handle_readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI description of this API, shipped in the package beside this module."""
+    return importlib.resources.files("voicelane.sidecar").joinpath("openapi.json").read_bytes()
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -447,6 +459,7 @@ def build_app(
     app.router.add_get("/v1/stats", handle_stats)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/openapi.json", handle_openapi)
     transparent.add_routes(app, LANE_KEY, METRICS_KEY)
     if test_hooks:
         app.router.add_post("/v1/test/pressure", handle_inject_pressure)
