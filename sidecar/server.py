@@ -64,7 +64,9 @@ async def error_middleware(
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return ApiError(exc.status, code, f"{request.method} {request.path}: {exc.reason}").response()
+        error = ApiError(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
+        # A 405 must name the methods the path does support (RFC 9110).
+        return error.response({"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
