@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from voicelane.sidecar.errors import ApiError, bad_request
 
 VALID_CLASSES = ", ".join(c.value for c in RequestClass)
 _READ_CHUNK = 16384
+# Request ids are echoed in response headers and follow-up URLs: nothing that could break either.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,10 @@ def parse_text_request(payload: dict[str, Any], limits: LimitsConfig, *, default
     request_class = parse_class(payload.get("source"))
     lang = _optional_str(payload, "lang", max_len=16) or default_lang
     target_lang = _optional_str(payload, "target_lang", max_len=16) or lang
-    request_id = _optional_str(payload, "request_id", max_len=128) or uuid.uuid4().hex
+    request_id = payload.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id)):
+        raise bad_request("invalid_field", "'request_id' must be 1 to 128 letters, digits or . _ : -")
+    request_id = request_id or uuid.uuid4().hex
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("invalid_field", "'stream' must be true or false")
