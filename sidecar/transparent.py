@@ -128,7 +128,11 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
         lane, metrics = request.app[lane_key], request.app[metrics_key]
         endpoint = "api_chat" if api == "ollama_chat" else "api_generate"
         started = time.monotonic_ns()
-        payload, submission = await _admit(request, lane, api=api)
+        try:
+            payload, submission = await _admit(request, lane, api=api)
+        except ApiError as exc:
+            _count(metrics, endpoint, None, exc.code)
+            return _ollama_error(exc)
         content_key = "message" if api == "ollama_chat" else "response"
 
         def line(token: str, done: bool, tier: str | None) -> dict[str, Any]:
@@ -154,10 +158,7 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
             first = await anext(tokens, None)
         except ApiError as exc:
             _count(metrics, endpoint, submission, exc.code)
-            # Ollama's error body is {"error": "..."}; keep the code in a header for machines.
-            return web.json_response(
-                {"error": exc.message}, status=exc.status, headers={**exc.headers(), "X-Voicelane-Error": exc.code}
-            )
+            return _ollama_error(exc)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **_headers(submission)})
         await response.prepare(request)
         try:
@@ -179,7 +180,11 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
         lane, metrics = request.app[lane_key], request.app[metrics_key]
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        payload, submission = await _admit(request, lane, api="openai")
+        try:
+            payload, submission = await _admit(request, lane, api="openai")
+        except ApiError as exc:
+            _count(metrics, "v1_chat_completions", None, exc.code)
+            return _openai_error(exc)
 
         def chunk(delta: dict[str, Any], finish: str | None, tier: str | None) -> dict[str, Any]:
             return {
@@ -214,8 +219,7 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
             first = await anext(tokens, None)
         except ApiError as exc:
             _count(metrics, "v1_chat_completions", submission, exc.code)
-            body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
-            return web.json_response(body, status=exc.status, headers=exc.headers())
+            return _openai_error(exc)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **_headers(submission)})
         await response.prepare(request)
         try:
@@ -254,6 +258,18 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
     app.router.add_get("/api/tags", ollama_tags)
     app.router.add_post("/v1/chat/completions", openai_chat)
     app.router.add_get("/v1/models", openai_models)
+
+
+def _ollama_error(exc: ApiError) -> web.Response:
+    # Ollama's error body is {"error": "..."}; keep the code in a header for machines.
+    return web.json_response(
+        {"error": exc.message}, status=exc.status, headers={**exc.headers(), "X-Voicelane-Error": exc.code}
+    )
+
+
+def _openai_error(exc: ApiError) -> web.Response:
+    body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
+    return web.json_response(body, status=exc.status, headers=exc.headers())
 
 
 def _ndjson(body: dict[str, Any]) -> bytes:

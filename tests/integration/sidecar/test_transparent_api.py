@@ -44,7 +44,9 @@ def test_source_header_sets_the_class_and_bad_header_is_refused(start_sim, start
     assert ok.headers["X-Voicelane-Priority"] == "2"
     bad = requests.post(sidecar.url + "/api/chat", json=body, headers={"X-Voicelane-Source": "sms"}, timeout=10)
     assert bad.status_code == 400
-    assert "chat" in bad.json()["error"]["message"]
+    # Ollama's own error format: the message as a string, the sidecar's code in a header.
+    assert "chat" in bad.json()["error"]
+    assert bad.headers["X-Voicelane-Error"] == "unknown_source"
 
 
 def test_openai_chat_completions_streams_sse(start_sim, start_sidecar) -> None:
