@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ class Submission:
     def shared(self) -> bool:
         return self.flight is not None and self.flight.shared
 
-    async def tokens(self) -> AsyncIterator[str]:
+    async def tokens(self) -> AsyncGenerator[str, None]:
         """Every token from the first, live while the model runs; raises ApiError on failure."""
         if self.cached is not None:
             yield self.cached.text

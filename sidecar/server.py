@@ -26,7 +26,7 @@ from voicelane import __version__
 from voicelane.sidecar import transparent
 from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
-from voicelane.sidecar.edge import decode_json_object, parse_text_request, read_body
+from voicelane.sidecar.edge import TextRequest, decode_json_object, parse_text_request, read_body
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
@@ -127,7 +127,16 @@ async def _first_and_rest(tokens: AsyncIterator[str]) -> tuple[str | None, Async
 
 
 async def _stream_ndjson(request: web.Request, submission: Submission, received: float) -> web.StreamResponse:
-    first, rest = await _first_and_rest(submission.tokens())
+    # Closed however the handler ends (a client gone mid-write included), so its hold on the
+    # shared work goes at once; an abandoned generator would keep the model busy until collected.
+    async with contextlib.aclosing(submission.tokens()) as tokens:
+        return await _write_ndjson(request, submission, received, tokens)
+
+
+async def _write_ndjson(
+    request: web.Request, submission: Submission, received: float, tokens: AsyncIterator[str]
+) -> web.StreamResponse:
+    first, rest = await _first_and_rest(tokens)
     response = web.StreamResponse(
         headers={"Content-Type": "application/x-ndjson", "X-Request-Id": submission.job.request_id}
     )
@@ -158,7 +167,23 @@ async def handle_speak(request: web.Request) -> web.StreamResponse:
     speak_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
     try:
         submission = speaker.submit(speak_request, stages)
-        chunks = submission.chunks()
+    except ApiError as exc:
+        _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
+        return exc.response({"X-Request-Id": speak_request.request_id})
+    # Closed however the handler ends, so a client that leaves lets go of the shared audio at once.
+    async with contextlib.aclosing(submission.chunks()) as chunks:
+        return await _stream_speech(request, speak_request, submission, chunks, stages)
+
+
+async def _stream_speech(
+    request: web.Request,
+    speak_request: TextRequest,
+    submission: AudioSubmission,
+    chunks: AsyncIterator[bytes],
+    stages: StageClock,
+) -> web.StreamResponse:
+    speaker = request.app[SPEAKER_KEY]
+    try:
         first = await anext(chunks, None)
     except ApiError as exc:
         _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
@@ -530,7 +555,14 @@ async def _serve_async(
         for application, address in ((app, config.server.listen), (metrics_app, config.server.metrics_listen)):
             if application is None or address is None:
                 continue
-            runner = web.AppRunner(application, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
+            # Handler cancellation: a client that disconnects stops its handler, so work nobody
+            # waits for any more (a queued request, a whole answer being gathered) is let go.
+            runner = web.AppRunner(
+                application,
+                access_log=None,
+                shutdown_timeout=config.server.shutdown_grace_s,
+                handler_cancellation=True,
+            )
             await runner.setup()
             runners.append(runner)
             host, port = _split_hostport(address)
