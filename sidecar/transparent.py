@@ -72,6 +72,8 @@ def _headers(submission: Submission) -> dict[str, str]:
 
 async def _admit(request: web.Request, lane: Lane, *, api: str) -> tuple[dict[str, Any], Submission]:
     payload = decode_json_object(await read_body(request, lane.config.limits))
+    if not isinstance(payload.get("stream", False), bool):
+        raise bad_request("invalid_field", "'stream' must be true or false")
     if api == "ollama_generate":
         prompt = check_text(payload.get("prompt"), lane.config.limits, field="prompt")
         messages = [{"role": "user", "content": prompt}]
@@ -85,7 +87,8 @@ async def _admit(request: web.Request, lane: Lane, *, api: str) -> tuple[dict[st
         if "max_tokens" in payload:
             options["num_predict"] = payload["max_tokens"]
     else:
-        raw_options = payload.get("options") or {}
+        raw_options = payload.get("options")
+        raw_options = {} if raw_options is None else raw_options
         if not isinstance(raw_options, dict):
             raise bad_request("invalid_field", "'options' must be an object")
         options = {k: raw_options[k] for k in _OPTION_KEYS if k in raw_options}
@@ -97,10 +100,19 @@ async def _admit(request: web.Request, lane: Lane, *, api: str) -> tuple[dict[st
     return payload, lane.submit(job)
 
 
+def _is_number(value: Any) -> bool:
+    # JSON true/false arrive as bool, which Python counts as an int.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_options(options: dict[str, Any]) -> None:
-    if "num_predict" in options and (not isinstance(options["num_predict"], int) or options["num_predict"] < 1):
+    num_predict = options.get("num_predict", 1)
+    if isinstance(num_predict, float) and num_predict.is_integer():
+        # JSON does not tell 1.0 from 1.
+        num_predict = options["num_predict"] = int(num_predict)
+    if isinstance(num_predict, bool) or not isinstance(num_predict, int) or num_predict < 1:
         raise bad_request("invalid_field", "num_predict/max_tokens must be a positive integer")
-    if "temperature" in options and not isinstance(options["temperature"], int | float):
+    if "temperature" in options and not _is_number(options["temperature"]):
         raise bad_request("invalid_field", "temperature must be a number")
     if "stop" in options:
         stop = options["stop"]
