@@ -51,7 +51,8 @@ def _messages(payload: dict[str, Any], lane: Lane) -> list[dict[str, str]]:
 
 def _source(request: web.Request) -> RequestClass | None:
     header = request.headers.get(SOURCE_HEADER)
-    return parse_class(header) if header else None
+    # Present but empty is an unknown class too, not "absent": a client meant to set it.
+    return parse_class(header) if header is not None else None
 
 
 def _served_model(lane: Lane, submission: Submission, tier: str | None) -> str:
