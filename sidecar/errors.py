@@ -43,7 +43,11 @@ class ApiError(Exception):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
     def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers={**self.headers(), **(extra_headers or {})})
+        response = web.json_response(
+            self.body(), status=self.status, headers={**self.headers(), **(extra_headers or {})}
+        )
+        response["error_code"] = self.code  # for the request log
+        return response
 
 
 def bad_request(code: str, message: str, **details: Any) -> ApiError:

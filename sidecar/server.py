@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pythonjsonlogger.json import JsonFormatter
 
 from voicelane import __version__
 from voicelane.sidecar import transparent
@@ -38,6 +39,10 @@ from voicelane.sidecar.ttfa import Alert, StageClock, TTFAMonitor
 from voicelane.sidecar.tts.base import make_backend
 
 log = logging.getLogger("voicelane.sidecar")
+request_log = logging.getLogger("voicelane.sidecar.requests")
+
+# Probes and scrapes come every few seconds; their lines are for debugging only.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 LANE_KEY = web.AppKey("lane", Lane)
 METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
@@ -74,6 +79,35 @@ async def error_middleware(
         return ApiError(500, "internal_error", "the sidecar failed to handle this request").response()
 
 
+@web.middleware
+async def request_log_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One structured line per request as it ends: its id, route, status and error code, never its text."""
+    started = time.monotonic()
+    resource = request.match_info.route.resource
+    # The route's template rather than the path, which holds whatever a client put in it.
+    route = resource.canonical if resource is not None else None
+    fields: dict[str, Any] = {
+        "request_id": request.headers.get("X-Request-Id"),
+        "method": request.method,
+        "route": route,
+    }
+    try:
+        response = await handler(request)
+    except (asyncio.CancelledError, ConnectionResetError):
+        request_log.info("request abandoned by the client", extra=fields)
+        raise
+    fields.update(
+        request_id=response.headers.get("X-Request-Id") or fields["request_id"],
+        status=response.status,
+        error_code=response.get("error_code") or response.headers.get("X-Voicelane-Error"),
+        duration_s=round(time.monotonic() - started, 6),
+    )
+    request_log.log(logging.DEBUG if route in _QUIET_ROUTES else logging.INFO, "request finished", extra=fields)
+    return response
+
+
 # ----- /v1/text -----------------------------------------------------------------------------------
 
 
@@ -83,6 +117,7 @@ async def handle_text(request: web.Request) -> web.StreamResponse:
     received = time.monotonic()
     payload = decode_json_object(await read_body(request, lane.config.limits))
     text_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    log.debug("text received", extra={"request_id": text_request.request_id, "text": text_request.text})
     job = lane.text_job(
         text=text_request.text,
         request_class=text_request.request_class,
@@ -95,7 +130,9 @@ async def handle_text(request: web.Request) -> web.StreamResponse:
             response = await _stream_ndjson(request, submission, received)
         else:
             result = await submission.result()
-            response = web.json_response(_text_body(submission, result, received))
+            response = web.json_response(
+                _text_body(submission, result, received), headers={"X-Request-Id": job.request_id}
+            )
     except ApiError as exc:
         metrics.requests.labels("text", job.request_class.value, exc.code).inc()
         return exc.response({"X-Request-Id": job.request_id})
@@ -165,6 +202,7 @@ async def handle_speak(request: web.Request) -> web.StreamResponse:
     stages = StageClock(time.monotonic())
     payload = decode_json_object(await read_body(request, lane.config.limits))
     speak_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    log.debug("text received", extra={"request_id": speak_request.request_id, "text": speak_request.text})
     try:
         submission = speaker.submit(speak_request, stages)
     except ApiError as exc:
@@ -471,7 +509,9 @@ def build_app(
     speaker = Speaker(lane, make_backend(config.tts), metrics, monitor)
     followups = FollowUpStore(speaker)
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_log_middleware, error_middleware], client_max_size=config.limits.max_body_bytes
+    )
     app[LANE_KEY] = lane
     app[METRICS_KEY] = metrics
     state: dict[str, Any] = {"started": time.monotonic(), "phrase_bank": {"prepared": 0, "total": 0}}
@@ -575,10 +615,16 @@ async def _serve_async(
 
 
 def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool = False) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
+    # One JSON object per line, with each record's extra fields (request ids) as keys of their own.
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger", "message": "msg"},
+        )
     )
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_async(config, config_path=config_path, flags=flags, test_hooks=test_hooks))
     return 0

@@ -282,7 +282,9 @@ def _ollama_error(exc: ApiError) -> web.Response:
 
 def _openai_error(exc: ApiError) -> web.Response:
     body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
-    return web.json_response(body, status=exc.status, headers=exc.headers())
+    response = web.json_response(body, status=exc.status, headers=exc.headers())
+    response["error_code"] = exc.code  # for the request log
+    return response
 
 
 def _ndjson(body: dict[str, Any]) -> bytes:
