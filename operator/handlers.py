@@ -171,6 +171,9 @@ class LaneReconciler:
         self._queued: set[LaneKey] = set()
         self._failures: dict[LaneKey, int] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        # The resourceVersion of each child as our last write left it: the watch event that
+        # echoes our own write is no news and needs no reconcile.
+        self._written: dict[tuple[str, str, str], str] = {}
 
     async def reconcile(self, key: LaneKey) -> Outcome:
         """Reconcile now (after any running reconcile of the lane); TransientApiError propagates."""
@@ -190,6 +193,14 @@ class LaneReconciler:
                 self._retry_later(key, exc)
             else:
                 self._failures.pop(key, None)
+
+    def is_echo(self, child: Mapping[str, Any]) -> bool:
+        """Whether a child's watch event only reports the state our own last write left."""
+        metadata = child.get("metadata") or {}
+        return self._written.get(_child_key(child)) == metadata.get("resourceVersion")
+
+    def forget(self, child: Mapping[str, Any]) -> None:
+        self._written.pop(_child_key(child), None)
 
     def retry_delay(self, attempt: int) -> float:
         return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempt, 10) * 0.5))
@@ -244,9 +255,7 @@ class LaneReconciler:
         problem: Problem | None = None
         for step in steps:
             try:
-                result, performed = await self._perform(
-                    step, wanted.get((step.resource.kind, step.name)), lane, live
-                )
+                result, performed = await self._perform(step, wanted.get((step.resource.kind, step.name)), lane, live)
             except ApiException as exc:  # a refusal (4xx): show it, keep applying the rest
                 problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(exc)}")
                 continue
@@ -254,6 +263,8 @@ class LaneReconciler:
                 problem = Problem("ChildConflict", performed.message)
             if performed.verb not in (Verb.KEEP, Verb.CONFLICT):
                 done.append(performed)
+            if performed.verb in (Verb.CREATE, Verb.PATCH) and result is not None:
+                self._written[_child_key(result)] = str(result["metadata"].get("resourceVersion"))
             if result is not None:
                 children.append(result)
         status = lane_status(lane, children, warnings, problem=problem)
@@ -267,11 +278,7 @@ class LaneReconciler:
         """Carry out one step; returns the child as it now is (None once deleted) and what was done."""
         path = step.resource.object_path(step.namespace, step.name)
         current = next(
-            (
-                o
-                for o in live
-                if o.get("kind") == step.resource.kind and o["metadata"].get("name") == step.name
-            ),
+            (o for o in live if o.get("kind") == step.resource.kind and o["metadata"].get("name") == step.name),
             None,
         )
         if step.verb == Verb.KEEP:
@@ -330,11 +337,7 @@ class LaneReconciler:
         words = {Verb.CREATE: "created", Verb.PATCH: "updated", Verb.DELETE: "deleted"}
         parts = []
         for step in done:
-            fields = (
-                f" ({', '.join(step.changed[:4])}{', …' if len(step.changed) > 4 else ''})"
-                if step.changed
-                else ""
-            )
+            fields = f" ({', '.join(step.changed[:4])}{', …' if len(step.changed) > 4 else ''})" if step.changed else ""
             parts.append(f"{words.get(step.verb, step.verb)} {step.title}{fields}")
         if drift:
             _event(lane, "Normal", reason="DriftCorrected", message="Restored children: " + "; ".join(parts))
@@ -356,9 +359,7 @@ class LaneReconciler:
             was_degraded.get("message"),
         )
         if degraded.get("status") == "True" and changed:
-            _event(
-                lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", ""))
-            )
+            _event(lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", "")))
 
 
 def _event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None:
@@ -366,6 +367,11 @@ def _event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> 
     # which keeps kopf's own "handler succeeded" chatter off the lanes and their children.
     # kopf's signature wants its Body wrapper; it takes a raw object as well.
     kopf.event(cast(Any, lane), type=type, reason=reason, message=message)
+
+
+def _child_key(child: Mapping[str, Any]) -> tuple[str, str, str]:
+    metadata = child.get("metadata") or {}
+    return (str(child.get("kind")), str(metadata.get("namespace")), str(metadata.get("name")))
 
 
 def _tier_warnings(lane: Mapping[str, Any]) -> list[str]:
@@ -428,10 +434,20 @@ def lane_event(type: str, namespace: str | None, name: str, memo: OperatorMemo, 
 
 
 async def child_event(
-    type: str | None, namespace: str | None, labels: Mapping[str, str], memo: OperatorMemo, **_: Any
+    type: str | None,
+    body: Mapping[str, Any],
+    namespace: str | None,
+    labels: Mapping[str, str],
+    memo: OperatorMemo,
+    **_: Any,
 ) -> None:
-    # The initial listing is covered by the lanes' resume handlers; later events mean a change.
+    # The initial listing is covered by the lanes' resume handlers; later events mean a change,
+    # unless they merely echo the reconciler's own write.
     if type is None:
+        return
+    if type == "DELETED":
+        memo.reconciler.forget(body)
+    elif memo.reconciler.is_echo(body):
         return
     await memo.reconciler.kick((namespace or "", labels[LANE_LABEL]))
 

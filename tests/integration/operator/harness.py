@@ -46,9 +46,7 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"gave up after {timeout_s:.0f} s waiting for {what or predicate}: last {value!r}"
-            )
+            raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what or predicate}: last {value!r}")
         time.sleep(interval_s)
 
 
@@ -73,9 +71,7 @@ class Cluster:
     def emulated(self) -> bool:
         return self.control_url is not None
 
-    def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [
             str(self.kubectl_bin),
             f"--kubeconfig={self.kubeconfig}",
@@ -85,9 +81,7 @@ class Cluster:
         ]
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120, check=False)
         if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-            )
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
     def apply(self, *documents: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -103,9 +97,9 @@ class Cluster:
         return found
 
     def select(self, kinds: str, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(
-            self.kubectl("get", kinds, "-l", selector, "-o", "json").stdout
-        )["items"]
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", kinds, "-l", selector, "-o", "json").stdout)[
+            "items"
+        ]
         return items
 
     def patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
@@ -130,6 +124,10 @@ class Cluster:
             return False
         self._control("POST", "/faults", fault)
         return True
+
+    def usage(self) -> list[dict[str, Any]]:
+        """The emulator's count of requests by client, verb and resource (empty on a real cluster)."""
+        return list(self._control("GET", "/usage", None)) if self.control_url is not None else []
 
     def clear_faults(self) -> None:
         if self.control_url is not None:
@@ -183,9 +181,7 @@ class Lane:
     def observed(self) -> dict[str, Any] | None:
         """The lane once its status reflects its current generation, else None."""
         lane = self.get()
-        if lane and (lane.get("status") or {}).get("observedGeneration") == lane["metadata"].get(
-            "generation"
-        ):
+        if lane and (lane.get("status") or {}).get("observedGeneration") == lane["metadata"].get("generation"):
             return lane
         return None
 

@@ -20,9 +20,7 @@ def test_an_invalid_spec_gets_a_condition_and_an_event_and_no_children(
     )
     if applied.returncode != 0:
         assert "burst" in applied.stderr
-        pytest.skip(
-            "this API server's schema rejects the spec itself, so nothing slips past it to the operator"
-        )
+        pytest.skip("this API server's schema rejects the spec itself, so nothing slips past it to the operator")
 
     degraded = wait_until(
         lambda: (found := lane.condition("Degraded")).get("reason") == "InvalidSpec" and found,
@@ -39,9 +37,7 @@ def test_an_invalid_spec_gets_a_condition_and_an_event_and_no_children(
 
     cluster.patch("voicelane", lane.name, {"spec": {"policy": {"rateLimit": {"burst": 8}}}})
 
-    wait_until(
-        lambda: len(lane.children()) == 8, cluster.change_timeout_s, what="the children of the fixed spec"
-    )
+    wait_until(lambda: len(lane.children()) == 8, cluster.change_timeout_s, what="the children of the fixed spec")
     wait_until(
         lambda: lane.condition("Degraded").get("status") == "False",
         cluster.change_timeout_s,

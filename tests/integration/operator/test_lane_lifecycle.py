@@ -23,9 +23,7 @@ def test_the_sample_lane_gets_every_child_owned_by_it_and_a_status(cluster: Clus
     lane.create()
     observed = wait_until(lane.observed, cluster.change_timeout_s, what="a status for generation 1")
     expected = rendered(observed)
-    children = wait_until(
-        lambda: (found := lane.children()).keys() == expected and found, 10, what=str(expected)
-    )
+    children = wait_until(lambda: (found := lane.children()).keys() == expected and found, 10, what=str(expected))
 
     uid = observed["metadata"]["uid"]
     for child in children.values():
@@ -49,9 +47,7 @@ def test_the_sample_lane_gets_every_child_owned_by_it_and_a_status(cluster: Clus
     wait_until(lambda: "Applied" in lane.event_reasons(), 10, what="an Applied event")
 
 
-def test_the_lane_turns_ready_when_both_tiers_roll_out(
-    cluster: Cluster, operator: OperatorProcess, lane: Lane
-) -> None:
+def test_the_lane_turns_ready_when_both_tiers_roll_out(cluster: Cluster, operator: OperatorProcess, lane: Lane) -> None:
     lane.create()
     wait_until(lane.observed, cluster.change_timeout_s, what="a status for generation 1")
     cluster.roll_out()
@@ -76,9 +72,7 @@ def test_a_spec_patch_is_rolled_out_to_the_deployment(cluster: Cluster, lane: La
         deployment = cluster.get("deployment", f"{lane.name}-fast")
         return deployment is not None and "qwen2.5:1.5b" in json.dumps(deployment["spec"]["template"])
 
-    wait_until(
-        deployment_runs_new_model, cluster.change_timeout_s, what="the fast Deployment to run the new model"
-    )
+    wait_until(deployment_runs_new_model, cluster.change_timeout_s, what="the fast Deployment to run the new model")
     observed = wait_until(lane.observed, cluster.change_timeout_s, what="a status for generation 2")
     assert observed["metadata"]["generation"] == 2
     assert observed["status"]["fast"]["model"] == "qwen2.5:1.5b"
@@ -107,7 +101,5 @@ def test_deleting_the_lane_deletes_its_children(cluster: Cluster, lane: Lane) ->
 
     cluster.delete("voicelane", lane.name)
 
-    wait_until(
-        lambda: not lane.children(), cluster.change_timeout_s, what="the children to be garbage-collected"
-    )
+    wait_until(lambda: not lane.children(), cluster.change_timeout_s, what="the children to be garbage-collected")
     assert lane.get() is None

@@ -36,9 +36,7 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart(
     assert "qwen2.5:1.5b" in json.dumps(children[("Deployment", f"{lane.name}-fast")]["spec"]["template"])
 
 
-def test_the_operator_serves_metrics_and_health_probes(
-    cluster: Cluster, operator: OperatorProcess, lane: Lane
-) -> None:
+def test_the_operator_serves_metrics_and_health_probes(cluster: Cluster, operator: OperatorProcess, lane: Lane) -> None:
     lane.create()
     wait_until(lane.observed, cluster.change_timeout_s, what="a status for generation 1")
 
@@ -46,7 +44,5 @@ def test_the_operator_serves_metrics_and_health_probes(
     assert operator.metric("voicelane_operator_reconcile_duration_seconds_count") >= 1
     assert '"ok": true' in operator.get("/healthz")
     assert '"ready": true' in operator.get("/readyz")
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10
-    ) as kopf_probe:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10) as kopf_probe:
         assert kopf_probe.status == 200
