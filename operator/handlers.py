@@ -112,8 +112,10 @@ class KubeApi:
         try:
             return await asyncio.to_thread(self._call_blocking, method, path, body, list(query), content_type)
         except ApiException as exc:
-            if exc.status is None or exc.status >= 500 or exc.status == 429:
-                raise TransientApiError(f"{method} {path}: {exc.status} {exc.reason}") from exc
+            # Server trouble, throttling and write conflicts pass; AlreadyExists is an answer.
+            conflict = exc.status == 409 and _api_reason(exc) != "AlreadyExists"
+            if exc.status is None or exc.status >= 500 or exc.status == 429 or conflict:
+                raise TransientApiError(f"{method} {path}: {exc.status} {_api_message(exc)}") from exc
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientApiError(f"{method} {path}: {exc}") from exc
@@ -376,6 +378,13 @@ def _child_key(child: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def _tier_warnings(lane: Mapping[str, Any]) -> list[str]:
     return list(render.tier_warnings(lane.get("spec") or {}))
+
+
+def _api_reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("reason") or "")
+    except ValueError:
+        return ""
 
 
 def _api_message(exc: ApiException) -> str:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+KOPF_PREFIX = "operator.voicelane.dev"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 logger = logging.getLogger("voicelane.operator")
@@ -136,6 +137,7 @@ async def operate(
     from kubernetes.client import ApiClient
 
     from voicelane.operator import handlers
+    from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL
     from voicelane.operator.metrics import OperatorMetrics, start_server
 
     def login() -> kopf.ConnectionInfo:
@@ -155,6 +157,13 @@ async def operate(
     settings.networking.request_timeout = 30.0
     settings.networking.connect_timeout = 10.0
     settings.persistence.finalizer = "voicelane.dev/operator"
+    # kopf's bookkeeping goes into annotations only: the CRD's status schema has no room for it
+    # (the API server would prune it), and the status is the lane's, written by status.py.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
+
+    for resource in CHILD_RESOURCES:  # watch only the lanes' children, filtered by the API server
+        settings.watching.label_selectors[resource.group, resource.version, resource.plural] = LANE_LABEL
 
     ready = asyncio.Event()
     runner = None

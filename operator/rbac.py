@@ -38,8 +38,11 @@ class Rule:
 # kopf lists and watches lanes, and patches them for its finalizer and its handled-state
 # annotations; the reconciler gets a lane before each reconcile.
 LANE_VERBS = ("get", "list", "watch", "patch")
-# The reconciler writes status through the subresource, as kopf does for its progress records.
+# The reconciler writes status through the subresource.
 LANE_STATUS_VERBS = ("patch",)
+# Children's owner references set blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
+# admission plugin is on, that needs update on the owner's finalizers. No request uses this verb.
+LANE_FINALIZERS_VERBS = ("update",)
 # The reconciler lists a lane's children by label, creates and patches them, deletes the ones no
 # longer wanted, and gets one when a create finds it already there; kopf watches them for drift.
 CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
@@ -60,6 +63,12 @@ def _child_rules() -> list[Rule]:
 RULES: tuple[Rule, ...] = (
     Rule(LANE_RESOURCE.group, (LANE_RESOURCE.plural,), LANE_VERBS, "the VoiceLanes the operator serves"),
     Rule(LANE_RESOURCE.group, (f"{LANE_RESOURCE.plural}/status",), LANE_STATUS_VERBS, "lane status"),
+    Rule(
+        LANE_RESOURCE.group,
+        (f"{LANE_RESOURCE.plural}/finalizers",),
+        LANE_FINALIZERS_VERBS,
+        "children's ownerReferences with blockOwnerDeletion (admission check, not a request)",
+    ),
     *_child_rules(),
     Rule("", ("events",), EVENT_VERBS, "Events on lanes for significant changes"),
 )
@@ -83,12 +92,8 @@ def render_yaml(name: str = ROLE_NAME) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m voicelane.operator.rbac", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "path", nargs="?", default=str(DEFAULT_PATH), help="where to write the role ('-': stdout)"
-    )
+    parser = argparse.ArgumentParser(prog="python -m voicelane.operator.rbac", description=__doc__.split("\n")[0])
+    parser.add_argument("path", nargs="?", default=str(DEFAULT_PATH), help="where to write the role ('-': stdout)")
     args = parser.parse_args(argv)
     text = render_yaml()
     if args.path == "-":

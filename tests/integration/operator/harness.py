@@ -129,6 +129,11 @@ class Cluster:
         """The emulator's count of requests by client, verb and resource (empty on a real cluster)."""
         return list(self._control("GET", "/usage", None)) if self.control_url is not None else []
 
+    def drop_watches(self) -> None:
+        """End every open watch stream (emulator only), as an API server restart would."""
+        if self.control_url is not None:
+            self._control("POST", "/watches/drop", None)
+
     def clear_faults(self) -> None:
         if self.control_url is not None:
             self._control("DELETE", "/faults", None)
