@@ -204,6 +204,14 @@ class LaneReconciler:
     def forget(self, child: Mapping[str, Any]) -> None:
         self._written.pop(_child_key(child), None)
 
+    def forget_lane(self, key: LaneKey) -> None:
+        """Drop what is kept about a deleted lane (its children's echoes go with their events)."""
+        self.metrics.forget_lane(key)
+        self._failures.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked() and key not in self._queued:
+            del self._locks[key]
+
     def retry_delay(self, attempt: int) -> float:
         return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempt, 10) * 0.5))
 
@@ -341,6 +349,7 @@ class LaneReconciler:
         for step in done:
             fields = f" ({', '.join(step.changed[:4])}{', …' if len(step.changed) > 4 else ''})" if step.changed else ""
             parts.append(f"{words.get(step.verb, step.verb)} {step.title}{fields}")
+        logger.info("[%s/%s] %s", lane["metadata"]["namespace"], lane["metadata"]["name"], "; ".join(parts))
         if drift:
             _event(lane, "Normal", reason="DriftCorrected", message="Restored children: " + "; ".join(parts))
         else:
@@ -439,7 +448,7 @@ async def resync_lane(namespace: str | None, name: str, memo: OperatorMemo, **_:
 @kopf.on.event(*LANE, registry=registry)
 def lane_event(type: str, namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
     if type == "DELETED":
-        memo.metrics.forget_lane((namespace or "", name))
+        memo.reconciler.forget_lane((namespace or "", name))
 
 
 async def child_event(

@@ -27,6 +27,16 @@ class LoginFailed(RuntimeError):
     pass
 
 
+class QuietWatchHandlers(logging.Filter):
+    """Drops kopf's "Handler 'child_event/…' succeeded." lines: one per change of any child."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith(("Handler 'child_event/", "Handler 'lane_event'")) and message.endswith("succeeded.")
+        )
+
+
 def client_configuration(kubeconfig: str | None) -> tuple[Any, str | None]:
     """A kubernetes client Configuration and the context's default namespace.
 
@@ -94,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     kubeconfig = str(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
-    kopf.configure(verbose=bool(getattr(args, "verbose", False)))
+    verbose = bool(getattr(args, "verbose", False))
+    kopf.configure(verbose=verbose, log_prefix=True)  # prefix object lines with [namespace/name]
+    if not verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     try:
         configuration, default_namespace = client_configuration(kubeconfig)
     except LoginFailed as exc:
