@@ -11,12 +11,24 @@ subclass supplies exactly that and no more:
   `/api/v1/namespaces[/NAME[/status]]` parse (kmock 0.8's path parser fails on them);
 - merge, JSON (with `test`, as kopf's finalizer patches use), strategic-merge and apply patches,
   replace (PUT), and the status subresource's split of writes;
-- lists carry `kind`, `apiVersion` and `resourceVersion`, and honour label and field selectors;
-- watches resume from a `resourceVersion` (410 Gone once it has left the change log), honour
-  selectors and `timeoutSeconds`, and notice clients that went away;
+- lists carry `kind`, `apiVersion` and `resourceVersion` (kmock 0.8: none), and honour label and
+  field selectors;
+- watches resume from a `resourceVersion` (kmock 0.8 replays every object on each connection),
+  answer 410 Gone once it has left the change log, honour selectors and `timeoutSeconds`, stream
+  as application/json (client-go refuses kmock's octet-stream), and notice clients that went away;
 - errors are `Status` objects with the real reasons (NotFound, AlreadyExists, Conflict, Invalid…);
 - finalizers, garbage collection of dependents whose owners are all gone, namespace deletion;
-- an applied CRD registers its resource for discovery.
+- an applied CRD registers its resource for discovery; subresources are listed without their
+  parent's short names (kmock 0.8 repeats them, which makes `kubectl get ns` ambiguous);
+- requests are routed straight to the handlers: kmock 0.8 matches each request against every
+  reaction by scanning every request it has recorded, which costs more with each request (over
+  200 ms per request after a few thousand). Reactions a test adds still go through kmock.
+
+Not emulated: protobuf and CBOR bodies (answered 415; `kubectl create <generator>` sends
+protobuf, so tests use `kubectl apply -f`), field ownership of server-side apply (an apply patch
+merges like a strategic merge patch), OpenAPI documents (so kubectl needs `--validate=false`),
+schema validation and defaulting of custom resources, and Table output (`kubectl get` shows names
+and ages only).
 
 Test controls live under `/_emulator/` (see `ControlApi`): a simulated Deployment controller
 (mark Deployments rolled out and ready on demand), fault injection (error statuses, stalls,
