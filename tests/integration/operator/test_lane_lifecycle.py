@@ -59,6 +59,9 @@ def test_the_lane_turns_ready_when_both_tiers_roll_out(cluster: Cluster, operato
     assert lane.condition("Degraded")["status"] == "False"
     wait_until(lambda: "LaneReady" in lane.event_reasons(), 10, what="a LaneReady event")
     assert operator.metric('voicelane_operator_lanes{condition="Ready"}') >= 1
+    header, row = cluster.kubectl("get", "vl", lane.name).stdout.splitlines()
+    assert header.split() == ["NAME", "READY", "FAST", "MODEL", "DEEP", "MODEL", "AGE"]
+    assert row.split()[:4] == [lane.name, "True", status["fast"]["model"], status["deep"]["model"]]
 
 
 def test_a_spec_patch_is_rolled_out_to_the_deployment(cluster: Cluster, lane: Lane) -> None:

@@ -157,3 +157,37 @@ async def test_the_simulated_deployment_controller_rolls_deployments_out(api: Ap
     status = (await api.call("GET", DEPLOYMENTS + "/d"))[1]["status"]
     assert (status["readyReplicas"], status["updatedReplicas"], status["observedGeneration"]) == (2, 2, 1)
     assert await api.emulator.mark_deployments_ready("default") == 0, "a second call has nothing to change"
+
+
+async def test_kubectl_get_receives_a_table_of_the_crd_printer_columns(api: Api) -> None:
+    crd = {
+        "metadata": {"name": "things.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                        },
+                        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+                    ],
+                }
+            ],
+        },
+    }
+    await api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    things = "/apis/example.com/v1/namespaces/default/things"
+    await api.create(things, {"metadata": {"name": "one"}, "spec": {"model": "llama3.2:1b"}})
+
+    status, table = await api.call("GET", things, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+
+    assert (status, table["kind"]) == (200, "Table")
+    assert [column["name"] for column in table["columnDefinitions"]] == ["Name", "Ready", "Model"]
+    assert table["rows"][0]["cells"] == ["one", None, "llama3.2:1b"]
