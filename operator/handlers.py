@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import kopf
 import urllib3
@@ -46,6 +46,11 @@ MAX_RETRY_DELAY_S = 30.0
 LANE = (LANE_RESOURCE.group, LANE_RESOURCE.version, LANE_RESOURCE.plural)
 LaneKey = tuple[str, str]  # (namespace, name)
 Body = dict[str, Any]
+
+
+class EventPoster(Protocol):
+    def __call__(self, lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None: ...
+
 
 registry = kopf.OperatorRegistry()
 
@@ -164,11 +169,13 @@ class LaneReconciler:
         *,
         operator_namespace: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        post_event: EventPoster | None = None,
     ) -> None:
         self.api = api
         self.metrics = metrics
         self.operator_namespace = operator_namespace
         self.clock = clock
+        self.post_event: EventPoster = post_event or post_kopf_event
         self._locks: dict[LaneKey, asyncio.Lock] = {}
         self._queued: set[LaneKey] = set()
         self._failures: dict[LaneKey, int] = {}
@@ -351,9 +358,9 @@ class LaneReconciler:
             parts.append(f"{words.get(step.verb, step.verb)} {step.title}{fields}")
         logger.info("[%s/%s] %s", lane["metadata"]["namespace"], lane["metadata"]["name"], "; ".join(parts))
         if drift:
-            _event(lane, "Normal", reason="DriftCorrected", message="Restored children: " + "; ".join(parts))
+            self.post_event(lane, "Normal", reason="DriftCorrected", message="Restored children: " + "; ".join(parts))
         else:
-            _event(lane, "Normal", reason="Applied", message=f"Generation {generation}: " + "; ".join(parts))
+            self.post_event(lane, "Normal", reason="Applied", message=f"Generation {generation}: " + "; ".join(parts))
 
     def _post_condition_events(
         self, lane: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
@@ -361,19 +368,21 @@ class LaneReconciler:
         was_ready = condition_of(before, "Ready").get("status")
         ready = condition_of(after, "Ready")
         if ready.get("status") == "True" and was_ready != "True":
-            _event(lane, "Normal", reason="LaneReady", message=ready.get("message", ""))
+            self.post_event(lane, "Normal", reason="LaneReady", message=ready.get("message", ""))
         elif ready.get("status") != "True" and was_ready == "True":
-            _event(lane, "Warning", reason="LaneNotReady", message=ready.get("message", ""))
+            self.post_event(lane, "Warning", reason="LaneNotReady", message=ready.get("message", ""))
         degraded, was_degraded = condition_of(after, "Degraded"), condition_of(before, "Degraded")
         changed = (degraded.get("reason"), degraded.get("message")) != (
             was_degraded.get("reason"),
             was_degraded.get("message"),
         )
         if degraded.get("status") == "True" and changed:
-            _event(lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", "")))
+            self.post_event(
+                lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", ""))
+            )
 
 
-def _event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None:
+def post_kopf_event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None:
     # kopf.event, not kopf.info: the operator's posting level (WARNING) filters kopf.info out,
     # which keeps kopf's own "handler succeeded" chatter off the lanes and their children.
     # kopf's signature wants its Body wrapper; it takes a raw object as well.

@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as exc:  # e.g. a taken or malformed --metrics-listen address
+        logger.error("voicelane operator: %s", exc)
+        return 2
     return 0
 
 
