@@ -59,6 +59,9 @@ class LimitsConfig(_Model):
     max_text_chars: int = Field(4096, ge=1, le=1_000_000, description="Longer texts are refused with 413.")
     max_body_bytes: int = Field(65536, ge=256, le=64 * 1024 * 1024, description="Larger bodies are refused with 413.")
     body_read_timeout_s: Seconds = Field(10.0, description="A client that sends its body slower than this is cut off.")
+    send_timeout_s: Seconds = Field(
+        30.0, description="A client that takes none of a streamed answer for this long is cut off."
+    )
 
 
 class ClassesConfig(_Model):

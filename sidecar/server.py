@@ -28,6 +28,7 @@ from voicelane.sidecar import transparent
 from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
 from voicelane.sidecar.edge import TextRequest, decode_json_object, parse_text_request, read_body
+from voicelane.sidecar.egress import BoundedStreamResponse, ClientTooSlow
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
@@ -72,6 +73,10 @@ async def error_middleware(
         error = ApiError(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
         # A 405 must name the methods the path does support (RFC 9110).
         return error.response({"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
+    except ClientTooSlow as exc:
+        # Its connection is reset already; handing back the response ends the request quietly.
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return exc.response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -174,8 +179,9 @@ async def _write_ndjson(
     request: web.Request, submission: Submission, received: float, tokens: AsyncIterator[str]
 ) -> web.StreamResponse:
     first, rest = await _first_and_rest(tokens)
-    response = web.StreamResponse(
-        headers={"Content-Type": "application/x-ndjson", "X-Request-Id": submission.job.request_id}
+    response = BoundedStreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "X-Request-Id": submission.job.request_id},
+        send_timeout_s=request.app[LANE_KEY].config.limits.send_timeout_s,
     )
     await response.prepare(request)
     try:
@@ -228,7 +234,7 @@ async def _stream_speech(
         return exc.response({"X-Request-Id": speak_request.request_id})
 
     headers = await _speech_headers(request.app, submission)
-    response = web.StreamResponse(headers=headers)
+    response = BoundedStreamResponse(headers=headers, send_timeout_s=speaker.lane.config.limits.send_timeout_s)
     await response.prepare(request)
     try:
         if speak_request.audio_format == "wav":

@@ -18,6 +18,7 @@ from aiohttp import web
 from voicelane import __version__
 from voicelane.sidecar.config import RequestClass, Tier
 from voicelane.sidecar.edge import check_text, decode_json_object, parse_class, read_body
+from voicelane.sidecar.egress import BoundedStreamResponse
 from voicelane.sidecar.errors import ApiError, bad_request
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
@@ -172,9 +173,12 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
         except ApiError as exc:
             _count(metrics, endpoint, submission, exc.code)
             return _ollama_error(exc)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **_headers(submission)})
-        await response.prepare(request)
+        response = BoundedStreamResponse(
+            headers={"Content-Type": "application/x-ndjson", **_headers(submission)},
+            send_timeout_s=lane.config.limits.send_timeout_s,
+        )
         try:
+            await response.prepare(request)
             if first is not None:
                 await response.write(_ndjson(line(first, False, None)))
             async for token in tokens:
@@ -186,6 +190,9 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
             # Ollama reports a failure after the headers as an error line, which its clients raise.
             await response.write(_ndjson({"error": exc.message}))
             _count(metrics, endpoint, submission, exc.code)
+        finally:
+            # However the handler ends (a client gone included), its hold on the shared work goes now.
+            await tokens.aclose()
         await response.write_eof()
         return response
 
@@ -233,9 +240,12 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
         except ApiError as exc:
             _count(metrics, "v1_chat_completions", submission, exc.code)
             return _openai_error(exc)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **_headers(submission)})
-        await response.prepare(request)
+        response = BoundedStreamResponse(
+            headers={"Content-Type": "text/event-stream", **_headers(submission)},
+            send_timeout_s=lane.config.limits.send_timeout_s,
+        )
         try:
+            await response.prepare(request)
             await response.write(_sse(chunk({"role": "assistant", "content": first or ""}, None, None)))
             async for token in tokens:
                 await response.write(_sse(chunk({"content": token}, None, None)))
@@ -247,6 +257,8 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
             # No [DONE]: a client must not take a broken stream for a complete one.
             await response.write(_sse({"error": {"message": exc.message, "type": exc.code, "code": exc.code}}))
             _count(metrics, "v1_chat_completions", submission, exc.code)
+        finally:
+            await tokens.aclose()
         await response.write_eof()
         return response
 

@@ -68,7 +68,10 @@ class Lane:
         wait_until(circuits_closed, timeout_s=10, what="both circuits closed")
 
 
-def _start_shared_lane(tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any], *flags: str) -> Iterator[Lane]:
+def start_shared_lane(
+    tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any], *, speech_on_deep: bool = False
+) -> Iterator[Lane]:
+    """Start the trio; with `speech_on_deep` the sidecar speaks through the deep sim's speech API."""
     directory = tmp_path_factory.mktemp("lane")
     with contextlib.ExitStack() as stack:
         sims = []
@@ -91,11 +94,13 @@ def _start_shared_lane(tmp_path_factory: pytest.TempPathFactory, config: dict[st
             },
             config,
         )
+        if speech_on_deep:
+            settings["tts"] = {**settings.get("tts", {}), "backend": "openai", "url": deep.url}
         config_file = directory / "sidecar.yaml"
         config_file.write_text(yaml.safe_dump(settings))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        argv = voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}", *flags)
+        argv = voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}")
         process = stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=directory, name="sidecar"))
         yield Lane(fast, deep, Endpoint(url, port, process))
 
@@ -103,4 +108,4 @@ def _start_shared_lane(tmp_path_factory: pytest.TempPathFactory, config: dict[st
 @pytest.fixture(scope="module")
 def shared_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
     """Two sims (fast, deep) and a sidecar speaking through in-process espeak, for a whole module."""
-    yield from _start_shared_lane(tmp_path_factory, fault_config())
+    yield from start_shared_lane(tmp_path_factory, fault_config())
