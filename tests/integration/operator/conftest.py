@@ -80,6 +80,7 @@ def cluster(kubectl_bin: Path, operator_logs: Path) -> Iterator[Cluster]:
     kubeconfig = operator_logs / "emulator.kubeconfig"
     argv = [
         sys.executable,
+        "-P",  # as voicelane_argv: the repository's operator/ must not shadow the stdlib's operator
         "-m",
         "voicelane.testing.kube_emulator",
         f"--listen=127.0.0.1:{port}",
