@@ -620,6 +620,32 @@ async def _serve_async(
             await runner.cleanup()
 
 
+# Where the hard limit is unlimited, the kernel still refuses more than its nr_open (2**20 by default).
+_OPEN_FILES_CAP = 1 << 20
+
+
+def _lift_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every client connection is a file.
+
+    Container runtimes commonly start processes with a soft limit of 1,024. A thousand idle
+    connections exhaust that, and the server then stops accepting anyone, /healthz included.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+            return
+        soft = wanted
+    log.info("open-file limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+
+
 def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool = False) -> int:
     # One JSON object per line, with each record's extra fields (request ids) as keys of their own.
     handler = logging.StreamHandler()
@@ -631,6 +657,7 @@ def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, A
         )
     )
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    _lift_open_file_limit()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_async(config, config_path=config_path, flags=flags, test_hooks=test_hooks))
     return 0

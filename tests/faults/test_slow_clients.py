@@ -160,8 +160,9 @@ def test_a_thousand_idle_connections_leave_the_sidecar_answering(start_sim, star
     if hard != resource.RLIM_INFINITY and hard < 1300:
         pytest.skip(f"the hard open-file limit ({hard}) is too low for 1,000 client sockets")
     sim = start_sim("--ttft-ms", "5")
-    # The sidecar starts with the soft limit most containers get (1,024), as in a pod.
-    with open_file_limit(1024):
+    # The sidecar starts with a soft open-file limit below the number of connections (containers
+    # commonly get 1,024, shared with everything else the process has open); it lifts its own.
+    with open_file_limit(800):
         sidecar = start_sidecar(sim.url, config=fault_config())
     process = psutil.Process(sidecar.process.pid)
     # This test process needs the room for its own thousand sockets.
@@ -178,4 +179,4 @@ def test_a_thousand_idle_connections_leave_the_sidecar_answering(start_sim, star
         reply = quick("POST", sidecar.url + "/v1/text", json={"text": "Tusen väntar.", "source": "chat"})
         assert reply.status_code == 200
         assert reply.json()["text"].strip() == "Tusen väntar."
-        assert process.rlimit(psutil.RLIMIT_NOFILE)[0] >= 1024
+        assert process.rlimit(psutil.RLIMIT_NOFILE)[0] > 1000
