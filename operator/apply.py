@@ -191,7 +191,7 @@ def covers(live: Any, wanted: Any, path: tuple[str, ...] = ()) -> bool:
     """Whether `live` already carries `wanted`: extra keys in live maps (server defaults) are fine."""
     if isinstance(wanted, Mapping):
         return isinstance(live, Mapping) and all(
-            key in live and covers(live[key], value, (*path, key)) for key, value in wanted.items()
+            covers(live[key], value, (*path, key)) if key in live else _empty(value) for key, value in wanted.items()
         )
     if isinstance(wanted, list):
         return (
@@ -231,7 +231,10 @@ def _diff(live: Body, wanted: Body, before: Mapping[str, Any], path: tuple[str, 
             sub = _diff(here, value, was if isinstance(was, Mapping) else {}, (*path, key))
             if sub:
                 patch[key] = sub
-        elif here is _MISSING or not covers(here, value, (*path, key)):
+        elif here is _MISSING:
+            if not _empty(value):  # the API server drops empty maps and lists: no difference
+                patch[key] = copy.deepcopy(value)
+        elif not covers(here, value, (*path, key)):
             patch[key] = copy.deepcopy(value)
     for key, was in before.items():
         if key in wanted or key not in live:
@@ -244,6 +247,10 @@ def _diff(live: Body, wanted: Body, before: Mapping[str, Any], path: tuple[str, 
         else:
             patch[key] = None
     return patch
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, Mapping | list) and not value
 
 
 def _removals(live: Body, was: Mapping[str, Any]) -> dict[str, Any]:

@@ -161,3 +161,13 @@ def test_children_no_longer_rendered_are_deleted_only_when_this_lane_controls_th
         (Verb.KEEP, "Deployment/lane-fast"),
         (Verb.DELETE, "PodDisruptionBudget/lane-fast"),
     ]
+
+
+def test_an_empty_map_or_list_the_server_dropped_is_no_difference() -> None:
+    desired = deployment()
+    pod_spec(desired)["nodeSelector"] = {}
+    pod_spec(desired)["tolerations"] = []
+    live = as_stored(desired)
+    del pod_spec(live)["nodeSelector"], pod_spec(live)["tolerations"]  # the API server omits empty fields
+
+    assert plan_child(desired, live, owner_uid=OWNER).verb == Verb.KEEP
