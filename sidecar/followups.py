@@ -92,7 +92,11 @@ class FollowUpStore:
         followups = [FollowUp(i, seg) for i, seg in enumerate(split_email(request.text, request.lang))]
         self._emails[request.request_id] = followups
         while len(self._emails) > self.max_emails:
-            self._emails.popitem(last=False)
+            # Dropping an email also drops its queued segments: the worker skips what is gone.
+            _, dropped = self._emails.popitem(last=False)
+            for followup in dropped:
+                if followup.status == "pending":
+                    followup.status, followup.error = "failed", "dropped: too many emails in flight"
         for followup in followups:
             segment_request = TextRequest(
                 text=followup.text,
@@ -118,6 +122,8 @@ class FollowUpStore:
     async def _run(self) -> None:
         while True:
             request, followup = await self._queue.get()
+            if followup.status != "pending":
+                continue
             try:
                 await self._produce(request, followup)
             except asyncio.CancelledError:

@@ -14,7 +14,6 @@ import json
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,6 @@ STATE_KEY = web.AppKey("state", dict)
 SPEAKER_KEY = web.AppKey("speaker", Speaker)
 MONITOR_KEY = web.AppKey("monitor", TTFAMonitor)
 FOLLOWUPS_KEY = web.AppKey("followups", FollowUpStore)
-
-
-def _request_id(request: web.Request) -> str:
-    return request.headers.get("X-Request-Id") or uuid.uuid4().hex
 
 
 @web.middleware
