@@ -447,7 +447,8 @@ def apply_patch(current: Body, patch_body: Any, content_type: str) -> Body:
 class Fault:
     """A misbehaviour injected into matching API requests (None fields match anything).
 
-    `status` answers with that error code instead of serving; `delay_s` stalls first (a
+    `status` answers with that error code instead of serving (410 on a watch: an expired-version
+    ERROR event in the stream, as API servers send it); `delay_s` stalls first (a
     client with a shorter timeout sees a timeout); `disconnect` closes the connection with no
     answer. A stalled write whose client went away is not carried out. `times` counts down the
     requests it hits; None keeps it until cleared.
@@ -731,6 +732,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         message = fault.message or f"injected fault {fault.id}"
         headers = {"Retry-After": "1"} if code in (429, 503) else None
         body = status_body(code, STATUS_REASONS.get(code, "InternalError"), message)
+        if code == 410 and request.params.get("watch") in ("true", "1"):
+            # An API server says "resourceVersion too old" to a watch inside the stream, not as
+            # the HTTP status: clients (kopf among them) relist on that event.
+            expired = kmock.Response(
+                headers={"Content-Type": "application/json"}, payload=({"type": "ERROR", "object": body},)
+            )
+            response: aiohttp.web.StreamResponse = await expired(request)
+            return response
         return aiohttp.web.json_response(body, status=code, headers=headers)
 
     async def drop_watches(self) -> int:
