@@ -20,9 +20,7 @@ def add_parser(subparsers: Any) -> None:
         help="Run the VoiceLane operator (kopf).",
         description="Reconcile VoiceLane resources into warm, reserved fast and deep Ollama tiers.",
     )
-    operator.add_argument(
-        "--kubeconfig", metavar="PATH", type=Path, help="Kubeconfig file (default: in-cluster)."
-    )
+    operator.add_argument("--kubeconfig", metavar="PATH", type=Path, help="Kubeconfig file (default: in-cluster).")
     operator.add_argument(
         "--namespace",
         metavar="NS",
@@ -32,18 +30,16 @@ def add_parser(subparsers: Any) -> None:
     operator.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
-        help="Address of /metrics and the health probes "
-        "(default 0.0.0.0:8080 in a cluster, else 127.0.0.1:8080).",
+        help="Address of /metrics and the health probes (default 0.0.0.0:8080 in a cluster, else 127.0.0.1:8080).",
     )
-    operator.add_argument(
-        "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz."
-    )
+    operator.add_argument("--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.")
     operator.add_argument(
         "--operator-namespace",
         metavar="NS",
         help="Namespace whose operator pods each lane's NetworkPolicy admits "
         "(default: the pod's own namespace in a cluster, else any namespace).",
     )
+    operator.add_argument("--verbose", action="store_true", help="Log every kopf step (debug level).")
     operator.set_defaults(handler=run_operator)
 
     render = subparsers.add_parser(
@@ -68,8 +64,7 @@ def add_parser(subparsers: Any) -> None:
     render.add_argument(
         "--operator-namespace",
         metavar="NS",
-        help="Namespace of the operator, for the NetworkPolicy "
-        "(default: admit operator pods from any namespace).",
+        help="Namespace of the operator, for the NetworkPolicy (default: admit operator pods from any namespace).",
     )
     render.set_defaults(handler=run_render)
 

