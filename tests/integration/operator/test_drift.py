@@ -60,6 +60,7 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(
 ) -> None:
     settled(cluster, lane)
     before = {key: child["metadata"] for key, child in lane.children().items()}
+    writes_before = child_writes(cluster)
     unchanged = 'voicelane_operator_reconciles_total{result="unchanged"}'
     reconciles = operator.metric(unchanged)
 
@@ -74,3 +75,13 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(
         field = "generation" if "generation" in metadata else "resourceVersion"
         if key[0] != "PersistentVolumeClaim":  # a real cluster binds claims meanwhile
             assert after[key][field] == metadata[field], f"{key} was written: {json.dumps(after[key])}"
+    assert child_writes(cluster) == writes_before  # not even a no-op write (counted on the emulator only)
+
+
+def child_writes(cluster: Cluster) -> int:
+    return sum(
+        usage["count"]
+        for usage in cluster.usage()
+        if usage["agent"] == "OpenAPI-Generator" and usage["verb"] in ("create", "patch", "update", "delete")
+        if not usage["resource"].startswith("voicelanes")
+    )
