@@ -112,9 +112,7 @@ def probe_app(metrics: OperatorMetrics, *, ready: asyncio.Event) -> web.Applicat
     return app
 
 
-async def start_server(
-    metrics: OperatorMetrics, host: str, port: int, *, ready: asyncio.Event
-) -> web.AppRunner:
+async def start_server(metrics: OperatorMetrics, host: str, port: int, *, ready: asyncio.Event) -> web.AppRunner:
     """Serve /metrics, /healthz and /readyz on the running loop; call `.cleanup()` on the result to stop."""
     runner = web.AppRunner(probe_app(metrics, ready=ready), access_log=None)
     await runner.setup()

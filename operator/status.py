@@ -98,9 +98,7 @@ def lane_status(
 
     if problem is not None:
         ready = condition("Ready", False, problem.reason, problem.message)
-        progressing = condition(
-            "Progressing", False, problem.reason, "reconciling is blocked until this is fixed"
-        )
+        progressing = condition("Progressing", False, problem.reason, "reconciling is blocked until this is fixed")
         degraded = condition("Degraded", True, problem.reason, problem.message)
     else:
         ready = condition(
@@ -156,9 +154,7 @@ def tier_state(lane: Body, tier: str, children: Sequence[Body]) -> TierState:
 
 
 def true_conditions(status: Body) -> frozenset[str]:
-    return frozenset(
-        str(c.get("type")) for c in (status.get("conditions") or []) if c.get("status") == "True"
-    )
+    return frozenset(str(c.get("type")) for c in (status.get("conditions") or []) if c.get("status") == "True")
 
 
 def condition_of(status: Body, kind: str) -> Mapping[str, Any]:
