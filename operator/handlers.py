@@ -1,8 +1,9 @@
 """kopf handlers that keep every VoiceLane's children and status in line with its spec.
 
-The handlers are thin. A lane's create/resume/update and a periodic resync call
-`LaneReconciler.reconcile`; an event on any child (found by the `voicelane.dev/lane` label) calls
-`LaneReconciler.kick`, which coalesces bursts so a lane is reconciled once per burst. A reconcile
+The handlers are thin. A lane's create/resume/update calls `LaneReconciler.reconcile` (errors go
+back to kopf, which retries); the periodic resync and every event on a child (watched by the
+`voicelane.dev/lane` label, server-side) call `LaneReconciler.kick`, which coalesces bursts so a
+lane is reconciled once per burst and retries failures with backoff itself. A reconcile
 renders the desired children (render.py), lists the live ones, applies the plan from apply.py with
 the official kubernetes client, computes the status with status.py, writes it when it changed, and
 posts Events for what a user would want to know. Reconciles of one lane never overlap.
