@@ -1,0 +1,415 @@
+"""Suite `operator`: many VoiceLanes applied at once, against the same objects written directly.
+
+The operator runs as `voicelane operator --kubeconfig PATH --namespace bench` against the
+Kubernetes API emulator. All lanes are created at once; the suite polls the API until every
+lane has all its children and a status for its generation, then lets every Deployment roll
+out (the emulator's simulated controller) and waits until every lane reports Ready. The
+reference, in the same run on a fresh emulator, is a plain client that writes the very same
+objects (each lane, its rendered children, its status) with no watch and no reconcile loop:
+the floor the API itself sets. Reported: times, the operator's CPU seconds and RSS, the
+emulator's CPU, and operator/reference ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import requests
+
+from voicelane.bench.context import SuiteContext
+from voicelane.bench.emulator import DEFAULT_HISTORY
+from voicelane.bench.envelope import SuiteOutcome
+from voicelane.bench.procs import ProcessMeter
+from voicelane.bench.stats import ratio, summarize
+from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL, LANE_RESOURCE, resource_of
+from voicelane.operator.crd import build_crd
+from voicelane.operator.render import render_children
+from voicelane.operator.status import lane_status
+from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
+
+NAMESPACE = "bench"
+# The operator's API client runs its calls on asyncio's default thread pool (min(32, cores + 4)
+# workers); the reference writer gets as many lanes in flight.
+REFERENCE_CONCURRENCY = 6
+CREATE_CONCURRENCY = 16
+
+# The shipped sample lane (manifests/samples/voicelane.yaml): both tiers, model storage, a PDB.
+LANE_SPEC: dict[str, Any] = {
+    "fast": {
+        "model": "llama3.2:1b",
+        "replicas": 1,
+        "resources": {"cpu": 2, "memory": "4Gi"},
+        "keepAlive": "15m",
+        "numParallel": 1,
+        "maxQueue": 8,
+        "contextLength": 4096,
+        "storage": {"size": "5Gi"},
+    },
+    "deep": {
+        "model": "llama3.1:8b",
+        "replicas": 2,
+        "resources": {"cpu": 4, "memory": "12Gi"},
+        "keepAlive": "15m",
+        "numParallel": 2,
+        "maxQueue": 16,
+        "contextLength": 8192,
+        "rewarmInterval": "20m",
+        "upstream": {"firstTokenTimeoutSeconds": 15},
+    },
+    "routing": {"fastMaxChars": 130},
+    "policy": {"rateLimit": {"burst": 8, "sustainedPerSecond": 4}, "scheduler": {"maxWaiting": 3}},
+}
+
+
+@dataclass(frozen=True)
+class Size:
+    lanes: int
+    poll_interval_s: float
+    timeout_s: float
+    steady_window_s: float  # after Ready: long enough for every lane's periodic resync to run once
+
+
+SIZES = {"smoke": Size(3, 0.2, 90.0, 1.0), "full": Size(200, 1.0, 900.0, 60.0)}
+
+
+def lane_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": LANE_RESOURCE.api_version,
+        "kind": LANE_RESOURCE.kind,
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": copy.deepcopy(LANE_SPEC),
+    }
+
+
+def expected_children() -> int:
+    lane = lane_manifest("probe")
+    lane["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000"
+    return len(render_children(lane))
+
+
+@contextlib.contextmanager
+def emulator(ctx: SuiteContext, name: str) -> Any:
+    """A fresh emulator with the CRD and the namespace applied; yields (API URL, kubeconfig, meter)."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    kubeconfig = ctx.logs / f"{name}.kubeconfig"
+    kubeconfig.unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-P",
+        "-m",
+        "voicelane.bench.emulator",
+        f"--listen=127.0.0.1:{port}",
+        f"--kubeconfig-out={kubeconfig}",
+        f"--history={DEFAULT_HISTORY}",
+    ]
+    with running(argv, ready_url=api + "/_emulator/healthz", log_dir=ctx.logs, name=name) as process:
+        deadline = time.monotonic() + 10
+        while not kubeconfig.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _post(api, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", build_crd())
+        _post(api, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        yield api, kubeconfig, ProcessMeter(process.pid)
+
+
+def _post(api: str, path: str, body: dict[str, Any]) -> None:
+    response = requests.post(api + path, json=body, timeout=30)
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:500]}")
+
+
+async def create_lanes(api: str, names: list[str], concurrency: int) -> list[int]:
+    """Create every lane, `concurrency` requests in flight; returns the HTTP statuses."""
+    gate = asyncio.Semaphore(concurrency)
+    path = LANE_RESOURCE.collection_path(NAMESPACE)
+
+    async def one(session: aiohttp.ClientSession, name: str) -> int:
+        async with gate, session.post(api + path, json=lane_manifest(name)) as response:
+            await response.read()
+            return response.status
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        return list(await asyncio.gather(*(one(session, name) for name in names)))
+
+
+@dataclass
+class Snapshot:
+    at_s: float
+    children_complete: set[str]
+    status_observed: set[str]
+    ready: set[str]
+
+
+def poll(session: requests.Session, api: str, expected: int, at_s: float) -> Snapshot:
+    counts: dict[str, int] = {}
+    for resource in CHILD_RESOURCES:
+        listing = session.get(
+            api + resource.collection_path(NAMESPACE), params={"labelSelector": LANE_LABEL}, timeout=60
+        ).json()
+        for item in listing.get("items") or []:
+            owner = item["metadata"].get("labels", {}).get(LANE_LABEL)
+            counts[owner] = counts.get(owner, 0) + 1
+    lanes = session.get(api + LANE_RESOURCE.collection_path(NAMESPACE), timeout=60).json().get("items") or []
+    observed, ready = set(), set()
+    for lane in lanes:
+        status = lane.get("status") or {}
+        name = lane["metadata"]["name"]
+        if status.get("observedGeneration") == lane["metadata"].get("generation"):
+            observed.add(name)
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+            ready.add(name)
+    complete = {name for name, count in counts.items() if count >= expected}
+    return Snapshot(at_s, complete, observed, ready)
+
+
+@dataclass
+class Milestones:
+    """When each lane first reached each milestone, and the time everything had."""
+
+    first_seen: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {"children_complete": {}, "status_observed": {}, "ready": {}}
+    )
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, snapshot: Snapshot) -> None:
+        for milestone in self.first_seen:
+            for name in getattr(snapshot, milestone):
+                self.first_seen[milestone].setdefault(name, snapshot.at_s)
+        self.timeline.append(
+            {
+                "at_s": round(snapshot.at_s, 3),
+                "children_complete": len(snapshot.children_complete),
+                "status_observed": len(snapshot.status_observed),
+                "ready": len(snapshot.ready),
+            }
+        )
+
+    def all_at(self, milestone: str, lanes: int) -> float | None:
+        seen = self.first_seen[milestone]
+        return round(max(seen.values()), 3) if len(seen) >= lanes else None
+
+
+def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any]:
+    names = [f"lane-{index:04d}" for index in range(size.lanes)]
+    milestones = Milestones()
+    with emulator(ctx, "emulator-operator") as (api, kubeconfig, emulator_meter):
+        metrics_port = free_port()
+        argv = voicelane_argv(
+            "operator",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            NAMESPACE,
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+        )
+        with running(
+            argv,
+            ready_url=f"http://127.0.0.1:{metrics_port}/readyz",
+            log_dir=ctx.logs,
+            name="operator",
+            ready_timeout_s=120,
+        ) as operator_process:
+            operator = ProcessMeter(operator_process.pid)
+            time.sleep(1.0)
+            rss_idle = operator.rss_bytes()
+            operator.reset_peak()
+            cpu_start, emulator_cpu_start = operator.cpu_s(), emulator_meter.cpu_s()
+            started = time.monotonic()
+            statuses = asyncio.run(create_lanes(api, names, CREATE_CONCURRENCY))
+            applied_s = time.monotonic() - started
+            ctx.say(f"{size.lanes} lanes created in {applied_s:.1f} s; waiting for children and statuses")
+            converged = _wait(
+                ctx, api, size, expected, started, milestones, ("children_complete", "status_observed"), operator
+            )
+            cpu_converged = operator.cpu_s() - cpu_start
+            emulator_cpu_converged = emulator_meter.cpu_s() - emulator_cpu_start
+            rollout_started = time.monotonic()
+            _post(api, "/_emulator/deployments/ready", {"namespace": NAMESPACE})
+            ready = converged and _wait(ctx, api, size, expected, started, milestones, ("ready",), operator)
+            ready_after_rollout = time.monotonic() - rollout_started
+            rss_peak = operator.peak_rss_bytes
+            cpu_total = operator.cpu_s() - cpu_start
+            ctx.say(f"measuring the settled operator for {size.steady_window_s:.0f} s (periodic resyncs)")
+            steady_cpu, steady_emulator_cpu = operator.cpu_s(), emulator_meter.cpu_s()
+            time.sleep(size.steady_window_s)
+            steady = {
+                "window_s": size.steady_window_s,
+                "operator_cpu_s_per_s": round((operator.cpu_s() - steady_cpu) / size.steady_window_s, 4),
+                "emulator_cpu_s_per_s": round((emulator_meter.cpu_s() - steady_emulator_cpu) / size.steady_window_s, 4),
+                "operator_rss_bytes": operator.rss_bytes(),
+            }
+            rss_after = steady["operator_rss_bytes"]
+            log_tail = _log_tail(operator_process)
+    children_s = milestones.all_at("children_complete", size.lanes)
+    status_s = milestones.all_at("status_observed", size.lanes)
+    return {
+        "lanes": size.lanes,
+        "create_statuses": _count(statuses),
+        "created_in_s": round(applied_s, 3),
+        "converged": converged,
+        "all_children_exist_s": children_s,
+        "all_statuses_written_s": status_s,
+        "all_converged_s": None if children_s is None or status_s is None else max(children_s, status_s),
+        "all_ready_after_rollout_s": round(ready_after_rollout, 3) if ready else None,
+        "per_lane_s": {milestone: summarize(seen.values()) for milestone, seen in milestones.first_seen.items()},
+        "lanes_reaching": {milestone: len(seen) for milestone, seen in milestones.first_seen.items()},
+        "operator_cpu_s": {
+            "until_converged": round(cpu_converged, 3),
+            "until_converged_per_lane": ratio(cpu_converged, size.lanes),
+            "including_rollout": round(cpu_total, 3),
+        },
+        "operator_rss_bytes": {"idle": rss_idle, "peak": rss_peak, "after": rss_after},
+        "emulator_cpu_s_until_converged": round(emulator_cpu_converged, 3),
+        "settled": steady,
+        "timeline": milestones.timeline,
+        "operator_log_warnings": log_tail,
+    }
+
+
+def _wait(
+    ctx: SuiteContext,
+    api: str,
+    size: Size,
+    expected: int,
+    started: float,
+    milestones: Milestones,
+    wanted: tuple[str, ...],
+    operator: ProcessMeter,
+) -> bool:
+    deadline = started + size.timeout_s
+    last_said = 0.0
+    with requests.Session() as session:
+        while True:
+            now = time.monotonic()
+            snapshot = poll(session, api, expected, now - started)
+            operator.rss_bytes()
+            milestones.record(snapshot)
+            if all(len(getattr(snapshot, m)) >= size.lanes for m in wanted):
+                return True
+            if now > deadline:
+                ctx.say(f"gave up after {size.timeout_s:.0f} s: {milestones.timeline[-1]}")
+                return False
+            if now - last_said > 15:
+                last_said = now
+                ctx.say(f"{milestones.timeline[-1]}")
+            time.sleep(size.poll_interval_s)
+
+
+def _log_tail(process: ManagedProcess) -> list[str]:
+    lines = [line for line in process.log().splitlines() if "WARNING" in line or "ERROR" in line]
+    return lines[-20:]
+
+
+async def write_directly(api: str, names: list[str], concurrency: int) -> dict[str, int]:
+    """Write each lane, its rendered children and its status: the objects the operator writes, no more."""
+    gate = asyncio.Semaphore(concurrency)
+    requests_made: dict[str, int] = {"lanes": 0, "children": 0, "statuses": 0, "failed": 0}
+
+    async def lane_objects(session: aiohttp.ClientSession, name: str) -> None:
+        async with gate:
+            async with session.post(api + LANE_RESOURCE.collection_path(NAMESPACE), json=lane_manifest(name)) as r:
+                lane = await r.json()
+                requests_made["lanes"] += 1
+                if r.status != 201:
+                    requests_made["failed"] += 1
+                    return
+            children = []
+            for child in render_children(lane):
+                path = resource_of(child).collection_path(NAMESPACE)
+                async with session.post(api + path, json=child) as r:
+                    requests_made["children"] += 1
+                    if r.status == 201:
+                        children.append(await r.json())
+                    else:
+                        requests_made["failed"] += 1
+            status_path = LANE_RESOURCE.object_path(NAMESPACE, name, "status")
+            patch = {"status": lane_status(lane, children, [])}
+            headers = {"Content-Type": "application/merge-patch+json"}
+            async with session.patch(api + status_path, json=patch, headers=headers) as r:
+                requests_made["statuses"] += 1
+                if r.status != 200:
+                    requests_made["failed"] += 1
+                await r.read()
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(lane_objects(session, name) for name in names))
+    return requests_made
+
+
+def _reference_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any]:
+    names = [f"lane-{index:04d}" for index in range(size.lanes)]
+    with emulator(ctx, "emulator-reference") as (api, _, emulator_meter):
+        cpu_start = emulator_meter.cpu_s()
+        started = time.monotonic()
+        made = asyncio.run(write_directly(api, names, REFERENCE_CONCURRENCY))
+        elapsed = time.monotonic() - started
+        emulator_cpu = emulator_meter.cpu_s() - cpu_start
+        with requests.Session() as session:
+            check = poll(session, api, expected, elapsed)
+    ctx.say(f"reference: {size.lanes} lanes with children and statuses written in {elapsed:.1f} s")
+    return {
+        "lanes": size.lanes,
+        "requests": made,
+        "all_written_s": round(elapsed, 3),
+        "lanes_with_all_children": len(check.children_complete),
+        "lanes_with_status": len(check.status_observed),
+        "emulator_cpu_s": round(emulator_cpu, 3),
+        "concurrency": REFERENCE_CONCURRENCY,
+    }
+
+
+def _count(statuses: list[int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[str(status)] = counts.get(str(status), 0) + 1
+    return counts
+
+
+def run(ctx: SuiteContext) -> SuiteOutcome:
+    size = SIZES[ctx.size]
+    expected = expected_children()
+    reference = _reference_run(ctx, size, expected)
+    operator = _operator_run(ctx, size, expected)
+    ratios = {
+        "operator_vs_reference_all_converged": ratio(operator["all_converged_s"], reference["all_written_s"]),
+        "operator_vs_reference_emulator_cpu": ratio(
+            operator["emulator_cpu_s_until_converged"], reference["emulator_cpu_s"]
+        ),
+        "operator_cpu_vs_emulator_cpu": ratio(
+            operator["operator_cpu_s"]["until_converged"], operator["emulator_cpu_s_until_converged"]
+        ),
+        "operator_rss_peak_vs_idle": ratio(
+            operator["operator_rss_bytes"]["peak"], operator["operator_rss_bytes"]["idle"]
+        ),
+    }
+    settings = {
+        "lanes": size.lanes,
+        "children_per_lane": expected,
+        "lane_spec": "the shipped sample (manifests/samples/voicelane.yaml)",
+        "create_concurrency": CREATE_CONCURRENCY,
+        "reference_concurrency": REFERENCE_CONCURRENCY,
+        "poll_interval_s": size.poll_interval_s,
+        "timeout_s": size.timeout_s,
+        "operator": f"voicelane operator --kubeconfig PATH --namespace {NAMESPACE} --metrics-listen 127.0.0.1:PORT",
+        "emulator": f"python -P -m voicelane.bench.emulator (voicelane.testing.kube_emulator, kmock request history "
+        f"trimmed to {DEFAULT_HISTORY})",
+    }
+    notes = [
+        "Times are measured by polling the API every poll_interval_s (lists of the lanes and of each child kind), "
+        "so they are accurate to about one interval; the polls load the emulator a little.",
+        "The emulator, the operator and the polling client share the machine's cores.",
+        "Ready is simulated: the emulator marks every Deployment rolled out on request.",
+    ]
+    if not operator["converged"]:
+        notes.append(f"The operator had not converged within {size.timeout_s:.0f} s; see lanes_reaching and timeline.")
+    return SuiteOutcome(
+        settings=settings, results={"operator": operator, "reference": reference}, ratios=ratios, notes=notes
+    )
