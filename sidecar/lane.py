@@ -159,6 +159,7 @@ class Lane:
         self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
         self._tasks: list[asyncio.Task[None]] = []
         self._retired_clients: list[UpstreamClient] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         # Which tier is answering each running flight (known from its first token on), and
         # when its model slot was granted: speech requests report both as their own stages.
         self.answering_tier: dict[str, str] = {}
@@ -189,11 +190,30 @@ class Lane:
         self.router = Router(config.routing)
         for tier in Tier:
             if old.upstreams.for_tier(tier) != config.upstreams.for_tier(tier):
-                # In-flight calls keep the old client; it is closed when the lane stops.
-                self._retired_clients.append(self.clients[tier])
+                # In-flight calls keep the old client; it is closed once they have surely ended.
+                self._retire(self.clients[tier], after_s=old.upstreams.for_tier(tier).total_timeout_s + 1.0)
                 self.clients[tier] = self._client_factory(config.upstreams.for_tier(tier))
                 self.circuits[tier] = self._circuit(config, tier)
                 self.healthy[tier] = None
+
+    def _retire(self, client: UpstreamClient, *, after_s: float) -> None:
+        """Close a replaced client after `after_s`: no call outlives its total timeout, and
+        without this every reload that touched an upstream would leave a pool of connections."""
+        self._retired_clients.append(client)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # reconfigured outside the loop: closed when the lane stops
+            return
+
+        async def close_later() -> None:
+            await asyncio.sleep(after_s)
+            self._retired_clients.remove(client)
+            with contextlib.suppress(Exception):
+                await client.close()
+
+        task = asyncio.create_task(close_later(), name="voicelane-retire-client")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
@@ -202,6 +222,8 @@ class Lane:
         self._tasks.append(asyncio.create_task(self._guardian_loop(), name="voicelane-guardian"))
 
     async def stop(self) -> None:
+        for task in [*self._retiring]:
+            task.cancel()  # their clients are closed below with the rest
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
