@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,9 +104,30 @@ def start_shared_lane(
         argv = voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}")
         process = stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=directory, name="sidecar"))
         yield Lane(fast, deep, Endpoint(url, port, process))
+        assert_no_crash(process.log_path)
 
 
-@pytest.fixture(scope="module")
-def shared_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
-    """Two sims (fast, deep) and a sidecar speaking through in-process espeak, for a whole module."""
-    yield from start_shared_lane(tmp_path_factory, fault_config())
+# What a sidecar log shows when a request turned into a 500 or a handler crashed.
+CRASH_MARKS = ("Traceback", "internal error on", "Error handling request")
+
+
+def assert_no_crash(log_file: Path) -> None:
+    text = log_file.read_text(encoding="utf-8", errors="replace") if log_file.exists() else ""
+    crashes = [line for line in text.splitlines() if any(mark in line for mark in CRASH_MARKS)]
+    assert not crashes, f"{log_file.name} shows a crash:\n" + "\n".join(crashes[:5])
+
+
+@pytest.fixture(autouse=True)
+def sidecar_never_crashed(log_dir: Path) -> Iterator[None]:
+    """After every test: no sidecar it started logged a crash or an internal error."""
+    yield
+    for log_file in sorted(log_dir.glob("sidecar*.log")):
+        assert_no_crash(log_file)
+
+
+@pytest.fixture(scope="module", params=["ollama", "openai"], ids=["upstream_ollama", "upstream_openai"])
+def shared_lane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
+    """Two sims (fast, deep) speaking Ollama's NDJSON or OpenAI's SSE, and a sidecar speaking
+    through in-process espeak, for a whole module."""
+    protocol = {"protocol": request.param}
+    yield from start_shared_lane(tmp_path_factory, fault_config(upstreams={"fast": protocol, "deep": protocol}))
