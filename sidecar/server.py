@@ -345,12 +345,19 @@ async def handle_stats(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(time.monotonic() - state["started"], 3),
         **lane.snapshot(),
+        "single_flight": _flight_stats(lane.flights.stats(), speaker.flights.stats()),
         "ttfa": request.app[MONITOR_KEY].stats(minutes),
         "tts": {"backend": lane.config.tts.backend, "syntheses": speaker.backend.calls},
         "phrase_bank": state.get("phrase_bank", {}),
         "followups": request.app[FOLLOWUPS_KEY].stats(),
     }
     return web.json_response(body)
+
+
+def _flight_stats(text: dict[str, int], speech: dict[str, int]) -> dict[str, Any]:
+    """Totals over model-text flights and spoken-audio flights, with each kind's own figures."""
+    totals: dict[str, Any] = {key: text.get(key, 0) + speech.get(key, 0) for key in text.keys() | speech.keys()}
+    return {**totals, "text": text, "speech": speech}
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

@@ -153,7 +153,8 @@ def run_variant(name: str, tiers: Tiers, enabled: set[str], steps: list[Any], lo
     with running(argv, ready_url=url + "/healthz", log_dir=logs, name=f"sidecar-{name}"):
         _wait_ready(url)
         started = time.monotonic()
-        measurements = asyncio.run(replay(url, steps))
+        # The baseline's backlog on a real model can take minutes to drain; wait for all of it.
+        measurements = asyncio.run(replay(url, steps, timeout_s=900))
         # Let background email segments finish before reading the counters.
         stats = requests.get(url + "/v1/stats", timeout=10).json()
         elapsed = time.monotonic() - started
@@ -194,7 +195,7 @@ def comparison_table(lane: dict[str, Any], baseline: dict[str, Any] | None) -> s
     lane_summary = summarize(lane["measurements"])
     base_summary = summarize(baseline["measurements"]) if baseline else {}
     lines = [
-        "| scenario | baseline p50 / p95 | lane p50 / p95 | improvement (p50) | lane answered / refused |",
+        "| scenario | baseline p50 / p95 | lane p50 / p95 | improvement (p50) | lane answered / fallback / refused |",
         "|---|---|---|---|---|",
     ]
     for label, title in ROWS:
@@ -205,7 +206,8 @@ def comparison_table(lane: dict[str, Any], baseline: dict[str, Any] | None) -> s
         lines.append(
             f"| {title} | {_fmt(before.get('p50_s'))} / {_fmt(before.get('p95_s'))} "
             f"| {_fmt(after['p50_s'])} / {_fmt(after['p95_s'])} "
-            f"| {_gain(before.get('p50_s'), after['p50_s'])} | {after['answered']} / {after['refused']} |"
+            f"| {_gain(before.get('p50_s'), after['p50_s'])} "
+            f"| {after['answered']} / {after['fallbacks']} / {after['refused']} |"
         )
     return "\n".join(lines)
 
@@ -219,7 +221,8 @@ def lane_counts(stats: dict[str, Any]) -> str:
         [
             f"- guardian: blocked now {guardian.get('blocked')}, emergency blocks {guardian.get('emergency_blocks')}, "
             f"rejections {json.dumps(rejections)}",
-            f"- single-flight: {flights.get('leaders', 0)} leaders, {flights.get('joiners', 0)} joiners shared a result",
+            f"- single-flight: {flights.get('leaders', 0)} leaders, {flights.get('joiners', 0)} joiners shared a result "
+            f"(speech: {flights.get('speech', {}).get('joiners', 0)} joined audio already being made)",
             f"- cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses, {cache.get('entries', 0)} entries",
             f"- speech: {stats.get('tts', {}).get('syntheses', 0)} syntheses; "
             f"email follow-ups {json.dumps(stats.get('followups', {}))}",
@@ -315,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     logs = report_dir / "logs"
     logs.mkdir(exist_ok=True)
-    steps = mixed_workload(duration_s=duration)
+    steps = mixed_workload(duration_s=duration, pace=1.0 if args.backend == "sim" else 2.5)
     enabled = set(FEATURES) - set(args.without)
     plan = [("lane", enabled)] + ([] if args.no_baseline else [("baseline", set())])
     try:

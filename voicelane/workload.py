@@ -78,19 +78,24 @@ class Measurement:
         return data
 
 
-def mixed_workload(*, duration_s: float = 20.0, seed: int = 7) -> list[Step]:
-    """Chats and notifications through the run, a few emails, duplicates within 2 s, one burst."""
+def mixed_workload(*, duration_s: float = 20.0, seed: int = 7, pace: float = 1.0) -> list[Step]:
+    """Chats and notifications through the run, a few emails, duplicates within 2 s, one burst.
+
+    `pace` stretches the gaps between chats and notifications: a real model on a small
+    machine answers a few requests per second at most, and a steady load far beyond that
+    only measures the queue cap.
+    """
     rng = random.Random(seed)
     steps: list[Step] = []
     t = 0.5
     while t < duration_s:
         chat = rng.choice(CHATS).format(name=rng.choice(NAMES), hour=rng.randint(8, 18), minutes=rng.randint(2, 59))
         steps.append(Step(round(t, 3), "chat", "chat", chat))
-        t += rng.uniform(0.8, 1.6)
+        t += rng.uniform(0.8, 1.6) * pace
     t = 1.0
     while t < duration_s:
         steps.append(Step(round(t, 3), "notification", "notification", rng.choice(NOTIFICATIONS)))
-        t += rng.uniform(2.0, 3.5)
+        t += rng.uniform(2.0, 3.5) * pace
     for index, email in enumerate(EMAILS):
         steps.append(Step(round(2.0 + index * duration_s / 2.5, 3), "email", "email", email))
     # The same notification from four devices within two seconds, three of them at once.
