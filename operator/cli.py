@@ -40,6 +40,20 @@ def add_parser(subparsers: Any) -> None:
         "(default: the pod's own namespace in a cluster, else any namespace).",
     )
     operator.add_argument("--verbose", action="store_true", help="Log every kopf step (debug level).")
+    webhook = operator.add_argument_group("sidecar injection webhook (HTTPS, path /mutate-pods)")
+    webhook.add_argument("--webhook-listen", metavar="HOST:PORT", help="Serve the webhook here (default: off).")
+    webhook.add_argument(
+        "--webhook-cert-dir",
+        metavar="DIR",
+        help="Directory with tls.crt and tls.key, re-read when they change "
+        "(default: a self-signed certificate generated at start).",
+    )
+    webhook.add_argument(
+        "--webhook-ca-out", metavar="FILE", help="Write the CA that callers must trust (PEM) to this file."
+    )
+    webhook.add_argument(
+        "--sidecar-image", metavar="IMAGE", help="Sidecar image to inject (default: the release's sidecar image)."
+    )
     operator.set_defaults(handler=run_operator)
 
     render = subparsers.add_parser(

@@ -5,7 +5,7 @@ else $KUBECONFIG read now, else the in-cluster service account): the kubernetes 
 default kubeconfig path when it is imported, so it is never relied on. kopf runs standalone (no
 peering) with resource and namespace scanning off: it serves the given namespaces, or the whole
 cluster, and needs no rights on CRDs or namespaces. Metrics are served on `--metrics-listen`,
-kopf's liveness probe on `--liveness`.
+kopf's liveness probe on `--liveness`, the sidecar-injection webhook on `--webhook-listen` (webhook.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voicelane.operator.webhook import WebhookOptions
 
 KOPF_PREFIX = "operator.voicelane.dev"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -28,12 +31,14 @@ class LoginFailed(RuntimeError):
 
 
 class QuietWatchHandlers(logging.Filter):
-    """Drops kopf's "Handler 'child_event/…' succeeded." lines: one per change of any child."""
+    """Drops kopf's "Handler 'child_event/…' succeeded." lines: one per change of any child (and per pod
+    the webhook sees, which logs what it did itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not (
-            message.startswith(("Handler 'child_event/", "Handler 'lane_event'")) and message.endswith("succeeded.")
+            message.startswith(("Handler 'child_event/", "Handler 'lane_event'", "Webhook 'mutate-pods'"))
+            and message.endswith("succeeded.")
         )
 
 
@@ -103,11 +108,14 @@ def host_port(value: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
+    from voicelane.operator.webhook import WebhookOptions
+
     kubeconfig = str(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
     verbose = bool(getattr(args, "verbose", False))
     kopf.configure(verbose=verbose, log_prefix=True)  # prefix object lines with [namespace/name]
     if not verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # kopf's webhook server logs every call
     try:
         configuration, default_namespace = client_configuration(kubeconfig)
     except LoginFailed as exc:
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 metrics_listen=getattr(args, "metrics_listen", None),
                 liveness=liveness_url(getattr(args, "liveness", None)),
                 operator_namespace=operator_namespace,
+                webhook_options=WebhookOptions.from_args(args),
             )
         )
     except KeyboardInterrupt:
@@ -147,6 +156,7 @@ async def operate(
     metrics_listen: str | None,
     liveness: str | None,
     operator_namespace: str | None,
+    webhook_options: WebhookOptions | None = None,
 ) -> None:
     """Run kopf with the VoiceLane handlers until it is stopped (SIGTERM or SIGINT)."""
     import kopf
@@ -180,6 +190,13 @@ async def operate(
 
     for resource in CHILD_RESOURCES:  # watch only the lanes' children, filtered by the API server
         settings.watching.label_selectors[resource.group, resource.version, resource.plural] = LANE_LABEL
+
+    if webhook_options is not None:  # the sidecar-injection webhook (webhook.py)
+        from voicelane.operator import webhook
+
+        webhook.enable(
+            settings, handlers.registry, options=webhook_options, configuration=configuration, namespaces=namespaces
+        )
 
     ready = asyncio.Event()
     runner = None

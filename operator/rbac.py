@@ -36,7 +36,8 @@ class Rule:
 
 
 # kopf lists and watches lanes, and patches them for its finalizer and its handled-state
-# annotations; the reconciler gets a lane before each reconcile.
+# annotations; the reconciler gets a lane before each reconcile, the injection webhook the lane of
+# each pod it is asked about (it needs nothing on pods: the API server sends it the pod).
 LANE_VERBS = ("get", "list", "watch", "patch")
 # The reconciler writes status through the subresource.
 LANE_STATUS_VERBS = ("patch",)

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "voicelane.sidecar.cli",
     "voicelane.sim.cli",
     "voicelane.operator.cli",
+    "voicelane.operator.inject_command",
     "voicelane.demo",
     "voicelane.bench.cli",
 )

@@ -87,6 +87,10 @@ BUILTIN_RESOURCES: dict[str, kmock.ResourceInfo] = {
         kind="Service", singular="service", namespaced=True, shortnames={"svc"}, subresources={"status"}
     ),
     "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", singular="configmap", namespaced=True, shortnames={"cm"}),
+    # kopf finds the resource of the sidecar-injection webhook's admission handler by discovery.
+    "v1/pods": kmock.ResourceInfo(
+        kind="Pod", singular="pod", namespaced=True, shortnames={"po"}, subresources={"status"}
+    ),
     "v1/serviceaccounts": kmock.ResourceInfo(
         kind="ServiceAccount", singular="serviceaccount", namespaced=True, shortnames={"sa"}
     ),

@@ -204,6 +204,7 @@ class OperatorProcess:
     liveness_port: int
     process: ManagedProcess | None = None
     starts: int = field(default=0)
+    extra_args: tuple[str, ...] = ()  # more `voicelane operator` flags, e.g. the webhook's
 
     @property
     def url(self) -> str:
@@ -221,6 +222,7 @@ class OperatorProcess:
             f"127.0.0.1:{self.metrics_port}",
             "--liveness",
             f"http://127.0.0.1:{self.liveness_port}/healthz",
+            *self.extra_args,
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KUBECONFIG": str(self.cluster.kubeconfig)}
         self.process = ManagedProcess(argv, self.log_dir / f"operator-{self.starts}.log", env=env).start()

@@ -1,0 +1,237 @@
+"""Add the VoiceLane sidecar to a pod: the one construction the webhook, `voicelane inject` and the samples share.
+
+Pure: a pod (or a pod template: anything with `metadata` and `spec`) in, a new pod out, the input left
+as it was. `inject` adds
+
+- the sidecar as a native sidecar: an init container with `restartPolicy: Always` (Kubernetes 1.29+),
+  placed first so it serves before any other init container or the app starts, running the image's
+  `voicelane sidecar` with the lane's configuration and its metrics listener on 0.0.0.0:9464;
+- the lane's ConfigMap `<lane>-sidecar` mounted at /etc/voicelane (the directory, not a subPath, so the
+  sidecar sees edits of the lane and reloads) and a small writable /tmp;
+- startup, liveness and readiness probes on the metrics listener (the API listens on loopback, where
+  the kubelet cannot reach it), the metrics port named for the chart's PodMonitor, resource requests
+  and limits, and a securityContext that meets the Pod Security "restricted" profile on its own;
+- `VOICELANE_URL` in every app container that does not set it already;
+- the `voicelane.dev/lane` label (the lane's NetworkPolicy admits only pods carrying it) and an
+  annotation recording the injection.
+
+A pod that already has the sidecar container is left as it is, so injecting twice (the webhook is
+reinvoked, or a manifest from `voicelane inject` is created where the webhook runs) changes nothing.
+Pods of a lane's own Ollama tiers (label `voicelane.dev/tier`) are never injected.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from voicelane import __version__
+from voicelane.operator.render import (
+    LABEL_LANE,
+    LABEL_TIER,
+    SIDECAR_CONFIG_KEY,
+    SIDECAR_METRICS_LISTEN,
+    sidecar_configmap_name,
+)
+from voicelane.sidecar.config import ServerConfig
+
+SIDECAR_IMAGE_REPOSITORY = "ghcr.io/voicelane/voicelane-sidecar"
+DEFAULT_SIDECAR_IMAGE = f"{SIDECAR_IMAGE_REPOSITORY}:{__version__}"
+SIDECAR_CONTAINER_NAME = "voicelane-sidecar"
+# Kubernetes port names are IANA service names: at most 15 characters. The chart's PodMonitor
+# scrapes the port of this name (podMonitor.port).
+SIDECAR_METRICS_PORT_NAME = "vl-metrics"
+SIDECAR_METRICS_PORT = int(SIDECAR_METRICS_LISTEN.rpartition(":")[2])
+SIDECAR_CONFIG_DIR = "/etc/voicelane"
+SIDECAR_CONFIG_PATH = f"{SIDECAR_CONFIG_DIR}/{SIDECAR_CONFIG_KEY}"
+CONFIG_VOLUME = "voicelane-config"
+TMP_VOLUME = "voicelane-tmp"
+URL_ENV = "VOICELANE_URL"
+INJECTED_ANNOTATION = "voicelane.dev/sidecar-injected"
+# The uid the images run as (images/*.Dockerfile, USER 65532:65532).
+IMAGE_UID = 65532
+# The sidecar's API address unless the lane's spec.policy.server.listen says otherwise.
+DEFAULT_API_LISTEN: str = ServerConfig.model_fields["listen"].default
+
+SIDECAR_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"cpu": "1", "memory": "512Mi"},
+}
+
+
+class InjectionError(ValueError):
+    """The pod cannot take the sidecar as it is (not a pod, or a name or port the sidecar needs is taken)."""
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """A container securityContext that meets the Pod Security "restricted" profile whatever the pod sets."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def loopback_url(listen: str) -> str:
+    """The URL an app container reaches a sidecar listening on `listen` at, always through loopback."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def sidecar_container(image: str, *, image_pull_policy: str = "IfNotPresent") -> dict[str, Any]:
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": SIDECAR_METRICS_PORT_NAME}}
+
+    return {
+        "name": SIDECAR_CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        # A native sidecar: started before the app, kept running beside it, stopped after it (and it
+        # does not keep a Job's pod from completing).
+        "restartPolicy": "Always",
+        # The image's entrypoint is `voicelane sidecar`.
+        "args": ["--config", SIDECAR_CONFIG_PATH, "--metrics-listen", SIDECAR_METRICS_LISTEN],
+        "ports": [{"name": SIDECAR_METRICS_PORT_NAME, "containerPort": SIDECAR_METRICS_PORT, "protocol": "TCP"}],
+        # The app starts only once the sidecar serves (a native sidecar's startup probe gates the next
+        # containers). Readiness follows the sidecar's /readyz: a pod whose lane has no healthy tier
+        # (and no passthrough) cannot answer by voice, so it takes no traffic until one recovers.
+        "startupProbe": {**probe("/healthz"), "periodSeconds": 1, "failureThreshold": 60},
+        "livenessProbe": {**probe("/healthz"), "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readinessProbe": {**probe("/readyz"), "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+        "resources": copy.deepcopy(dict(SIDECAR_RESOURCES)),
+        # The uid is set here too: the app's pod may leave it to its own image, which may run as root.
+        "securityContext": {**restricted_container_security(), "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID},
+        "volumeMounts": [
+            # The whole directory, not a subPath: the sidecar reloads sidecar.yaml when the lane changes.
+            {"name": CONFIG_VOLUME, "mountPath": SIDECAR_CONFIG_DIR, "readOnly": True},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+    }
+
+
+def sidecar_volumes(lane: str) -> list[dict[str, Any]]:
+    return [
+        {"name": CONFIG_VOLUME, "configMap": {"name": sidecar_configmap_name(lane)}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    spec = _mapping(pod.get("spec"))
+    return any(
+        isinstance(container, Mapping) and container.get("name") == SIDECAR_CONTAINER_NAME
+        for field in ("initContainers", "containers")
+        for container in _list_or_empty(spec.get(field))
+    )
+
+
+def skip_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why `inject` leaves this pod as it is, or None if it would add the sidecar."""
+    labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
+    if LABEL_TIER in labels:
+        return f"a model server pod of a lane (label {LABEL_TIER})"
+    if has_sidecar(pod):
+        return f"it already has the container {SIDECAR_CONTAINER_NAME}"
+    return None
+
+
+def inject(
+    pod: Mapping[str, Any],
+    *,
+    lane: str,
+    image: str = DEFAULT_SIDECAR_IMAGE,
+    api_listen: str = DEFAULT_API_LISTEN,
+    image_pull_policy: str = "IfNotPresent",
+) -> dict[str, Any] | None:
+    """The pod with the sidecar of `lane` added, or None when it is to stay as it is (see `skip_reason`).
+
+    Raises InjectionError if the pod is not a pod, is labelled for another lane, or already uses a
+    volume name or port the sidecar needs.
+    """
+    if not isinstance(pod, Mapping) or not isinstance(pod.get("spec"), Mapping):
+        raise InjectionError("not a pod or pod template: no spec")
+    if skip_reason(pod) is not None:
+        return None
+    injected: dict[str, Any] = copy.deepcopy(dict(pod))
+    metadata = injected.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InjectionError("metadata is not an object")
+    injected["metadata"] = metadata
+    spec: dict[str, Any] = injected["spec"]
+    containers = _container_list(spec, "containers")
+    init_containers = _container_list(spec, "initContainers")
+    if not containers:
+        raise InjectionError("the pod has no containers")
+    labels: dict[str, Any] = dict(_mapping(metadata.get("labels")))
+    if labels.get(LABEL_LANE, lane) != lane:
+        raise InjectionError(f"the pod is labelled {LABEL_LANE}={labels[LABEL_LANE]}, not {lane}")
+    _check_free(spec, containers + init_containers)
+
+    labels[LABEL_LANE] = lane
+    metadata["labels"] = labels
+    metadata["annotations"] = {**_mapping(metadata.get("annotations")), INJECTED_ANNOTATION: "true"}
+    sidecar = sidecar_container(image, image_pull_policy=image_pull_policy)
+    if "initContainers" not in spec:  # listed before the containers, as it runs first (readable output)
+        spec = injected["spec"] = _insert_before(spec, "containers", "initContainers", [])
+    spec["initContainers"] = [sidecar, *init_containers]
+    url = loopback_url(api_listen)
+    for container in containers:
+        env = _list_of_mappings(container.get("env"), f"env of container {container.get('name')}")
+        if not any(var.get("name") == URL_ENV for var in env):
+            container["env"] = [*env, {"name": URL_ENV, "value": url}]  # an app's own setting wins
+    spec["volumes"] = [*_list_of_mappings(spec.get("volumes"), "spec.volumes"), *sidecar_volumes(lane)]
+    return injected
+
+
+def _insert_before(mapping: Mapping[str, Any], key: str, new_key: str, value: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for existing, existing_value in mapping.items():
+        if existing == key:
+            result[new_key] = value
+        result[existing] = existing_value
+    result.setdefault(new_key, value)
+    return result
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list_or_empty(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _list_of_mappings(value: Any, what: str) -> list[dict[str, Any]]:
+    """`value` as a list of objects (None: empty); InjectionError if it is something else."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InjectionError(f"{what} is not a list of objects")
+    return list(value)
+
+
+def _container_list(spec: Mapping[str, Any], field: str) -> list[dict[str, Any]]:
+    return _list_of_mappings(spec.get(field), f"spec.{field}")
+
+
+def _check_free(spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]) -> None:
+    """The sidecar's volume names and metrics port must not be in use already: the pod would be invalid."""
+    taken_volumes = {volume.get("name") for volume in _list_of_mappings(spec.get("volumes"), "spec.volumes")}
+    for name in (CONFIG_VOLUME, TMP_VOLUME):
+        if name in taken_volumes:
+            raise InjectionError(f"the pod already has a volume named {name}")
+    for container in containers:
+        for port in _list_of_mappings(container.get("ports"), f"ports of container {container.get('name')}"):
+            if port.get("name") == SIDECAR_METRICS_PORT_NAME or port.get("containerPort") == SIDECAR_METRICS_PORT:
+                raise InjectionError(
+                    f"container {container.get('name')} already uses port {SIDECAR_METRICS_PORT_NAME}"
+                    f" or {SIDECAR_METRICS_PORT}, the sidecar's metrics port"
+                )

@@ -1,0 +1,407 @@
+"""The sidecar-injection webhook: a kopf mutating admission handler for pods, and the HTTPS server it runs on.
+
+The API server sends the creation of every pod labelled `voicelane.dev/lane` (the chart's
+MutatingWebhookConfiguration, path /mutate-pods) here. If the pod's namespace holds that VoiceLane,
+the answer is a JSONPatch that adds the sidecar (injection.py); otherwise the pod is admitted as it
+is, with a warning the client sees (kubectl prints it) and a log line. The webhook never denies a
+pod: whatever goes wrong here, including a bug, the pod is admitted unchanged with a warning, and
+the configuration's failurePolicy Ignore covers a webhook that is down or slow. A request that is
+not an AdmissionReview gets HTTP 400 naming what is wrong.
+
+TLS: with `--webhook-cert-dir`, the server uses tls.crt and tls.key from it and re-reads them when
+they change (a Secret renewed by cert-manager or the chart). Without it, kopf makes a self-signed
+certificate for the listen address at start (with the builder here, on `cryptography`);
+`--webhook-ca-out` writes it out for whoever calls the webhook (a caBundle, `curl --cacert`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import functools
+import ipaddress
+import json
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp.web
+import kopf
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from voicelane.operator.api import SpecError, parse_spec
+from voicelane.operator.apply import LANE_LABEL, LANE_RESOURCE
+from voicelane.operator.handlers import KubeApi, TransientApiError
+from voicelane.operator.injection import (
+    DEFAULT_API_LISTEN,
+    DEFAULT_SIDECAR_IMAGE,
+    InjectionError,
+    inject,
+    skip_reason,
+)
+from voicelane.operator.main import host_port
+
+# The handler id is the URL path kopf's server routes to it: the chart's webhook calls /mutate-pods.
+WEBHOOK_ID = "mutate-pods"
+CERT_FILE = "tls.crt"
+KEY_FILE = "tls.key"
+# The API server waits `webhook.timeoutSeconds` (5 s by default) for the answer; the lane lookup
+# must end well before, in one try, so the pod gets a warning rather than a silent timeout.
+LOOKUP_TIMEOUT_S = (1.0, 2.5)  # (connect, read) of the one request
+LOOKUP_DEADLINE_S = 3.0  # the whole lookup
+SELF_SIGNED_VALIDITY = datetime.timedelta(days=365)
+WARNING_PREFIX = "voicelane: "
+
+LaneGetter = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+
+
+class LaneLookupError(RuntimeError):
+    """The lane could not be read (API server unreachable, slow, or access denied)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookOptions:
+    """The operator's webhook flags."""
+
+    listen: str
+    cert_dir: Path | None = None
+    ca_out: Path | None = None
+    sidecar_image: str = DEFAULT_SIDECAR_IMAGE
+
+    @classmethod
+    def from_args(cls, args: Any) -> WebhookOptions | None:
+        """The options of `voicelane operator`'s flags; None (no webhook) without --webhook-listen."""
+        listen = getattr(args, "webhook_listen", None)
+        if not listen:
+            return None
+        cert_dir = getattr(args, "webhook_cert_dir", None)
+        ca_out = getattr(args, "webhook_ca_out", None)
+        return cls(
+            listen=str(listen),
+            cert_dir=Path(cert_dir) if cert_dir else None,
+            ca_out=Path(ca_out) if ca_out else None,
+            sidecar_image=getattr(args, "sidecar_image", None) or DEFAULT_SIDECAR_IMAGE,
+        )
+
+
+# --- the decision -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What to admit: `pod` instead of the submitted one (None: the submitted one, unchanged)."""
+
+    pod: dict[str, Any] | None
+    warnings: tuple[str, ...] = ()
+
+
+def lane_api_listen(lane: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The address the lane's sidecars serve their API on, and a warning if the spec cannot say."""
+    try:
+        return parse_spec(lane.get("spec") or {}).policy.server.listen, None
+    except SpecError as exc:
+        name = (lane.get("metadata") or {}).get("name")
+        return DEFAULT_API_LISTEN, (
+            f"VoiceLane {name} has an invalid spec ({exc}); VOICELANE_URL assumes the default {DEFAULT_API_LISTEN}"
+        )
+
+
+async def admit_pod(
+    pod: Mapping[str, Any],
+    *,
+    namespace: str,
+    get_lane: LaneGetter,
+    image: str = DEFAULT_SIDECAR_IMAGE,
+    served_namespaces: Collection[str] = (),
+) -> Admission:
+    """Decide what becomes of a pod being created: with the sidecar of its lane, or as it is."""
+    lane_name = ((pod.get("metadata") or {}).get("labels") or {}).get(LANE_LABEL)
+    if not isinstance(lane_name, str) or not lane_name or skip_reason(pod) is not None:
+        return Admission(None)
+    if served_namespaces and namespace not in served_namespaces:
+        return _untouched(f"namespace {namespace} is not one this operator serves")
+    try:
+        lane = await get_lane(namespace, lane_name)
+    except LaneLookupError as exc:
+        return _untouched(f"cannot read VoiceLane {lane_name} in namespace {namespace}: {exc}")
+    if lane is None:
+        return _untouched(f"there is no VoiceLane {lane_name} in namespace {namespace}")
+    listen, warning = lane_api_listen(lane)
+    try:
+        injected = inject(pod, lane=lane_name, image=image, api_listen=listen)
+    except InjectionError as exc:
+        return _untouched(str(exc))
+    return Admission(injected, (warning,) if warning else ())
+
+
+def _untouched(why: str) -> Admission:
+    return Admission(None, (f"the sidecar was not injected: {why}",))
+
+
+def lane_getter(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneGetter:
+    """Reads a lane through the API; None if it does not exist, LaneLookupError if it cannot be read."""
+
+    async def get_lane(namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await api.get(LANE_RESOURCE.object_path(namespace, name))
+        except TimeoutError:
+            raise LaneLookupError(f"no answer from the API server within {deadline_s:g} s") from None
+        except TransientApiError as exc:
+            # Short: API servers may cut warnings longer than 120 characters.
+            cause = exc.__cause__
+            detail = f"{cause.status} {cause.reason}" if isinstance(cause, ApiException) else "no answer from the API"
+            raise LaneLookupError(detail) from exc
+        except ApiException as exc:
+            raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
+
+    return get_lane
+
+
+def lookup_client(configuration: Any) -> ApiClient:
+    """An API client for the lane lookups: one try per request, no retries past the webhook's deadline."""
+    quick = copy.deepcopy(configuration)
+    quick.retries = 0
+    return ApiClient(quick)
+
+
+# --- the AdmissionReview, checked before kopf sees it ------------------------------------------
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ReviewResource(_Loose):
+    group: str
+    version: str
+    resource: str
+
+
+class ObjectMeta(_Loose):
+    name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ReviewedObject(_Loose):
+    metadata: ObjectMeta | None = None
+
+
+class ReviewRequest(_Loose):
+    uid: str = Field(min_length=1)
+    resource: ReviewResource
+    operation: str
+    userInfo: dict[str, Any]
+    namespace: str | None = None
+    object: ReviewedObject | None = None
+    oldObject: ReviewedObject | None = None
+
+    @model_validator(mode="after")
+    def _has_an_object(self) -> ReviewRequest:
+        if self.object is None and self.oldObject is None:
+            raise ValueError("names neither object nor oldObject")
+        return self
+
+
+class AdmissionReview(_Loose):
+    apiVersion: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]
+    kind: Literal["AdmissionReview"]
+    request: ReviewRequest
+
+
+def review_problems(data: Any) -> list[str]:
+    """What makes `data` no AdmissionReview request kopf can answer; empty if it is one."""
+    try:
+        AdmissionReview.model_validate(data)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors()]
+    return []
+
+
+def with_request_namespace(data: dict[str, Any]) -> dict[str, Any]:
+    """The review with the request's namespace copied into the object when the object names none.
+
+    The API server may send a pod being created without metadata.namespace (it fills it in later);
+    the request's `namespace` is the one the pod is created in.
+    """
+    request = data["request"]
+    namespace = request.get("namespace")
+    body = request.get("object")
+    if namespace and isinstance(body, dict):
+        metadata = body.setdefault("metadata", {})
+        if isinstance(metadata, dict) and not metadata.get("namespace"):
+            metadata["namespace"] = namespace
+    return data
+
+
+def _bad_request(problems: list[str]) -> aiohttp.web.HTTPBadRequest:
+    body = json.dumps({"error": "not an AdmissionReview request", "problems": problems})
+    return aiohttp.web.HTTPBadRequest(text=body, content_type="application/json")
+
+
+class InjectionWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, made strict about its input and able to make its own certificate."""
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def checked(request: Any, **kwargs: Any) -> Any:
+            # kopf reads the review with plain indexing: a wrong shape would end in a 500 there.
+            problems = review_problems(request)
+            if problems:
+                raise _bad_request(problems)
+            with_request_namespace(request)
+            return await fn(request, **kwargs)
+
+        async for client_config in super().__call__(checked):
+            yield client_config
+
+    @staticmethod
+    async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        # kopf decodes the body as text itself; bytes that are not text in the declared charset
+        # would end there in a 500, so they are refused here first.
+        body = await request.read()  # aiohttp keeps the body: kopf reads it again
+        try:
+            body.decode(request.charset or "utf-8")
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise _bad_request([f"body: not text in {request.charset or 'utf-8'}: {exc}"]) from None
+        response: aiohttp.web.Response = await kopf.WebhookServer._serve(fn, request)
+        return response
+
+    @staticmethod
+    def build_certificate(hostnames: Collection[str], password: str | None = None) -> tuple[bytes, bytes]:
+        """A self-signed certificate (its own CA) for `hostnames`, and its key, both PEM.
+
+        kopf's own builder needs certbuilder and oscrypto, and oscrypto cannot identify OpenSSL
+        3.0.10 and later; `cryptography` is the maintained library for this.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        names: list[x509.GeneralName] = []
+        common_name = ""
+        for hostname in dict.fromkeys(hostnames):  # in order, without repeats
+            try:
+                address = ipaddress.ip_address(hostname)
+            except ValueError:
+                names.append(x509.DNSName(hostname))
+                common_name = common_name or hostname
+                continue
+            if not address.is_unspecified:  # 0.0.0.0 and :: can be listened on, not connected to
+                names.append(x509.IPAddress(address))
+        common_name = common_name or next((str(n.value) for n in names), "localhost")
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + SELF_SIGNED_VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def webhook_server(options: WebhookOptions) -> InjectionWebhookServer:
+    host, port = host_port(options.listen)
+    tls: dict[str, Any] = {}
+    if options.cert_dir is not None:
+        cert, key = options.cert_dir / CERT_FILE, options.cert_dir / KEY_FILE
+        missing = [path.name for path in (cert, key) if not path.is_file()]
+        if missing:
+            raise ValueError(f"--webhook-cert-dir {options.cert_dir}: no {' or '.join(missing)} in it")
+        tls = {"certfile": cert, "pkeyfile": key}
+    # localhost as well: the self-signed certificate then serves local clients by name too.
+    return InjectionWebhookServer(addr=host, port=port, cadump=options.ca_out, extra_sans=["localhost"], **tls)
+
+
+# --- kopf wiring --------------------------------------------------------------------------------
+
+_registered: weakref.WeakSet[kopf.OperatorRegistry] = weakref.WeakSet()
+
+
+def enable(
+    settings: kopf.OperatorSettings,
+    registry: kopf.OperatorRegistry,
+    *,
+    options: WebhookOptions,
+    configuration: Any,
+    namespaces: Collection[str] = (),
+) -> None:
+    """Serve the injection webhook from this operator: its server in `settings`, its handler in `registry`.
+
+    The handler is registered once per registry; a second call only replaces the server.
+    """
+    settings.admission.server = webhook_server(options)
+    if registry in _registered:
+        return
+    get_lane = lane_getter(KubeApi(lookup_client(configuration), timeout_s=LOOKUP_TIMEOUT_S))
+    kopf.on.mutate(
+        "",
+        "v1",
+        "pods",
+        id=WEBHOOK_ID,
+        operations=["CREATE"],
+        labels={LANE_LABEL: kopf.PRESENT},
+        side_effects=False,
+        ignore_failures=True,
+        registry=registry,
+    )(mutate_handler(get_lane, image=options.sidecar_image, served_namespaces=frozenset(namespaces)))
+    _registered.add(registry)
+
+
+def mutate_handler(
+    get_lane: LaneGetter, *, image: str, served_namespaces: Collection[str] = ()
+) -> Callable[..., Awaitable[None]]:
+    """The kopf mutating handler for pods: the sidecar as a patch, what went wrong as warnings, never a refusal."""
+
+    async def mutate_pod(
+        body: kopf.Body, patch: kopf.Patch, warnings: list[str], logger: kopf.Logger, **_: Any
+    ) -> None:
+        who = "?"
+        try:
+            pod = copy.deepcopy(dict(body))
+            metadata = pod.get("metadata") or {}
+            namespace = str(metadata.get("namespace") or "")
+            # A pod made by a controller has no name yet, only the prefix of one.
+            who = metadata.get("name") or f"{metadata.get('generateName') or ''}*"
+            admission = await admit_pod(
+                pod, namespace=namespace, get_lane=get_lane, image=image, served_namespaces=served_namespaces
+            )
+        except Exception as exc:  # a pod is never refused for a fault of the webhook's own
+            logger.exception("Sidecar injection into pod %s failed; the pod is admitted unchanged.", who)
+            warnings.append(f"{WARNING_PREFIX}the sidecar was not injected: internal error {type(exc).__name__}")
+            return
+        for warning in admission.warnings:
+            logger.warning("Pod %s: %s", who, warning)
+            warnings.append(WARNING_PREFIX + warning)
+        if admission.pod is not None:
+            lane = admission.pod["metadata"]["labels"][LANE_LABEL]
+            logger.info("Injected the sidecar of lane %s into pod %s.", lane, who)
+            patch.fns.append(functools.partial(_become, admission.pod))
+
+    return mutate_pod
+
+
+def _become(target: Mapping[str, Any], body: dict[str, Any]) -> None:
+    """A kopf patch function: turn the submitted pod into `target` (kopf diffs the two into a JSONPatch)."""
+    body.clear()
+    body.update(copy.deepcopy(dict(target)))

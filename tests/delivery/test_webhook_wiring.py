@@ -1,0 +1,40 @@
+"""The chart starts the operator's injection webhook where its Service, port and certificate expect it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.delivery.support import Render
+from voicelane.cli import build_parser
+
+Rendered = Callable[[str], Render]
+
+
+def operator_of(render: Render) -> dict[str, Any]:
+    [container] = render.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def operator_flags(container: dict[str, Any]) -> Any:
+    return build_parser().parse_args(["operator", *container["args"]])
+
+
+@pytest.mark.parametrize("name", ["all-features", "webhook-cert-manager"])
+def test_the_operator_serves_the_webhook_on_its_port_with_the_mounted_certificate(
+    rendered: Rendered, name: str
+) -> None:
+    container = operator_of(rendered(name))
+    flags = operator_flags(container)
+    [port] = [p for p in container["ports"] if p["name"] == "webhook"]
+    assert flags.webhook_listen == f"0.0.0.0:{port['containerPort']}"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "webhook-tls"]
+    assert flags.webhook_cert_dir == mount["mountPath"]
+
+
+def test_without_the_webhook_the_operator_serves_none(rendered: Rendered) -> None:
+    flags = operator_flags(operator_of(rendered("defaults")))
+    assert flags.webhook_listen is None
+    assert flags.webhook_cert_dir is None

@@ -1,0 +1,162 @@
+"""`voicelane inject`: the sidecar added to workload manifests offline, run in-process."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.delivery.pod_security import violations
+from tests.unit.operator.conftest import REPO_ROOT
+from voicelane.cli import main
+
+SAMPLE_APP = REPO_ROOT / "manifests" / "samples" / "app-with-sidecar.yaml"
+IMAGE = "registry.example/voicelane-sidecar:9.9.9"
+
+
+def pod_template(**labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": "web", **labels}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "registry.example/web:1",
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def deployment(name: str = "web", **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": pod_template(**labels)},
+    }
+
+
+def cron_job(**labels: str) -> dict[str, Any]:
+    template = pod_template(**labels)
+    template["spec"]["restartPolicy"] = "OnFailure"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "digest"},
+        "spec": {"schedule": "0 7 * * *", "jobTemplate": {"spec": {"template": template}}},
+    }
+
+
+SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}
+
+
+def write(tmp_path: Path, *documents: dict[str, Any]) -> Path:
+    path = tmp_path / "manifests.yaml"
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_inject(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[Any], str]:
+    code = main(["inject", *argv])
+    captured = capsys.readouterr()
+    documents = list(yaml.safe_load_all(captured.out)) if code == 0 else []
+    return code, documents, captured.err
+
+
+def init_container_names(template: dict[str, Any]) -> list[str]:
+    return [container["name"] for container in template["spec"].get("initContainers") or []]
+
+
+def test_every_workload_gets_the_sidecar_and_everything_else_passes_through(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, deployment(), SERVICE, cron_job())
+    code, (web, service, digest), err = run_inject(capsys, "-f", str(path), "--lane", "voice", "--image", IMAGE)
+    assert code == 0, err
+    assert service == SERVICE
+    for template in (web["spec"]["template"], digest["spec"]["jobTemplate"]["spec"]["template"]):
+        assert init_container_names(template) == ["voicelane-sidecar"]
+        assert template["spec"]["initContainers"][0]["image"] == IMAGE
+        assert template["metadata"]["labels"]["voicelane.dev/lane"] == "voice"
+        assert {"name": "VOICELANE_URL", "value": "http://127.0.0.1:8787"} in template["spec"]["containers"][0]["env"]
+        assert violations(template["metadata"], template["spec"]) == []
+    for version in ("1.29.0", "1.37.0"):
+        kubernetes_validate.validate(web, version, strict=True)
+        kubernetes_validate.validate(digest, version, strict=True)
+
+
+def test_the_lane_comes_from_each_templates_label_when_not_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, deployment("labelled", **{"voicelane.dev/lane": "chat"}), deployment("plain"))
+    code, (labelled, plain), err = run_inject(capsys, "-f", str(path))
+    assert code == 0
+    [volume] = [v for v in labelled["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == "chat-sidecar"
+    assert plain == deployment("plain")
+    assert "document 2 (Deployment plain): left as it is: no lane" in err
+
+
+def test_injecting_its_own_output_again_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, first, _ = run_inject(capsys, "-f", str(write(tmp_path, deployment(), cron_job())), "--lane", "voice")
+    assert code == 0
+    again_path = tmp_path / "again.yaml"
+    again_path.write_text(yaml.safe_dump_all(first), encoding="utf-8")
+    code, second, err = run_inject(capsys, "-f", str(again_path), "--lane", "voice")
+    assert code == 0
+    assert second == first
+    assert "already has the container voicelane-sidecar" in err
+
+
+def test_the_published_sample_is_what_inject_makes_of_the_app_read_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = [doc for doc in yaml.safe_load_all(SAMPLE_APP.read_text(encoding="utf-8")) if doc]
+    [app] = [doc for doc in sample if doc["kind"] == "Deployment"]
+    template = app["spec"]["template"]
+    bare = yaml.safe_load(yaml.safe_dump(app))  # the app as it is before the sidecar is added
+    bare_template = bare["spec"]["template"]
+    del bare_template["spec"]["initContainers"], bare_template["spec"]["volumes"]
+    del bare_template["metadata"]["annotations"]
+    for container in bare_template["spec"]["containers"]:
+        del container["env"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(bare)))
+    image = template["spec"]["initContainers"][0]["image"]
+    code, [injected], err = run_inject(capsys, "-f", "-", "--image", image)
+    assert code == 0, err
+    assert injected == app
+
+
+@pytest.mark.parametrize(
+    ("documents", "argv", "message"),
+    [
+        ([deployment(**{"voicelane.dev/lane": "other"})], ["--lane", "voice"], "document 1 (Deployment web): "),
+        ([{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}], [], "no pod template"),
+        ([deployment()], ["--lane", "Not_A_Name"], "--lane Not_A_Name"),
+    ],
+)
+def test_bad_input_is_refused_with_the_document_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], documents: list[Any], argv: list[str], message: str
+) -> None:
+    code, _, err = run_inject(capsys, "-f", str(write(tmp_path, *documents)), *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_files_are_refused_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: [unclosed\n", encoding="utf-8")
+    code, _, err = run_inject(capsys, "-f", str(broken))
+    assert code == 2
+    assert f"voicelane inject: {broken}: not valid YAML" in err
+    code, _, err = run_inject(capsys, "-f", str(tmp_path / "missing.yaml"))
+    assert code == 2
+    assert "cannot read" in err

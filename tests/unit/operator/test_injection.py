@@ -1,0 +1,202 @@
+"""The sidecar injection itself (operator/injection.py): what a pod looks like once it has the sidecar."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.delivery.pod_security import violations
+from voicelane.operator.injection import (
+    DEFAULT_SIDECAR_IMAGE,
+    INJECTED_ANNOTATION,
+    InjectionError,
+    inject,
+    loopback_url,
+    skip_reason,
+)
+
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+IMAGE = "registry.example/voicelane-sidecar:1.2.3"
+
+
+def restricted_container(name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": f"registry.example/{name}:1",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        **extra,
+    }
+
+
+def app_pod(**spec: Any) -> dict[str, Any]:
+    """An app pod that meets the restricted profile by itself, labelled for the lane `voice`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "apps", "labels": {"app": "web", "voicelane.dev/lane": "voice"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [restricted_container("migrate")],
+            "containers": [
+                restricted_container("web", ports=[{"name": "http", "containerPort": 8080}]),
+                restricted_container("worker", env=[{"name": "MODE", "value": "queue"}]),
+            ],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+            **spec,
+        },
+    }
+
+
+def injected_pod(**kwargs: Any) -> dict[str, Any]:
+    pod = inject(app_pod(), lane="voice", image=IMAGE, **kwargs)
+    assert pod is not None
+    return pod
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    [sidecar] = [c for c in pod["spec"]["initContainers"] if c["name"] == "voicelane-sidecar"]
+    return sidecar
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_injected_pod_validates_strictly(version: str) -> None:
+    kubernetes_validate.validate(injected_pod(), version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_a_pod_without_security_settings_of_its_own_still_validates(version: str) -> None:
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}
+    pod = inject(bare, lane="voice")
+    assert pod is not None
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_injected_pod_meets_the_restricted_pod_security_profile() -> None:
+    pod = injected_pod()
+    assert violations(pod["metadata"], pod["spec"]) == []
+
+
+def test_the_sidecar_alone_meets_the_restricted_profile_whatever_the_pod_sets() -> None:
+    # The sidecar may land in any pod: its container settings must not lean on the pod's.
+    pod = injected_pod()
+    alone = {"initContainers": [sidecar_of(pod)], "containers": [], "volumes": pod["spec"]["volumes"]}
+    assert violations({}, alone) == []
+
+
+def test_the_sidecar_is_a_native_sidecar_that_starts_first_and_runs_the_documented_command() -> None:
+    pod = injected_pod()
+    first, *others = pod["spec"]["initContainers"]
+    assert first["name"] == "voicelane-sidecar"
+    assert first["restartPolicy"] == "Always"
+    assert first["image"] == IMAGE
+    assert first["args"] == ["--config", "/etc/voicelane/sidecar.yaml", "--metrics-listen", "0.0.0.0:9464"]
+    assert [c["name"] for c in others] == ["migrate"]  # the pod's own init containers are kept, after it
+
+
+def test_the_sidecar_mounts_the_lanes_config_map_and_a_writable_tmp() -> None:
+    pod = injected_pod()
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in sidecar_of(pod)["volumeMounts"]}
+    config = mounts["/etc/voicelane"]
+    assert config["readOnly"] is True
+    assert "subPath" not in config  # a subPath mount would never see the lane's updates
+    assert volumes[config["name"]]["configMap"]["name"] == "voice-sidecar"
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert "cache" in volumes  # the pod's own volumes stay
+
+
+def test_the_metrics_port_is_named_for_the_pod_monitor_and_the_probes_use_it() -> None:
+    sidecar = sidecar_of(injected_pod())
+    assert sidecar["ports"] == [{"name": "vl-metrics", "containerPort": 9464, "protocol": "TCP"}]
+    probes = {kind: sidecar[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {probe["port"] for probe in probes.values()} == {"vl-metrics"}
+    assert probes["startupProbe"]["path"] == probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+
+
+def test_the_sidecar_has_requests_and_limits() -> None:
+    resources = sidecar_of(injected_pod())["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_every_app_container_gets_the_sidecar_url() -> None:
+    pod = injected_pod()
+    for container in pod["spec"]["containers"]:
+        assert {"name": "VOICELANE_URL", "value": "http://127.0.0.1:8787"} in container["env"], container["name"]
+    worker = pod["spec"]["containers"][1]
+    assert {"name": "MODE", "value": "queue"} in worker["env"]
+
+
+def test_the_url_follows_the_lanes_listen_address_through_loopback() -> None:
+    pod = injected_pod(api_listen="0.0.0.0:9000")
+    assert {"name": "VOICELANE_URL", "value": "http://127.0.0.1:9000"} in pod["spec"]["containers"][0]["env"]
+    assert loopback_url("[::]:8787") == "http://[::1]:8787"
+    assert loopback_url("localhost:8787") == "http://localhost:8787"
+
+
+def test_an_app_that_sets_the_url_itself_keeps_it() -> None:
+    pod = app_pod()
+    pod["spec"]["containers"][0]["env"] = [{"name": "VOICELANE_URL", "value": "http://elsewhere:1"}]
+    injected = inject(pod, lane="voice")
+    assert injected is not None
+    assert injected["spec"]["containers"][0]["env"] == [{"name": "VOICELANE_URL", "value": "http://elsewhere:1"}]
+
+
+def test_injection_is_marked_and_labels_the_pod_for_the_lanes_network_policy() -> None:
+    unlabelled = app_pod()
+    del unlabelled["metadata"]["labels"]["voicelane.dev/lane"]
+    pod = inject(unlabelled, lane="voice")
+    assert pod is not None
+    assert pod["metadata"]["labels"] == {"app": "web", "voicelane.dev/lane": "voice"}
+    assert pod["metadata"]["annotations"][INJECTED_ANNOTATION] == "true"
+    assert sidecar_of(pod)["image"] == DEFAULT_SIDECAR_IMAGE
+
+
+def test_injecting_again_changes_nothing() -> None:
+    once = injected_pod()
+    assert inject(once, lane="voice", image=IMAGE) is None
+    assert skip_reason(once) == "it already has the container voicelane-sidecar"
+
+
+def test_a_hand_written_sidecar_is_not_doubled() -> None:
+    pod = app_pod()
+    pod["spec"]["containers"].append({"name": "voicelane-sidecar", "image": IMAGE})
+    assert inject(pod, lane="voice") is None
+
+
+def test_the_input_pod_is_left_as_it_was() -> None:
+    pod = app_pod()
+    before = copy.deepcopy(pod)
+    inject(pod, lane="voice")
+    assert pod == before
+
+
+def test_model_server_pods_of_a_lane_are_never_injected() -> None:
+    pod = app_pod()
+    pod["metadata"]["labels"]["voicelane.dev/tier"] = "fast"
+    assert inject(pod, lane="voice") is None
+    assert "voicelane.dev/tier" in (skip_reason(pod) or "")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda pod: pod["spec"]["volumes"].append({"name": "voicelane-config", "emptyDir": {}}), "voicelane-config"),
+        (lambda pod: pod["spec"]["containers"][0]["ports"].append({"containerPort": 9464}), "9464"),
+        (lambda pod: pod["metadata"]["labels"].update({"voicelane.dev/lane": "other"}), "not voice"),
+        (lambda pod: pod["spec"].update(containers=[]), "no containers"),
+        (lambda pod: pod.update(spec="nonsense"), "no spec"),
+        (lambda pod: pod.update(metadata="nonsense"), "metadata is not an object"),
+        (lambda pod: pod["spec"]["containers"][1].update(env="A=1"), "env of container worker is not a list"),
+        (lambda pod: pod["spec"]["containers"][0].update(ports=[8080]), "ports of container web is not a list"),
+        (lambda pod: pod["spec"].update(volumes={"cache": {}}), "spec.volumes is not a list"),
+    ],
+)
+def test_a_pod_that_cannot_take_the_sidecar_is_refused_with_the_reason(change: Any, message: str) -> None:
+    pod = app_pod()
+    change(pod)
+    with pytest.raises(InjectionError, match=message):
+        inject(pod, lane="voice")
