@@ -131,8 +131,8 @@ def test_streaming_on_the_simulator(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "streaming", "--backend", "sim")
     check_envelope(doc, "streaming", "sim")
     for variant in ("streaming", "full_text"):
-        assert doc["results"][variant]["sent"] == doc["settings"]["messages"]
-        assert doc["results"][variant]["answered"] == doc["settings"]["messages"]
+        assert doc["results"][variant]["sent"] == doc["settings"]["messages"] * doc["settings"]["rounds"]
+        assert doc["results"][variant]["answered"] == doc["settings"]["messages"] * doc["settings"]["rounds"]
     finite_ratios(doc, "full_text_vs_streaming_ttfa_p50")
 
 
@@ -189,7 +189,7 @@ def test_streaming_on_the_local_model(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "streaming", "--backend", "llama")
     check_envelope(doc, "streaming", "llama")
     for variant in ("streaming", "full_text"):
-        assert doc["results"][variant]["sent"] == doc["settings"]["messages"]
+        assert doc["results"][variant]["sent"] == doc["settings"]["messages"] * doc["settings"]["rounds"]
     finite_ratios(doc, "full_text_vs_streaming_ttfa_p50")
 
 

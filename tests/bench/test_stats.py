@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voicelane.bench.stats import counter_delta, difference, percentile, ratio, summarize
+from voicelane.bench.stats import counter_delta, difference, per_item, percentile, ratio, summarize
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -41,3 +41,8 @@ def test_difference_and_counter_delta() -> None:
     assert difference(None, 0.2) is None
     assert counter_delta({"syntheses": 20}, {"syntheses": 21}, "syntheses") == 1
     assert counter_delta({}, {"hits": 3}, "hits") == 3
+
+
+def test_per_item_keeps_small_figures() -> None:
+    assert per_item(0.0011, 3) == pytest.approx(0.000366667, abs=1e-9)
+    assert per_item(1.0, 0) is None

@@ -24,10 +24,9 @@ import aiohttp
 import requests
 
 from voicelane.bench.context import SuiteContext
-from voicelane.bench.emulator import DEFAULT_HISTORY
 from voicelane.bench.envelope import SuiteOutcome
 from voicelane.bench.procs import ProcessMeter
-from voicelane.bench.stats import ratio, summarize
+from voicelane.bench.stats import per_item, ratio, summarize
 from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL, LANE_RESOURCE, resource_of
 from voicelane.operator.crd import build_crd
 from voicelane.operator.render import render_children
@@ -76,7 +75,7 @@ class Size:
     steady_window_s: float  # after Ready: long enough for every lane's periodic resync to run once
 
 
-SIZES = {"smoke": Size(3, 0.2, 90.0, 1.0), "full": Size(200, 1.0, 900.0, 60.0)}
+SIZES = {"smoke": Size(3, 0.2, 90.0, 1.0), "full": Size(200, 0.25, 300.0, 60.0)}
 
 
 def lane_manifest(name: str) -> dict[str, Any]:
@@ -105,10 +104,9 @@ def emulator(ctx: SuiteContext, name: str) -> Any:
         sys.executable,
         "-P",
         "-m",
-        "voicelane.bench.emulator",
+        "voicelane.testing.kube_emulator",
         f"--listen=127.0.0.1:{port}",
         f"--kubeconfig-out={kubeconfig}",
-        f"--history={DEFAULT_HISTORY}",
     ]
     with running(argv, ready_url=api + "/_emulator/healthz", log_dir=ctx.logs, name=name) as process:
         deadline = time.monotonic() + 10
@@ -263,7 +261,7 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
         "lanes_reaching": {milestone: len(seen) for milestone, seen in milestones.first_seen.items()},
         "operator_cpu_s": {
             "until_converged": round(cpu_converged, 3),
-            "until_converged_per_lane": ratio(cpu_converged, size.lanes),
+            "until_converged_per_lane": per_item(cpu_converged, size.lanes),
             "including_rollout": round(cpu_total, 3),
         },
         "operator_rss_bytes": {"idle": rss_idle, "peak": rss_peak, "after": rss_after},
@@ -399,8 +397,7 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "poll_interval_s": size.poll_interval_s,
         "timeout_s": size.timeout_s,
         "operator": f"voicelane operator --kubeconfig PATH --namespace {NAMESPACE} --metrics-listen 127.0.0.1:PORT",
-        "emulator": f"python -P -m voicelane.bench.emulator (voicelane.testing.kube_emulator, kmock request history "
-        f"trimmed to {DEFAULT_HISTORY})",
+        "emulator": "python -P -m voicelane.testing.kube_emulator --listen 127.0.0.1:PORT --kubeconfig-out PATH",
     }
     notes = [
         "Times are measured by polling the API every poll_interval_s (lists of the lanes and of each child kind), "

@@ -22,7 +22,7 @@ from voicelane.bench.context import SuiteContext
 from voicelane.bench.envelope import SuiteOutcome
 from voicelane.bench.openloop import Call, Sample, run_open_loop
 from voicelane.bench.procs import ProcessMeter, Service, start_sidecar, start_sim
-from voicelane.bench.stats import difference, ratio, summarize
+from voicelane.bench.stats import difference, per_item, ratio, summarize
 
 PATHS = ("direct", "sidecar_text", "sidecar_chat")
 SIM_FLAGS = ("--ttft-ms", "0", "--tokens-per-s", "100000", "--parallel", "64", "--max-queue", "10000")
@@ -167,13 +167,14 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
                 "statuses": _count_statuses(samples),
                 "latency_s": summarize(s.latency_s for s in samples if s.ok),
                 "send_lag_s": summarize(s.send_lag_s for s in samples),
-                "sim_cpu_s_per_request": ratio(sim_cpu, len(samples)),
+                "sim_cpu_s": round(sim_cpu, 4),
+                "sim_cpu_s_per_request": per_item(sim_cpu, len(samples)),
             }
             if path != "direct":
                 net = sidecar_cpu - idle_cpu_rate * elapsed
                 entry["sidecar_cpu_s"] = round(sidecar_cpu, 4)
-                entry["sidecar_cpu_s_per_request"] = ratio(sidecar_cpu, len(samples))
-                entry["sidecar_cpu_s_per_request_net_of_idle"] = ratio(max(0.0, net), len(samples))
+                entry["sidecar_cpu_s_per_request"] = per_item(sidecar_cpu, len(samples))
+                entry["sidecar_cpu_s_per_request_net_of_idle"] = per_item(max(0.0, net), len(samples))
             per_path[path] = entry
             raw[path] = [None if s.latency_s is None else round(s.latency_s, 6) for s in samples]
         direct = per_path["direct"]["latency_s"]

@@ -64,11 +64,6 @@ class Service:
         response.raise_for_status()
         return response.json()
 
-    def post(self, path: str, body: Any, timeout: float = 10.0) -> Any:
-        response = requests.post(self.url + path, json=body, timeout=timeout)
-        response.raise_for_status()
-        return response.json()
-
 
 def start_sim(stack: contextlib.ExitStack, flags: Sequence[str], logs: Path, name: str) -> Service:
     port = free_port()
@@ -139,7 +134,6 @@ class LlamaServer:
     url: str
     model: str
     extra_flags: tuple[str, ...]
-    service: Service
     first_attempt_signal: str | None  # how a start with default flags died, if it did
 
 
@@ -171,5 +165,5 @@ def start_llama(stack: contextlib.ExitStack, logs: Path) -> LlamaServer:
             died_of = signal.Signals(-code).name
             continue
         stack.callback(process.stop)
-        return LlamaServer(url, model.stem, extra, Service(name, url, process), died_of)
+        return LlamaServer(url, model.stem, extra, died_of)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -47,6 +47,13 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(value, 4) if math.isfinite(value) else None
 
 
+def per_item(total: float | None, count: int) -> float | None:
+    """total / count kept to nanosecond-scale precision (CPU seconds per request), or None if count is 0."""
+    if total is None or count <= 0:
+        return None
+    return round(total / count, 9)
+
+
 def difference(after: float | None, before: float | None) -> float | None:
     """after minus before, or None when either is missing."""
     if after is None or before is None:
