@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="NS",
         help="Namespace whose operator pods each lane's NetworkPolicy admits "
         "(default: the pod's own namespace in a cluster, else any namespace).",
+    )
+    operator.add_argument(
+        "--api-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        help="Give up on an API request (not a watch) after this long without an answer, and retry it "
+        "with backoff (default 30).",
     )
     operator.add_argument("--verbose", action="store_true", help="Log every kopf step (debug level).")
     webhook = operator.add_argument_group("sidecar injection webhook (HTTPS, path /mutate-pods)")
@@ -84,6 +92,16 @@ def add_parser(subparsers: Any) -> None:
 
     crd = subparsers.add_parser("crd", help="Print the VoiceLane CustomResourceDefinition as YAML.")
     crd.set_defaults(handler=run_crd)
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def default_metrics_listen(environ: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 KOPF_PREFIX = "operator.voicelane.dev"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_API_TIMEOUT_S = 30.0
 
 logger = logging.getLogger("voicelane.operator")
 
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 liveness=liveness_url(getattr(args, "liveness", None)),
                 operator_namespace=operator_namespace,
                 webhook_options=WebhookOptions.from_args(args),
+                api_timeout_s=float(getattr(args, "api_timeout", None) or DEFAULT_API_TIMEOUT_S),
             )
         )
     except KeyboardInterrupt:
@@ -157,8 +159,13 @@ async def operate(
     liveness: str | None,
     operator_namespace: str | None,
     webhook_options: WebhookOptions | None = None,
+    api_timeout_s: float = DEFAULT_API_TIMEOUT_S,
 ) -> None:
-    """Run kopf with the VoiceLane handlers until it is stopped (SIGTERM or SIGINT)."""
+    """Run kopf with the VoiceLane handlers until it is stopped (SIGTERM or SIGINT).
+
+    `api_timeout_s` bounds every API request but the watches, the reconciler's and kopf's alike: a
+    stalled request fails after it and is retried with backoff.
+    """
     import kopf
     from kubernetes.client import ApiClient
 
@@ -173,15 +180,17 @@ async def operate(
 
     metrics = OperatorMetrics()
     reconciler = handlers.LaneReconciler(
-        handlers.KubeApi(ApiClient(configuration)), metrics, operator_namespace=operator_namespace
+        handlers.KubeApi(ApiClient(configuration), timeout_s=(min(5.0, api_timeout_s), api_timeout_s)),
+        metrics,
+        operator_namespace=operator_namespace,
     )
     memo = handlers.OperatorMemo(reconciler=reconciler, metrics=metrics, login=login)
 
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # no CRD or namespace watching: fixed scope, fewer rights
     settings.posting.level = logging.WARNING  # kopf's handler chatter stays in the log
-    settings.networking.request_timeout = 30.0
-    settings.networking.connect_timeout = 10.0
+    settings.networking.request_timeout = api_timeout_s
+    settings.networking.connect_timeout = min(10.0, api_timeout_s)
     settings.persistence.finalizer = "voicelane.dev/operator"
     # kopf's bookkeeping goes into annotations only: the CRD's status schema has no room for it
     # (the API server would prune it), and the status is the lane's, written by status.py.
