@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
@@ -180,6 +181,8 @@ class LaneReconciler:
         self._locks: dict[LaneKey, asyncio.Lock] = {}
         self._queued: set[LaneKey] = set()
         self._failures: dict[LaneKey, int] = {}
+        # Until when a failed lane waits before its retry (kopf's or a kick's); kicks meanwhile wait for it.
+        self._backoff_until: dict[LaneKey, float] = {}
         self._retries: set[asyncio.Task[None]] = set()
         # The resourceVersion of each child as our last write left it: the watch event that
         # echoes our own write is no news and needs no reconcile.
@@ -188,21 +191,33 @@ class LaneReconciler:
     async def reconcile(self, key: LaneKey) -> Outcome:
         """Reconcile now (after any running reconcile of the lane); TransientApiError propagates."""
         async with self._lock(key):
-            return await self._timed(key)
+            try:
+                outcome = await self._timed(key)
+            except (TransientApiError, ApiException):
+                self._back_off(key)  # the caller (kopf) retries
+                raise
+            self._recovered(key)
+            return outcome
 
-    async def kick(self, key: LaneKey) -> None:
-        """Reconcile soon; a kick while another waits its turn is absorbed by that one."""
+    async def kick(self, key: LaneKey, *, retry: bool = False) -> None:
+        """Reconcile soon; a kick while another waits its turn is absorbed by that one.
+
+        So is a kick while the lane waits out the backoff of a failure: its retry is due then. (The
+        watch events of the children a failing reconcile wrote would otherwise retry it at once.)
+        """
         if key in self._queued:
             return
         self._queued.add(key)
         async with self._lock(key):
             self._queued.discard(key)
+            if not retry and self.clock() < self._backoff_until.get(key, -math.inf):
+                return
             try:
                 await self._timed(key)
             except (TransientApiError, ApiException) as exc:
                 self._retry_later(key, exc)
             else:
-                self._failures.pop(key, None)
+                self._recovered(key)
 
     def is_echo(self, child: Mapping[str, Any]) -> bool:
         """Whether a child's watch event only reports the state our own last write left."""
@@ -215,7 +230,7 @@ class LaneReconciler:
     def forget_lane(self, key: LaneKey) -> None:
         """Drop what is kept about a deleted lane (its children's echoes go with their events)."""
         self.metrics.forget_lane(key)
-        self._failures.pop(key, None)
+        self._recovered(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked() and key not in self._queued:
             del self._locks[key]
@@ -223,15 +238,25 @@ class LaneReconciler:
     def retry_delay(self, attempt: int) -> float:
         return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempt, 10) * 0.5))
 
-    def _retry_later(self, key: LaneKey, exc: Exception) -> None:
+    def _back_off(self, key: LaneKey) -> float:
+        """Count a failure of the lane; returns the delay before its retry."""
         attempt = self._failures.get(key, 0)
         self._failures[key] = attempt + 1
         delay = self.retry_delay(attempt)
+        self._backoff_until[key] = self.clock() + delay
+        return delay
+
+    def _recovered(self, key: LaneKey) -> None:
+        self._failures.pop(key, None)
+        self._backoff_until.pop(key, None)
+
+    def _retry_later(self, key: LaneKey, exc: Exception) -> None:
+        delay = self._back_off(key)
         logger.warning("Reconciling %s/%s failed (%s); retrying in %.1f s.", *key, exc, delay)
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            await self.kick(key)
+            await self.kick(key, retry=True)
 
         task = asyncio.get_running_loop().create_task(later())
         self._retries.add(task)
