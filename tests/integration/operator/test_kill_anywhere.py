@@ -1,0 +1,182 @@
+"""An operator killed at any point of a reconcile converges after its restart, every time.
+
+Ten runs, planned by a seeded random generator: VOICELANE_TEST_SEED replaces the seed, and a
+failure names the seed and the run's plan, so it can be replayed. Each run has a lane of its own
+and kills the operator (SIGKILL) in one of two ways:
+
+- one request of the reconcile is stalled by the emulator (`delay_s`), and the kill lands while the
+  operator waits for it: kopf's finalizer patch, a child's create, patch or delete, the status write
+  (a stalled write whose client is gone is not carried out, so the work is really half done);
+- after a random number of the operator's writes, counted by the emulator, whatever it is doing then.
+
+The reconcile killed is the lane's first (which creates its children) or one after a spec change
+(which patches, creates and deletes children). In some runs the spec changes again while no
+operator runs. After each restart the lane must converge (convergence.py: every desired child
+once, owned by the lane, with the current spec hash; status for the current generation) and turn
+Ready once its Deployments roll out. At the end every lane of every run is checked again.
+
+Kill points are chosen through the emulator's stalls and request counts, so on a real cluster
+this test is skipped; test_operator_restart.py kills the operator there too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.operator.convergence import fault_hits, operator_writes, problems, wait_converged
+from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(180)]
+
+SEED = int(os.environ.get("VOICELANE_TEST_SEED", "7"))
+RUNS = 10
+STALL_S = 5.0  # far longer than the kill takes to land
+FIRST_WRITES = 12  # about what a first reconcile writes: kopf's finalizer and progress, 8 children, status
+UPDATE_WRITES = 6  # after UPDATE: kopf's progress, the 5 child writes below, status
+
+# A first reconcile: (verb, resource, subresource, name suffix of the object, or None for creates).
+FIRST_STALLS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("patch", "voicelanes", None, ""),  # kopf's first patch of a new lane: its finalizer
+    ("create", "configmaps", None, None),
+    ("create", "networkpolicies", None, None),
+    ("create", "persistentvolumeclaims", None, None),
+    ("create", "services", None, None),
+    ("create", "deployments", None, None),
+    ("create", "poddisruptionbudgets", None, None),
+    ("patch", "voicelanes", "status", ""),
+)
+# Patches the ConfigMap and the fast Deployment, creates the fast PDB, patches the deep Deployment
+# and deletes the deep PDB.
+UPDATE: dict[str, Any] = {"fast": {"model": "qwen2.5:1.5b", "replicas": 2}, "deep": {"replicas": 1}}
+UPDATE_STALLS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("patch", "configmaps", None, "-sidecar"),
+    ("patch", "deployments", None, "-fast"),
+    ("create", "poddisruptionbudgets", None, None),
+    ("delete", "poddisruptionbudgets", None, "-deep"),
+    ("patch", "voicelanes", "status", ""),
+)
+CHANGES_WHILE_DOWN: tuple[dict[str, Any], ...] = (
+    {"deep": {"model": "qwen2.5:3b"}},
+    {"routing": {"fastMaxChars": 200}},
+    {"fast": {"replicas": 3}},
+    {"deep": {"replicas": 3, "keepAlive": "30m"}},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class KillPlan:
+    run: int
+    update: bool  # kill in the reconcile of a spec change, not the lane's first
+    stall: tuple[str, str, str | None, str | None] | None  # kill while this request is stalled
+    after_writes: int  # else: kill once the operator has written this many times more
+    change_while_down: dict[str, Any] | None
+
+    def __str__(self) -> str:
+        where = f"stalled {' '.join(p for p in self.stall[:3] if p)}" if self.stall else f"{self.after_writes} writes"
+        phase = "update" if self.update else "first"
+        return f"seed {SEED} run {self.run}: {phase} reconcile, kill at {where}, change while down {self.change_while_down}"
+
+
+def kill_plans(rng: random.Random) -> list[KillPlan]:
+    plans = []
+    for run in range(RUNS):
+        update = rng.random() < 0.4
+        stalls = UPDATE_STALLS if update else FIRST_STALLS
+        stall = rng.choice(stalls) if rng.random() < 0.5 else None
+        after_writes = rng.randrange(UPDATE_WRITES if update else FIRST_WRITES)
+        change = rng.choice(CHANGES_WHILE_DOWN) if rng.random() < 0.4 else None
+        plans.append(KillPlan(run, update, stall, after_writes, change))
+    return plans
+
+
+def test_the_plans_cover_both_ways_of_killing_both_reconciles_and_changes_while_down() -> None:
+    plans = kill_plans(random.Random(SEED))
+    assert len(plans) == RUNS
+    assert {plan.update for plan in plans} == {True, False}
+    assert {plan.stall is None for plan in plans} == {True, False}
+    assert any(plan.change_while_down for plan in plans)
+    assert any(not plan.change_while_down for plan in plans)
+
+
+@pytest.fixture
+def lanes(cluster: Cluster, operator: OperatorProcess) -> Iterator[list[Lane]]:
+    made: list[Lane] = []
+    try:
+        yield made
+    finally:
+        cluster.clear_faults()
+        if not operator.alive():
+            operator.start()
+        for lane in made:
+            cluster.delete("voicelane", lane.name, wait=False)
+
+
+def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
+    cluster: Cluster, operator: OperatorProcess, lanes: list[Lane]
+) -> None:
+    if not cluster.emulated:
+        pytest.skip("kill points are chosen with the emulator's stalls and request counts")
+    interrupted = []
+    for plan in kill_plans(random.Random(SEED)):
+        lane = Lane(cluster, f"kill-{plan.run}-{secrets.token_hex(2)}")
+        lanes.append(lane)
+        if kill_and_restart(cluster, operator, lane, plan):
+            interrupted.append(plan.run)
+
+        lane_object = wait_converged(lane, cluster.change_timeout_s, context=f"after the restart ({plan})")
+        cluster.roll_out()
+        wait_until(functools.partial(lane.having, "Ready"), cluster.ready_timeout_s, what=f"Ready ({plan})")
+        if plan.change_while_down:
+            assert lane_object["metadata"]["generation"] == (3 if plan.update else 2), plan
+
+    for lane in lanes:  # later kills and restarts disturbed no earlier lane
+        wait_converged(lane, cluster.change_timeout_s, context="after all ten runs")
+        assert lane.having("Ready"), lane.name
+    # Otherwise the kills came too late to test anything: the lanes had converged already.
+    assert len(interrupted) >= RUNS // 2, f"only runs {interrupted} (seed {SEED}) killed a reconcile with work left"
+
+
+def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, plan: KillPlan) -> bool:
+    """Kill the operator where the plan says and start it again; whether the kill left work undone."""
+    if plan.update:
+        lane.create()
+        wait_converged(lane, cluster.change_timeout_s, context=f"before the update ({plan})")
+    if plan.stall is not None:
+        verb, resource, subresource, suffix = plan.stall
+        name = None if suffix is None else lane.name + suffix
+        cluster.inject_fault(verb=verb, resource=resource, subresource=subresource, name=name, delay_s=STALL_S, times=1)
+    writes = operator_writes(cluster)
+
+    if plan.update:
+        cluster.patch("voicelane", lane.name, {"spec": UPDATE})
+    else:
+        lane.create()
+
+    if plan.stall is not None:
+        wait_until(lambda: fault_hits(cluster) >= 1, cluster.change_timeout_s, what=f"the stalled request ({plan})")
+    else:
+        wait_for_writes(cluster, writes + plan.after_writes)
+    operator.kill()
+    cluster.clear_faults()
+    interrupted = bool(problems(lane.get(), list(lane.children().values())))
+
+    if plan.change_while_down:
+        cluster.patch("voicelane", lane.name, {"spec": plan.change_while_down})
+    operator.start()
+    return interrupted
+
+
+def wait_for_writes(cluster: Cluster, target: int, timeout_s: float = 5.0) -> None:
+    """Return once the operator has made `target` writes, or after `timeout_s` if its reconcile ended first."""
+    deadline = time.monotonic() + timeout_s
+    while operator_writes(cluster) < target and time.monotonic() < deadline:
+        time.sleep(0.002)
