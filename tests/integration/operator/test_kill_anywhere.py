@@ -129,12 +129,15 @@ def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
     for plan in kill_plans(random.Random(SEED)):
         lane = Lane(cluster, f"kill-{plan.run}-{secrets.token_hex(2)}")
         lanes.append(lane)
-        if kill_and_restart(cluster, operator, lane, plan):
+        left_undone, killed_at = kill_and_restart(cluster, operator, lane, plan)
+        if left_undone:
             interrupted.append(plan.run)
 
         lane_object = wait_converged(lane, cluster.change_timeout_s, context=f"after the restart ({plan})")
         cluster.roll_out()
         wait_until(functools.partial(lane.having, "Ready"), cluster.ready_timeout_s, what=f"Ready ({plan})")
+        undone = "work left undone" if left_undone else "nothing left to do"
+        print(f"\n{plan}: {undone}; converged and Ready {time.monotonic() - killed_at:.1f} s after the kill")
         if plan.change_while_down:
             assert lane_object["metadata"]["generation"] == (3 if plan.update else 2), plan
 
@@ -145,8 +148,8 @@ def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
     assert len(interrupted) >= RUNS // 2, f"only runs {interrupted} (seed {SEED}) killed a reconcile with work left"
 
 
-def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, plan: KillPlan) -> bool:
-    """Kill the operator where the plan says and start it again; whether the kill left work undone."""
+def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, plan: KillPlan) -> tuple[bool, float]:
+    """Kill the operator where the plan says and start it again: whether the kill left work undone, and when."""
     if plan.update:
         lane.create()
         wait_converged(lane, cluster.change_timeout_s, context=f"before the update ({plan})")
@@ -166,13 +169,14 @@ def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, pl
     else:
         wait_for_writes(cluster, writes + plan.after_writes)
     operator.kill()
+    killed_at = time.monotonic()
     cluster.clear_faults()
     interrupted = bool(problems(lane.get(), list(lane.children().values())))
 
     if plan.change_while_down:
         cluster.patch("voicelane", lane.name, {"spec": plan.change_while_down})
     operator.start()
-    return interrupted
+    return interrupted, killed_at
 
 
 def wait_for_writes(cluster: Cluster, target: int, timeout_s: float = 5.0) -> None:
