@@ -228,8 +228,7 @@ class StorageSpec(SpecModel):
     cel_rules = (
         CelRule(
             "!(has(self.size) && has(self.existingClaim))",
-            "size and existingClaim are mutually exclusive: "
-            "size asks for a new claim, existingClaim mounts yours",
+            "size and existingClaim are mutually exclusive: size asks for a new claim, existingClaim mounts yours",
             lambda s: not (s.size is not None and s.existing_claim is not None),
         ),
         CelRule(
@@ -239,9 +238,7 @@ class StorageSpec(SpecModel):
         ),
     )
 
-    size: Quantity | None = Field(
-        None, description="Size of a new PersistentVolumeClaim for the model store."
-    )
+    size: Quantity | None = Field(None, description="Size of a new PersistentVolumeClaim for the model store.")
     storage_class_name: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass of the new claim."
     )
@@ -347,8 +344,7 @@ class TierSpec(SpecModel):
 
     cel_rules = (
         CelRule(
-            "duration(self.rewarmInterval) >= duration('1m') "
-            "&& duration(self.rewarmInterval) <= duration('24h')",
+            "duration(self.rewarmInterval) >= duration('1m') && duration(self.rewarmInterval) <= duration('24h')",
             "rewarmInterval must be between 1m and 24h",
             lambda t: 60 <= duration_seconds(t.rewarm_interval) <= 86400,
         ),
@@ -360,21 +356,15 @@ class TierSpec(SpecModel):
         pattern=MODEL_PATTERN,
         description="Ollama model to pull and keep loaded, e.g. llama3.2:1b.",
     )
-    image: str = Field(
-        DEFAULT_OLLAMA_IMAGE, max_length=512, pattern=IMAGE_PATTERN, description="Ollama image."
-    )
-    replicas: int = Field(
-        1, ge=0, le=64, description="Pods of this tier; more than 1 adds a PodDisruptionBudget."
-    )
+    image: str = Field(DEFAULT_OLLAMA_IMAGE, max_length=512, pattern=IMAGE_PATTERN, description="Ollama image.")
+    replicas: int = Field(1, ge=0, le=64, description="Pods of this tier; more than 1 adds a PodDisruptionBudget.")
     resources: ResourcesSpec
     keep_alive: GoDuration = Field(
         "15m",
         description="How long the model stays loaded after a request (OLLAMA_KEEP_ALIVE and each "
         "sidecar call); a negative duration such as -1s keeps it loaded for good.",
     )
-    num_parallel: int = Field(
-        1, ge=1, le=64, description="Requests the model serves at once (OLLAMA_NUM_PARALLEL)."
-    )
+    num_parallel: int = Field(1, ge=1, le=64, description="Requests the model serves at once (OLLAMA_NUM_PARALLEL).")
     max_queue: int = Field(
         16, ge=1, le=100_000, description="Requests Ollama queues before answering 503 (OLLAMA_MAX_QUEUE)."
     )
@@ -384,9 +374,7 @@ class TierSpec(SpecModel):
         le=1_048_576,
         description="Context window in tokens (OLLAMA_CONTEXT_LENGTH); unset: Ollama's.",
     )
-    storage: StorageSpec | None = Field(
-        None, description="Model store; unset: an emptyDir (pulled again per pod)."
-    )
+    storage: StorageSpec | None = Field(None, description="Model store; unset: an emptyDir (pulled again per pod).")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Passed to the pod.")
     tolerations: tuple[Toleration, ...] = Field((), max_length=64, description="Passed to the pod.")
     affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed to the pod as is.")
@@ -442,8 +430,7 @@ class RateLimitPolicy(SpecModel, RateLimitConfig):
     cel_rules = (
         CelRule(
             "double(self.burst) >= double(self.sustainedPerSecond)",
-            "burst must be at least sustainedPerSecond: "
-            "a bucket smaller than one second of refill never fills",
+            "burst must be at least sustainedPerSecond: a bucket smaller than one second of refill never fills",
             lambda r: r.burst >= r.sustained_per_s,
         ),
     )
@@ -455,8 +442,7 @@ class GuardianPolicy(SpecModel, GuardianConfig):
     cel_rules = (
         CelRule(
             "self.sustainSeconds >= self.sampleIntervalSeconds",
-            "sustainSeconds must be at least sampleIntervalSeconds: "
-            "pressure is judged over one sample at least",
+            "sustainSeconds must be at least sampleIntervalSeconds: pressure is judged over one sample at least",
             lambda g: g.sustain_s >= g.sample_interval_s,
         ),
     )
@@ -511,9 +497,7 @@ class PolicySpec(SpecModel):
     phrase_bank: PhraseBankPolicy = PhraseBankPolicy()
     prompts: PromptsPolicy = PromptsPolicy()
     ttfa: TTFAPolicy = TTFAPolicy()
-    default_lang: str = Field(
-        "sv", min_length=2, max_length=16, description="Language spoken when none is asked."
-    )
+    default_lang: str = Field("sv", min_length=2, max_length=16, description="Language spoken when none is asked.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -537,8 +521,7 @@ class TTSSpec(SpecModel, TTSConfig):
         ),
     )
     operator_owned = {
-        "apiKey": "secrets do not belong in a VoiceLane; "
-        "give the sidecar VOICELANE_TTS__API_KEY from a Secret"
+        "apiKey": "secrets do not belong in a VoiceLane; give the sidecar VOICELANE_TTS__API_KEY from a Secret"
     }
 
     api_key: SkipJsonSchema[None] = Field(None, exclude=True)
@@ -550,18 +533,13 @@ class VoiceLaneSpec(SpecModel):
     cel_rules = (
         CelRule(
             "self.routing.fastMaxChars <= self.policy.limits.maxTextChars",
-            "routing.fastMaxChars must not exceed policy.limits.maxTextChars: longer texts are refused "
-            "before routing",
+            "routing.fastMaxChars must not exceed policy.limits.maxTextChars: longer texts are refused before routing",
             lambda s: s.routing.fast_max_chars <= s.policy.limits.max_text_chars,
         ),
     )
 
-    fast: TierSpec = Field(
-        description="The fast tier: a small model for short, simple texts (Service port 11435)."
-    )
-    deep: TierSpec = Field(
-        description="The deep tier: a larger model for long or complex texts (port 11434)."
-    )
+    fast: TierSpec = Field(description="The fast tier: a small model for short, simple texts (Service port 11435).")
+    deep: TierSpec = Field(description="The deep tier: a larger model for long or complex texts (port 11434).")
     routing: RoutingSpec = RoutingSpec()
     policy: PolicySpec = PolicySpec()
     tts: TTSSpec = TTSSpec()
@@ -572,8 +550,7 @@ class VoiceLaneSpec(SpecModel):
 
 # Rules on the whole object (only metadata.name is visible to CEL there).
 LANE_NAME_RULE = CelRule(
-    f"self.metadata.name.size() <= {MAX_LANE_NAME_LENGTH} "
-    f"&& self.metadata.name.matches('{LANE_NAME_PATTERN}')",
+    f"self.metadata.name.size() <= {MAX_LANE_NAME_LENGTH} && self.metadata.name.matches('{LANE_NAME_PATTERN}')",
     f"metadata.name must be a DNS-1035 label of at most {MAX_LANE_NAME_LENGTH} characters "
     "(lowercase letters, digits, '-'; starting with a letter): it prefixes the lane's Services",
     lambda name: len(name) <= MAX_LANE_NAME_LENGTH and re.fullmatch(LANE_NAME_PATTERN, name) is not None,

@@ -109,14 +109,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
 
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if isinstance(node.get("exclusiveMinimum"), int | float) and not isinstance(
-        node["exclusiveMinimum"], bool
-    ):
+    if isinstance(node.get("exclusiveMinimum"), int | float) and not isinstance(node["exclusiveMinimum"], bool):
         node["minimum"] = node.pop("exclusiveMinimum")
         node["exclusiveMinimum"] = True
-    if isinstance(node.get("exclusiveMaximum"), int | float) and not isinstance(
-        node["exclusiveMaximum"], bool
-    ):
+    if isinstance(node.get("exclusiveMaximum"), int | float) and not isinstance(node["exclusiveMaximum"], bool):
         node["maximum"] = node.pop("exclusiveMaximum")
         node["exclusiveMaximum"] = True
 
@@ -144,9 +140,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         if key in _DROPPED_KEYS:
             continue
         if key == "properties":
-            out["properties"] = {
-                name: _structural(sub, defs, f"{path}.{name}") for name, sub in value.items()
-            }
+            out["properties"] = {name: _structural(sub, defs, f"{path}.{name}") for name, sub in value.items()}
         elif key == "items":
             out["items"] = _structural(value, defs, f"{path}[]")
         elif key == "default":
@@ -218,8 +212,7 @@ def build_crd() -> dict[str, Any]:
     status_schema = structural_schema(VoiceLaneStatus)
     root: dict[str, Any] = {
         "type": "object",
-        "description": "A VoiceLane: warm, reserved fast and deep Ollama tiers "
-        "and the policy of their sidecars.",
+        "description": "A VoiceLane: warm, reserved fast and deep Ollama tiers and the policy of their sidecars.",
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -283,9 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m voicelane.operator.crd", description="Print or write the VoiceLane CRD."
     )
-    parser.add_argument(
-        "--write", action="store_true", help=f"Write the committed copies ({', '.join(CRD_COPIES)})."
-    )
+    parser.add_argument("--write", action="store_true", help=f"Write the committed copies ({', '.join(CRD_COPIES)}).")
     parser.add_argument(
         "--root",
         type=Path,

@@ -90,9 +90,7 @@ _LOOPBACK_HOST = f"127.0.0.1:{OLLAMA_PORT}"
 
 # True only if the model is in `ollama ps`, the server's list of loaded models.
 _RESIDENT_CHECK = (
-    f"OLLAMA_HOST={_LOOPBACK_HOST} ollama ps"
-    " | awk 'NR > 1 { print $1 }'"
-    ' | grep -Fxq -- "$VOICELANE_MODEL"'
+    f"OLLAMA_HOST={_LOOPBACK_HOST} ollama ps | awk 'NR > 1 {{ print $1 }}' | grep -Fxq -- \"$VOICELANE_MODEL\""
 )
 
 _PULL_SCRIPT = """\
@@ -238,9 +236,7 @@ def render_sidecar_config(spec: VoiceLaneSpec, *, lane_name: str, namespace: str
 
 
 def sidecar_config_yaml(config: SidecarConfig, *, lane_name: str, namespace: str) -> str:
-    header = (
-        f"# Rendered by the VoiceLane operator from {namespace}/{lane_name}; edit the VoiceLane instead.\n"
-    )
+    header = f"# Rendered by the VoiceLane operator from {namespace}/{lane_name}; edit the VoiceLane instead.\n"
     body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=1000)
     return header + body
 
@@ -262,21 +258,14 @@ def tier_warnings(spec: VoiceLaneSpec | Mapping[str, Any]) -> list[str]:
             )
         storage = tier_spec.storage
         uses_claim = storage is not None and (storage.size is not None or storage.existing_claim is not None)
-        if (
-            uses_claim
-            and storage is not None
-            and tier_spec.replicas > 1
-            and storage.access_mode != "ReadWriteMany"
-        ):
+        if uses_claim and storage is not None and tier_spec.replicas > 1 and storage.access_mode != "ReadWriteMany":
             warnings.append(
                 f"spec.{tier}.storage is a {storage.access_mode} claim "
                 f"shared by {tier_spec.replicas} replicas: "
                 "pods on different nodes cannot mount it; use ReadWriteMany or one replica"
             )
         if tier_spec.replicas == 0:
-            warnings.append(
-                f"spec.{tier}.replicas is 0: the {tier} tier has no pods and the lane cannot be ready"
-            )
+            warnings.append(f"spec.{tier}.replicas is 0: the {tier} tier has no pods and the lane cannot be ready")
         if duration_seconds(tier_spec.keep_alive) == 0:
             warnings.append(
                 f"spec.{tier}.keepAlive is {tier_spec.keep_alive}: the model is unloaded after every request "
@@ -550,9 +539,7 @@ def _disruption_budget(
     }
 
 
-def _sidecar_configmap(
-    spec: VoiceLaneSpec, lane_name: str, namespace: str, owner: dict[str, Any]
-) -> dict[str, Any]:
+def _sidecar_configmap(spec: VoiceLaneSpec, lane_name: str, namespace: str, owner: dict[str, Any]) -> dict[str, Any]:
     config = render_sidecar_config(spec, lane_name=lane_name, namespace=namespace)
     return {
         "apiVersion": "v1",
@@ -630,9 +617,7 @@ def _lane_identity(lane: Mapping[str, Any]) -> tuple[str, str, str]:
     return name, namespace, uid
 
 
-def render_children(
-    lane: Mapping[str, Any], *, operator_namespace: str | None = None
-) -> list[dict[str, Any]]:
+def render_children(lane: Mapping[str, Any], *, operator_namespace: str | None = None) -> list[dict[str, Any]]:
     """Every object the operator keeps for a VoiceLane, in apply order.
 
     `lane` is the whole object (apiVersion, kind, metadata with name, namespace and

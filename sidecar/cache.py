@@ -55,9 +55,7 @@ class BoundedCache(Generic[V]):
         self.expirations = 0
 
     @classmethod
-    def from_config(
-        cls, config: CacheConfig, *, clock: Callable[[], float] = time.monotonic
-    ) -> BoundedCache[V]:
+    def from_config(cls, config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> BoundedCache[V]:
         cache: BoundedCache[V] = cls(max_entries=0, max_bytes=0, ttl_s=config.ttl_s, clock=clock)
         cache.reconfigure(config)
         return cache

@@ -105,9 +105,7 @@ class Guardian:
             if saturated:
                 failing["upstream"] = saturated
             self._count_check(failing, sample)
-            return CheckResult(
-                failed=bool(failing), failing_sources=failing, blocked=self._blocked, sample=sample
-            )
+            return CheckResult(failed=bool(failing), failing_sources=failing, blocked=self._blocked, sample=sample)
 
     def _judge_local(self, sample: PressureSample | None, now: float) -> str | None:
         if sample is None:

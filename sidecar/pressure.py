@@ -143,9 +143,7 @@ class CgroupV2Reader:
 class LocalPressureSource:
     """This container's pressure: cgroup figures where limits are set, host-wide figures otherwise."""
 
-    def __init__(
-        self, cgroup_root: Path = CGROUP_ROOT, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, cgroup_root: Path = CGROUP_ROOT, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cgroup = CgroupV2Reader(cgroup_root, clock=clock)
         # psutil measures CPU between calls; this first call starts its interval.
         psutil.cpu_percent(interval=None)
@@ -269,9 +267,7 @@ class UpstreamSaturation:
             else:
                 history.baseline_ttft_s += BASELINE_WEIGHT * (seconds - history.baseline_ttft_s)
             history.baseline_calls += 1
-        while history.outcomes and (
-            history.outcomes[0][0] < horizon or len(history.outcomes) > MAX_WINDOW_ENTRIES
-        ):
+        while history.outcomes and (history.outcomes[0][0] < horizon or len(history.outcomes) > MAX_WINDOW_ENTRIES):
             history.outcomes.popleft()
         return history
 

@@ -144,9 +144,7 @@ class SchedulerCore:
             return False
         if priority in self.idle_only:
             return not any(
-                self._running.get(level, 0) or self._queues.get(level)
-                for level in self.levels
-                if level < priority
+                self._running.get(level, 0) or self._queues.get(level) for level in self.levels if level < priority
             )
         return True
 
@@ -257,9 +255,7 @@ class PriorityScheduler:
             "running_total": core.running_total,
             "waiting_total": core.waiting_total,
             "oldest_wait_s": {
-                level: round(now - queue[0].enqueued_at, 3)
-                for level in levels
-                if (queue := core.waiting(level))
+                level: round(now - queue[0].enqueued_at, 3) for level in levels if (queue := core.waiting(level))
             },
             "max_running_per_priority": core.max_running_per_priority,
             "max_waiting": core.max_waiting,

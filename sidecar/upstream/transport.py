@@ -142,9 +142,7 @@ class HttpUpstreamClient(UpstreamClient):
             while True:
                 waiting_first = tokens == 0
                 deadline = (
-                    first_token_deadline
-                    if waiting_first
-                    else min(loop.time() + self.idle_timeout_s, total_deadline)
+                    first_token_deadline if waiting_first else min(loop.time() + self.idle_timeout_s, total_deadline)
                 )
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -159,9 +157,7 @@ class HttpUpstreamClient(UpstreamClient):
                 except StreamFault as fault:
                     raise UpstreamError(fault.kind, fault.message, before_first_token=tokens == 0) from None
                 except aiohttp.ClientError as exc:
-                    raise self._connection_error(
-                        exc, before_first_token=tokens == 0, response_started=True
-                    ) from exc
+                    raise self._connection_error(exc, before_first_token=tokens == 0, response_started=True) from exc
                 for token in decoded.tokens:
                     tokens += 1
                     chars += len(token)
@@ -185,9 +181,7 @@ class HttpUpstreamClient(UpstreamClient):
 
     # ----- error mapping -------------------------------------------------------------------------
 
-    def _timeout_error(
-        self, exc: BaseException, *, first_token: bool, deadline_is_total: bool
-    ) -> UpstreamError:
+    def _timeout_error(self, exc: BaseException, *, first_token: bool, deadline_is_total: bool) -> UpstreamError:
         if self._closed:
             return UpstreamError("cancelled", "the client was closed", before_first_token=first_token)
         if isinstance(exc, aiohttp.ServerTimeoutError):

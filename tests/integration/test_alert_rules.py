@@ -82,9 +82,7 @@ def test_every_recording_rule_is_evaluated_in_a_unit_test() -> None:
     for path in promtool_test_files():
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
         for test in document["tests"]:
-            tested_exprs += [
-                check["expr"] for check in test.get("promql_expr_test", []) if check.get("exp_samples")
-            ]
+            tested_exprs += [check["expr"] for check in test.get("promql_expr_test", []) if check.get("exp_samples")]
     untested = {
         rule["record"]
         for rule in load_rules()
@@ -113,9 +111,7 @@ def test_every_alert_has_severity_summary_description_and_runbook(rule: dict[str
     assert annotations["summary"].strip()
     assert len(annotations["description"].strip()) > len(annotations["summary"])
     assert annotations["runbook_url"] == RUNBOOK_BASE + rule["alert"].lower()
-    assert rule["alert"].lower() in _runbook_anchors(), (
-        f"docs/runbooks.md has no section '## {rule['alert']}'"
-    )
+    assert rule["alert"].lower() in _runbook_anchors(), f"docs/runbooks.md has no section '## {rule['alert']}'"
 
 
 def test_runbook_has_no_section_for_an_alert_that_does_not_exist() -> None:

@@ -101,10 +101,7 @@ async def astats(sim: str) -> dict[str, Any]:
 
 async def test_official_client_streams_chat_word_by_word_with_final_statistics(sim: str) -> None:
     client = ollama.AsyncClient(host=sim)
-    parts = [
-        part
-        async for part in await client.chat(model=MODEL, messages=user("One two three four."), stream=True)
-    ]
+    parts = [part async for part in await client.chat(model=MODEL, messages=user("One two three four."), stream=True)]
 
     assert [p.message.content for p in parts[:-1]] == ["One ", "two ", "three ", "four."]
     assert all(p.done is False and p.model == MODEL and p.created_at for p in parts[:-1])
@@ -182,9 +179,7 @@ def test_list_show_and_pull_progress(sim: str) -> None:
     assert completed == sorted(completed)
     assert completed[-1] == next(p.total for p in progress if p.total)
     assert "qwen2.5:0.5b" in {m.model for m in client.list().models}
-    assert (
-        client.chat(model="qwen2.5:0.5b", messages=user("Now it works.")).message.content == "Now it works."
-    )
+    assert client.chat(model="qwen2.5:0.5b", messages=user("Now it works.")).message.content == "Now it works."
 
 
 def test_errors_have_ollama_bodies_and_statuses(sim: str) -> None:
@@ -302,9 +297,7 @@ def test_speech_returns_24khz_audio_proportional_to_text(sim: str) -> None:
     assert pcm.status_code == 200
     assert len(pcm.content) == len(text) * 24_000 * 60 // 1000 * 2
 
-    wav = requests.post(
-        sim + "/v1/audio/speech", json={**body, "response_format": "wav", "speed": 2.0}, timeout=5
-    )
+    wav = requests.post(sim + "/v1/audio/speech", json={**body, "response_format": "wav", "speed": 2.0}, timeout=5)
     with wave.open(io.BytesIO(wav.content)) as reader:
         assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (24_000, 1, 2)
         assert reader.getnframes() == len(text) * 24_000 * 30 // 1000
@@ -357,9 +350,7 @@ async def test_refuse_and_reset_break_the_connection(sim: str) -> None:
             await session.post(sim + "/api/chat", json={"model": MODEL, "messages": user("x")})
 
         await acontrol(sim, "/sim/faults", {"fault": "reset_mid_stream", "count": 1, "after_tokens": 1})
-        async with session.post(
-            sim + "/api/chat", json={"model": MODEL, "messages": user("a b c")}
-        ) as response:
+        async with session.post(sim + "/api/chat", json={"model": MODEL, "messages": user("a b c")}) as response:
             assert response.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):
                 await response.read()
@@ -383,9 +374,7 @@ def test_fault_and_config_bodies_are_validated(sim: str) -> None:
     unknown = requests.post(sim + "/sim/faults", json={"fault": "meltdown"}, timeout=5)
     assert unknown.status_code == 400
     assert "fault" in unknown.json()["error"]
-    assert (
-        requests.post(sim + "/sim/faults", json={"fault": "refuse", "count": 0}, timeout=5).status_code == 400
-    )
+    assert requests.post(sim + "/sim/faults", json={"fault": "refuse", "count": 0}, timeout=5).status_code == 400
     assert requests.post(sim + "/sim/config", json={"tokens_per_s": 0}, timeout=5).status_code == 400
     assert requests.post(sim + "/sim/config", json={"warp": 9}, timeout=5).status_code == 400
 

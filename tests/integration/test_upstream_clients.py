@@ -102,9 +102,7 @@ async def collect(client: UpstreamClient, request: ChatRequest) -> list[str]:
     return [token async for token in client.stream_chat(request)]
 
 
-async def collect_until_error(
-    client: UpstreamClient, request: ChatRequest
-) -> tuple[list[str], UpstreamError]:
+async def collect_until_error(client: UpstreamClient, request: ChatRequest) -> tuple[list[str], UpstreamError]:
     tokens: list[str] = []
 
     async def consume() -> None:
@@ -142,9 +140,7 @@ async def test_tokens_arrive_as_they_are_generated(sim: str, open_client: Any, p
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_token_bound_and_stop_sequences_reach_the_server(
-    sim: str, open_client: Any, protocol: Protocol
-) -> None:
+async def test_token_bound_and_stop_sequences_reach_the_server(sim: str, open_client: Any, protocol: Protocol) -> None:
     client = open_client(config(sim, protocol))
     assert await collect(client, ask(num_predict=2)) == ["one ", "two "]
     assert "".join(await collect(client, ask(stop=("four",)))) == "one two three "
@@ -213,9 +209,7 @@ FAULTS: list[tuple[dict[str, Any], str, bool, int | None]] = [
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize(
-    ("fault", "kind", "before_first_token", "status"), FAULTS, ids=[f[0]["fault"] for f in FAULTS]
-)
+@pytest.mark.parametrize(("fault", "kind", "before_first_token", "status"), FAULTS, ids=[f[0]["fault"] for f in FAULTS])
 async def test_each_fault_raises_its_kind_and_never_looks_complete(
     sim: str,
     open_client: Any,
@@ -241,9 +235,7 @@ async def test_each_fault_raises_its_kind_and_never_looks_complete(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_total_timeout_bounds_a_slow_but_steady_stream(
-    sim: str, open_client: Any, protocol: Protocol
-) -> None:
+async def test_total_timeout_bounds_a_slow_but_steady_stream(sim: str, open_client: Any, protocol: Protocol) -> None:
     await sim_control(sim, "/sim/config", {"tokens_per_s": 10})
     client = open_client(config(sim, protocol, total_timeout_s=0.3))
     tokens, error = await collect_until_error(client, ask())

@@ -71,13 +71,9 @@ def add_parser(subparsers: Any) -> None:
         help="A model it lists and serves (repeatable). Given at least once, other names get a 404; "
         f"without it, {', '.join(DEFAULT_MODELS)} are listed and any name is served.",
     )
-    parser.add_argument(
-        "--reply", choices=("echo", "fixed"), default="echo", help="Echo the last user message."
-    )
+    parser.add_argument("--reply", choices=("echo", "fixed"), default="echo", help="Echo the last user message.")
     parser.add_argument("--reply-text", default=DEFAULT_FIXED_REPLY, help="The reply when --reply fixed.")
-    parser.add_argument(
-        "--tts-first-byte-ms", type=_positive(float, allow_zero=True), default=50.0, metavar="N"
-    )
+    parser.add_argument("--tts-first-byte-ms", type=_positive(float, allow_zero=True), default=50.0, metavar="N")
     parser.add_argument("--api-key", help="Require `Authorization: Bearer KEY` on the OpenAI endpoints.")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(handler=run)
@@ -91,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from voicelane.sim.server import serve
     from voicelane.sim.state import SimSettings
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
     settings = SimSettings(
         host=host,

@@ -57,9 +57,7 @@ class FaultSpec(BaseModel):
 
     fault: Fault
     count: int | None = Field(None, ge=1, description="Requests it hits; omitted: until cleared.")
-    paths: tuple[str, ...] | None = Field(
-        None, description="Endpoints it hits; omitted: the model endpoints."
-    )
+    paths: tuple[str, ...] | None = Field(None, description="Endpoints it hits; omitted: the model endpoints.")
     after_tokens: int = Field(2, ge=0, le=100_000, description="Tokens sent before a mid-stream fault.")
     tokens_per_s: float = Field(1.0, gt=0, le=100_000, description="Token rate under slow_tokens.")
     hold_s: float = Field(3600.0, gt=0, le=86_400, description="How long a stall lasts.")

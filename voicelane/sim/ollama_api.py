@@ -88,9 +88,7 @@ async def _generation(request: web.Request, *, chat: bool) -> web.StreamResponse
         return json_answer(ollama_error(BUSY_MESSAGE), 503)
 
 
-async def _load_or_unload(
-    sim: Simulator, info: ModelInfo, dialect: OllamaDialect, keep_alive_s: float
-) -> web.Response:
+async def _load_or_unload(sim: Simulator, info: ModelInfo, dialect: OllamaDialect, keep_alive_s: float) -> web.Response:
     """A call without messages/prompt only loads the model (or unloads it when keep_alive is 0)."""
     if keep_alive_s == 0:
         sim.residency.unload(info.name)

@@ -93,9 +93,7 @@ class _Playback:
             done_reason = "stop"
         start = self.loop.time() + self.load_wait
         if self.fault is not None and self.kind is Fault.STALL_FIRST_TOKEN:
-            await self._prepare(
-                self.dialect.content_type if self.plan.stream else self.dialect.whole_content_type
-            )
+            await self._prepare(self.dialect.content_type if self.plan.stream else self.dialect.whole_content_type)
             await asyncio.sleep(self.load_wait)
             await hold(self.fault.hold_s)
             start = self.loop.time()
@@ -136,9 +134,7 @@ class _Playback:
     async def _stream(
         self, tokens: tuple[str, ...], offsets: list[float], start: float, done_reason: str, interval: float
     ) -> web.StreamResponse:
-        fault_at = (
-            min(self.fault.after_tokens, len(tokens)) if self.fault and self.kind in _MID_STREAM else -1
-        )
+        fault_at = min(self.fault.after_tokens, len(tokens)) if self.fault and self.kind in _MID_STREAM else -1
         for index, token in enumerate(tokens):
             if index == fault_at and await self._break_stream():
                 return self._finished()
@@ -189,9 +185,7 @@ class _Playback:
                 content_type="application/json",
             )
         if self.kind is Fault.MALFORMED_LINE:
-            return web.Response(
-                status=200, body=body[: len(body) // 2] + b"\n", headers={"Content-Type": content_type}
-            )
+            return web.Response(status=200, body=body[: len(body) // 2] + b"\n", headers={"Content-Type": content_type})
         if self.kind in (Fault.RESET_MID_STREAM, Fault.TRUNCATED):
             response = await self._prepare(content_type)
             await response.write(body[: len(body) // 2])

@@ -39,12 +39,8 @@ _STREAM_CONTENT_TYPES = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(
-    path: str, message: str, status: int, *, kind: str = "api_error", code: str | None = None
-) -> web.Response:
-    payload = (
-        openai_error(message, kind=kind, code=code) if path.startswith("/v1/") else ollama_error(message)
-    )
+def _error(path: str, message: str, status: int, *, kind: str = "api_error", code: str | None = None) -> web.Response:
+    payload = openai_error(message, kind=kind, code=code) if path.startswith("/v1/") else ollama_error(message)
     return json_answer(payload, status)
 
 
@@ -73,9 +69,7 @@ async def _answer(request: web.Request, handler: Handler, sim: Simulator) -> web
     path = request.path
     api_key = sim.settings.api_key
     if path.startswith("/v1/") and api_key and request.headers.get("Authorization") != f"Bearer {api_key}":
-        return _error(
-            path, "Incorrect API key provided", 401, kind="invalid_request_error", code="invalid_api_key"
-        )
+        return _error(path, "Incorrect API key provided", 401, kind="invalid_request_error", code="invalid_api_key")
     if request.match_info.http_exception is None:
         fault = sim.faults.take(path, ENDPOINT_KINDS.get(path, "meta"))
         if fault is not None:

@@ -97,9 +97,7 @@ class Dialect(ABC):
     def whole(self, text: str, done_reason: str, timings: Timings) -> dict[str, Any]: ...
 
     @abstractmethod
-    def error_body(
-        self, message: str, *, kind: str = "api_error", code: str | None = None
-    ) -> dict[str, Any]: ...
+    def error_body(self, message: str, *, kind: str = "api_error", code: str | None = None) -> dict[str, Any]: ...
 
 
 class OllamaDialect(Dialect):
@@ -167,9 +165,7 @@ class OpenAIChatDialect(Dialect):
 
     content_type = "text/event-stream"
 
-    def __init__(
-        self, model: str, *, include_usage: bool = False, wall_clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, model: str, *, include_usage: bool = False, wall_clock: Callable[[], float] = time.time) -> None:
         super().__init__(model, wall_clock=wall_clock)
         self.include_usage = include_usage
         self.id = "chatcmpl-" + secrets.token_hex(12)
@@ -217,9 +213,7 @@ class OpenAIChatDialect(Dialect):
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "fp_voicelane_sim",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": done_reason}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": done_reason}],
             "usage": timings.openai_usage(),
         }
 

@@ -124,9 +124,7 @@ def test_crd_defaults_agree_with_the_python_defaults(crd_schema: dict[str, Any],
     # What the API server stores for a minimal lane parses to the same spec as the lane itself.
     defaulted = apply_defaults(crd_schema, minimal_lane)
     assert defaulted["spec"]["policy"]["rateLimit"] == {"burst": 8, "sustainedPerSecond": 4.0}
-    assert VoiceLaneSpec.model_validate(defaulted["spec"]) == VoiceLaneSpec.model_validate(
-        minimal_lane["spec"]
-    )
+    assert VoiceLaneSpec.model_validate(defaulted["spec"]) == VoiceLaneSpec.model_validate(minimal_lane["spec"])
 
 
 def test_collections_are_left_to_the_sidecar_defaults(crd_schema: dict[str, Any]) -> None:

@@ -74,9 +74,7 @@ def test_every_cel_rule_has_an_invalid_sample(crd_schema: dict[str, Any]) -> Non
 
 def test_every_rule_of_the_models_is_in_the_crd(crd_schema: dict[str, Any]) -> None:
     in_crd = all_validations(crd_schema)
-    models = [
-        value for value in vars(api).values() if isinstance(value, type) and issubclass(value, api.SpecModel)
-    ]
+    models = [value for value in vars(api).values() if isinstance(value, type) and issubclass(value, api.SpecModel)]
     rules = [rule for model in models for rule in model.cel_rules] + [api.LANE_NAME_RULE]
     assert len(rules) >= 14
     for rule in rules:

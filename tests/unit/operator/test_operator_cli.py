@@ -78,9 +78,7 @@ def test_render_input_errors(
     assert message in capsys.readouterr().err
 
 
-def test_render_warns_about_fractional_cpus_on_stderr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_render_warns_about_fractional_cpus_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lane = yaml.safe_load(SAMPLE_PATH.read_text(encoding="utf-8"))
     lane["spec"]["fast"]["resources"]["cpu"] = "500m"
     path = tmp_path / "lane.yaml"

@@ -46,9 +46,7 @@ def fake_ollama(tmp_path: Path) -> dict[str, str]:
 
 def pod(sample_lane: dict, tier: str = "fast") -> dict[str, Any]:
     [deployment] = [
-        c
-        for c in render_children(sample_lane)
-        if c["kind"] == "Deployment" and c["metadata"]["name"].endswith(tier)
+        c for c in render_children(sample_lane) if c["kind"] == "Deployment" and c["metadata"]["name"].endswith(tier)
     ]
     spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return spec
@@ -110,9 +108,7 @@ def wait_for_calls(log: Path, wanted: str, count: int, deadline_s: float = 10.0)
 def start_warmer(sample_lane: dict, fake_ollama: dict[str, str], **extra: str) -> subprocess.Popen[str]:
     [warmer] = [c for c in pod(sample_lane)["containers"] if c["name"] == "warmer"]
     env = {**container_env(warmer), **fake_ollama, "VOICELANE_CHECK_SECONDS": "0.05", **extra}
-    return subprocess.Popen(
-        warmer["command"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    return subprocess.Popen(warmer["command"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def stop(process: subprocess.Popen[str]) -> int:

@@ -160,9 +160,9 @@ def test_extra_env_reaches_the_server_and_the_pull_but_not_the_warmer(lane_varia
 def test_untagged_models_are_checked_under_their_latest_tag(minimal_lane: dict) -> None:
     lane = with_spec(minimal_lane, fast={"model": "qwen2.5"})
     pod = pod_spec(render_children(lane), "lane-fast")
-    assert {
-        env_of(container(pod, name))["VOICELANE_MODEL"] for name in ("pull-model", "ollama", "warmer")
-    } == {"qwen2.5:latest"}
+    assert {env_of(container(pod, name))["VOICELANE_MODEL"] for name in ("pull-model", "ollama", "warmer")} == {
+        "qwen2.5:latest"
+    }
 
 
 def test_probes_require_the_model_to_be_loaded(sample_lane: dict) -> None:
@@ -220,9 +220,9 @@ def test_storage_size_asks_for_a_claim_and_the_pods_mount_it(sample_lane: dict) 
     claim = children[("PersistentVolumeClaim", "voice-fast-models")]["spec"]
     assert claim == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}
     fast = children[("Deployment", "voice-fast")]["spec"]
-    assert {"name": "models", "persistentVolumeClaim": {"claimName": "voice-fast-models"}} in fast[
-        "template"
-    ]["spec"]["volumes"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "voice-fast-models"}} in fast["template"]["spec"][
+        "volumes"
+    ]
     # A ReadWriteOnce claim cannot be mounted by a surge pod on another node.
     assert fast["strategy"] == {"type": "Recreate"}
 
@@ -247,10 +247,7 @@ def test_disruption_budget_only_with_more_than_one_replica(lane_variants: dict) 
     children = by_kind_and_name(render_children(lane_variants["existing-claim"]))
     budget = children[("PodDisruptionBudget", "lane-fast")]["spec"]
     assert budget["maxUnavailable"] == 1
-    assert (
-        budget["selector"]["matchLabels"]
-        == children[("Deployment", "lane-fast")]["spec"]["selector"]["matchLabels"]
-    )
+    assert budget["selector"]["matchLabels"] == children[("Deployment", "lane-fast")]["spec"]["selector"]["matchLabels"]
     assert ("PodDisruptionBudget", "lane-deep") not in children
 
 
@@ -285,9 +282,7 @@ def test_network_policy_admits_only_the_lane_and_the_operator(sample_lane: dict)
 def test_network_policy_can_name_the_operator_namespace(sample_lane: dict) -> None:
     children = by_kind_and_name(render_children(sample_lane, operator_namespace="voicelane-system"))
     operator_peer = children[("NetworkPolicy", "voice-ollama")]["spec"]["ingress"][0]["from"][1]
-    assert operator_peer["namespaceSelector"] == {
-        "matchLabels": {"kubernetes.io/metadata.name": "voicelane-system"}
-    }
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "voicelane-system"}}
 
 
 def test_sidecar_configmap_loads_with_the_sidecar_loader(sample_lane: dict, tmp_path: Path) -> None:

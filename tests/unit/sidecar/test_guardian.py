@@ -50,9 +50,7 @@ def rig(*, burst: int = 8, rate: float = 4.0, **guardian: Any) -> Rig:
     pressure = InjectedPressureSource()
     upstream = UpstreamSaturation(config, clock=clock)
     limits = RateLimitConfig(burst=burst, sustained_per_s=rate)
-    return Rig(
-        clock, pressure, upstream, Guardian(config, limits, local=pressure, upstream=upstream, clock=clock)
-    )
+    return Rig(clock, pressure, upstream, Guardian(config, limits, local=pressure, upstream=upstream, clock=clock))
 
 
 def saturate(upstream: UpstreamSaturation, tier: str = "fast") -> None:

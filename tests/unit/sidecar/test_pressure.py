@@ -45,9 +45,7 @@ class FakeCgroup:
         (self.root / name).write_text(text + "\n")
 
     def set_cpu_usage(self, usage_usec: int) -> None:
-        self.write(
-            "cpu.stat", f"usage_usec {usage_usec}\nuser_usec {usage_usec}\nsystem_usec 0\nnr_throttled 0"
-        )
+        self.write("cpu.stat", f"usage_usec {usage_usec}\nuser_usec {usage_usec}\nsystem_usec 0\nnr_throttled 0")
 
     def set_memory(self, *, current: int, inactive_file: int | None = None) -> None:
         self.write("memory.current", str(current))

@@ -82,9 +82,7 @@ gaps = st.lists(st.floats(min_value=0.0, max_value=5.0, allow_nan=False), min_si
 
 
 @given(burst=bursts, rate=rates, gaps=gaps)
-def test_acceptances_never_exceed_burst_plus_rate_times_elapsed(
-    burst: int, rate: float, gaps: list[float]
-) -> None:
+def test_acceptances_never_exceed_burst_plus_rate_times_elapsed(burst: int, rate: float, gaps: list[float]) -> None:
     clock = FakeClock()
     bucket = TokenBucket(burst, rate, clock=clock)
     start = clock.now
@@ -95,9 +93,7 @@ def test_acceptances_never_exceed_burst_plus_rate_times_elapsed(
         assert accepted <= math.floor(burst + rate * (clock.now - start) + 1e-6)
 
 
-@given(
-    burst=bursts, rate=rates, steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.integers(1, 5)), max_size=200)
-)
+@given(burst=bursts, rate=rates, steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.integers(1, 5)), max_size=200))
 def test_tokens_stay_between_zero_and_burst(burst: int, rate: float, steps: list[tuple[float, int]]) -> None:
     clock = FakeClock()
     bucket = TokenBucket(burst, rate, clock=clock)
@@ -108,9 +104,7 @@ def test_tokens_stay_between_zero_and_burst(burst: int, rate: float, steps: list
 
 
 @given(burst=bursts, rate=rates, taken=st.integers(0, 50), idle=st.floats(0.0, 10_000.0))
-def test_after_idle_time_the_bucket_refills_to_at_most_burst(
-    burst: int, rate: float, taken: int, idle: float
-) -> None:
+def test_after_idle_time_the_bucket_refills_to_at_most_burst(burst: int, rate: float, taken: int, idle: float) -> None:
     clock = FakeClock()
     bucket = TokenBucket(burst, rate, clock=clock)
     for _ in range(taken):

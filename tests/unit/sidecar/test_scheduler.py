@@ -239,9 +239,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if not self.core.waiting(level):
                 continue
             full = self.core.running(level) >= self.cap
-            held_for_idle = level in self.idle_only and any(
-                self.busy(higher) for higher in LEVELS if higher < level
-            )
+            held_for_idle = level in self.idle_only and any(self.busy(higher) for higher in LEVELS if higher < level)
             assert full or held_for_idle
 
     def teardown(self) -> None:
@@ -267,9 +265,7 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def hold(
-    scheduler: PriorityScheduler, priority: int, until: asyncio.Event, started: list[Ticket]
-) -> None:
+async def hold(scheduler: PriorityScheduler, priority: int, until: asyncio.Event, started: list[Ticket]) -> None:
     async with scheduler.slot(priority) as ticket:
         started.append(ticket)
         await until.wait()
