@@ -15,8 +15,10 @@ operator runs. After each restart the lane must converge (convergence.py: every 
 once, owned by the lane, with the current spec hash; status for the current generation) and turn
 Ready once its Deployments roll out. At the end every lane of every run is checked again.
 
+One more test kills the operator while it releases a deleted lane (its finalizer).
+
 Kill points are chosen through the emulator's stalls and request counts, so on a real cluster
-this test is skipped; test_operator_restart.py kills the operator there too.
+these tests are skipped; test_operator_restart.py kills the operator there too.
 """
 
 from __future__ import annotations
@@ -146,6 +148,30 @@ def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
         assert lane.having("Ready"), lane.name
     # Otherwise the kills came too late to test anything: the lanes had converged already.
     assert len(interrupted) >= RUNS // 2, f"only runs {interrupted} (seed {SEED}) killed a reconcile with work left"
+
+
+def test_an_operator_killed_while_it_releases_a_deleted_lane_releases_it_after_restart(
+    cluster: Cluster, operator: OperatorProcess, lanes: list[Lane]
+) -> None:
+    if not cluster.emulated:
+        pytest.skip("the kill point is chosen with an emulator stall")
+    lane = Lane(cluster, f"kill-deleted-{secrets.token_hex(2)}")
+    lanes.append(lane)
+    lane.create()
+    wait_converged(lane, cluster.change_timeout_s, context="before the delete")
+    # The operator's first patch of a lane being deleted: kopf's release of its finalizer.
+    cluster.inject_fault(verb="patch", resource="voicelanes", name=lane.name, delay_s=STALL_S, times=1)
+
+    cluster.delete("voicelane", lane.name, wait=False)
+    wait_until(lambda: fault_hits(cluster) >= 1, cluster.change_timeout_s, what="the stalled patch of the lane")
+    operator.kill()
+    cluster.clear_faults()
+    assert lane.get() is not None, "the lane went although its finalizer was not released"
+
+    operator.start()
+
+    wait_until(lambda: lane.get() is None, cluster.change_timeout_s, what="the lane released after the restart")
+    wait_until(lambda: not lane.children(), cluster.change_timeout_s, what="its children collected")
 
 
 def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, plan: KillPlan) -> tuple[bool, float]:
