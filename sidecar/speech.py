@@ -146,11 +146,13 @@ class Speaker:
         key = self.audio_key(request, text_job.key)
         cached = self.lane.cache.get(key)
         if isinstance(cached, AudioResult):
+            stages.mark("admitted")  # cache hits and joiners are admitted at once; they use no capacity
             self.metrics.cache_lookups.labels("hit", "audio").inc()
             return AudioSubmission(request, text_job.priority, key, cached=cached)
         self.metrics.cache_lookups.labels("miss", "audio").inc()
         self.flights.window_s = self.lane.flights.window_s
         if self.config.single_flight.enabled and key in self.flights:
+            stages.mark("admitted")
             self.metrics.singleflight.labels("joiner").inc()
             flight: Flight[bytes, AudioResult] = self.flights.join(key, self._never_started)
             return AudioSubmission(
@@ -238,6 +240,7 @@ class Speaker:
                 else:
                     raise first
             if fallback is not None:
+                stages.mark("fallback")
                 pump.cancel()
                 meta.fallback = fallback
                 meta.tier = "fallback"

@@ -27,6 +27,7 @@ STAGES = (
     "dispatched",
     "first_token",
     "first_segment",
+    "fallback",  # the model missed its deadline or failed: the original text is spoken instead
     "tts_first_byte",
     "first_audio_sent",
     "done",

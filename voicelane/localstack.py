@@ -83,7 +83,8 @@ def find_model(env_dir: Path | None = None) -> Path | None:
 def _run_pip(args: list[str], *, env: dict[str, str], on_line: Callable[[str], None]) -> None:
     python = _venv_python(stack_venv())
     process = subprocess.Popen(
-        [str(python), "-m", "pip", *args],
+        # -P: started from the repository root, its operator/ folder would shadow the stdlib's.
+        [str(python), "-P", "-m", "pip", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
