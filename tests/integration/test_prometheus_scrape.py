@@ -157,6 +157,7 @@ def _start_operator(stack: contextlib.ExitStack, log_dir: Path, workdir: Path, n
     api = f"http://127.0.0.1:{api_port}"
     emulator_argv = [
         sys.executable,
+        "-P",  # keep the repository's operator/ from shadowing the stdlib's operator
         "-m",
         "voicelane.testing.kube_emulator",
         "--listen",

@@ -8,7 +8,7 @@ import yaml
 from tests.unit.operator.conftest import REPO_ROOT
 from voicelane.operator.crd import CRD_COPIES, build_crd, crd_yaml
 
-REFRESH = "stale: run `python -m voicelane.operator.crd --write` from the repository root and commit the result"
+REFRESH = "stale: run `python -P -m voicelane.operator.crd --write` from the repository root and commit the result"
 
 
 @pytest.mark.parametrize("relative", CRD_COPIES)

@@ -12,7 +12,7 @@ ROLE_YAML = Path(__file__).resolve().parents[3] / "manifests" / "rbac" / "role.y
 
 def test_the_role_manifest_is_generated_from_the_rules() -> None:
     assert ROLE_YAML.read_text(encoding="utf-8") == render_yaml(), (
-        "manifests/rbac/role.yaml is stale: run `python -m voicelane.operator.rbac manifests/rbac/role.yaml`"
+        "manifests/rbac/role.yaml is stale: run `python -P -m voicelane.operator.rbac manifests/rbac/role.yaml`"
     )
 
 

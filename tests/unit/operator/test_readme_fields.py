@@ -14,7 +14,7 @@ def test_readme_lists_every_spec_field_with_its_default() -> None:
     assert BEGIN_MARKER in text, "README lacks the generated spec-field table"
     assert END_MARKER in text, "README's spec-field table is not closed"
     embedded = text.split(BEGIN_MARKER, 1)[1].split(END_MARKER, 1)[0].strip()
-    assert embedded == spec_fields_markdown(), "README spec table is stale: run python -m voicelane.operator.docs"
+    assert embedded == spec_fields_markdown(), "README spec table is stale: run python -P -m voicelane.operator.docs"
 
 
 def test_table_covers_tier_and_policy_fields() -> None:
