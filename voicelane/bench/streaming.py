@@ -78,8 +78,8 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
                     step = Step(float(round_index), f"message-{index}", "chat", text)
                     measured[name] += asyncio.run(speak_sequentially(sidecars[name].url, [step]))
                 ctx.say(
-                    f"round {round_index} message {index}: TTFA streaming {measured['streaming'][-1].ttfa_s:.3f} s, "
-                    f"full text {measured['full_text'][-1].ttfa_s:.3f} s"
+                    f"round {round_index} message {index}: TTFA streaming {_seconds(measured['streaming'][-1].ttfa_s)}, "
+                    f"full text {_seconds(measured['full_text'][-1].ttfa_s)}"
                 )
         stages = {name: sidecar.get("/v1/stats").get("ttfa") for name, sidecar in sidecars.items()}
     results: dict[str, Any] = {}
@@ -140,3 +140,8 @@ def _per_message_mean(measurements: list[Measurement]) -> dict[str, float]:
         if m.ttfa_s is not None:
             by_message.setdefault(m.step.label, []).append(m.ttfa_s)
     return {label: round(sum(values) / len(values), 6) for label, values in sorted(by_message.items())}
+
+
+def _seconds(value: float | None) -> str:
+    """A TTFA for the progress line; a request that got no audio says so instead of crashing the run."""
+    return "no audio" if value is None else f"{value:.3f} s"
