@@ -2,7 +2,7 @@
 
 It also accounts for the CPU of the whole machine during a run, split into what this
 benchmark and the processes it started used and what everything else used, because a
-shared machine's other users move absolute figures (and ratios, a little).
+shared machine's other processes move absolute figures (and ratios, a little).
 """
 
 from __future__ import annotations
