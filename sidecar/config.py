@@ -323,11 +323,12 @@ class ConfigError(ValueError):
 ENV_PREFIX = "VOICELANE_"
 
 
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: `override` laid over `base`, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -362,7 +363,7 @@ def build_config(*layers: Mapping[str, Any]) -> SidecarConfig:
     """Validate the merge of the given layers (later wins) into a SidecarConfig."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged = _deep_merge(merged, layer)
+        merged = deep_merge(merged, layer)
     try:
         return SidecarConfig.model_validate(merged)
     except ValidationError as exc:

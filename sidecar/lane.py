@@ -33,22 +33,12 @@ from voicelane.sidecar.prompts import build_messages
 from voicelane.sidecar.routing import RouteDecision, Router
 from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull
 from voicelane.sidecar.singleflight import Flight, SingleFlight
+from voicelane.sidecar.ttfa import StageClock
 from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError, make_client
 
 log = logging.getLogger("voicelane.sidecar.lane")
 
 PASSTHROUGH = "passthrough"
-
-
-@dataclass
-class Timeline:
-    """Monotonic stage marks of one unit of model work, relative to when it was received."""
-
-    received: float
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, stage: str, at: float) -> None:
-        self.marks.setdefault(stage, at - self.received)
 
 
 @dataclass(frozen=True)
@@ -383,7 +373,7 @@ class Lane:
 
     def _producer(self, job: Job, received: float) -> Callable[[Broadcast[str]], Any]:
         async def produce(out: Broadcast[str]) -> TextResult:
-            timeline = Timeline(received)
+            timeline = StageClock(received, clock=self.clock)
             try:
                 if job.passthrough_text is not None:
                     self.answering_tier[job.key] = PASSTHROUGH
@@ -399,7 +389,7 @@ class Lane:
 
         return produce
 
-    async def _run_model(self, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+    async def _run_model(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
         try:
             slot = self.scheduler.slot(job.priority)
             async with slot as ticket:
@@ -413,7 +403,7 @@ class Lane:
                 429, "queue_full", "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
             ) from None
 
-    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
         open_tiers = {tier for tier, circuit in self.circuits.items() if circuit.is_open}
         order = self.router.order(job.route, open_tiers)
         last_error: UpstreamError | None = None
@@ -428,7 +418,7 @@ class Lane:
                     break
         raise self._upstream_failure(last_error, open_tiers)
 
-    async def _call_tier(self, tier: Tier, job: Job, out: Broadcast[str], timeline: Timeline) -> TextResult:
+    async def _call_tier(self, tier: Tier, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
         upstream = self.config.upstreams.for_tier(tier)
         request = ChatRequest(
             messages=job.messages,

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from voicelane.sidecar.config import deep_merge
 from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
 
 # Fast, roomy tokens so generated requests finish at once and never queue at the simulator.
@@ -21,16 +22,6 @@ class LiveLane:
     url: str
     sidecar: ManagedProcess
     sim: ManagedProcess
-
-
-def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 @contextlib.contextmanager
@@ -59,7 +50,7 @@ def live_lane(
         "phrase_bank": {"enabled": False},
     }
     config_file = log_dir / f"{name}.yaml"
-    config_file.write_text(yaml.safe_dump(merge(baseline, settings or {})))
+    config_file.write_text(yaml.safe_dump(deep_merge(baseline, settings or {})))
     address = f"127.0.0.1:{free_port()}" if listen == "auto" else listen
     argv = voicelane_argv("sidecar", "--config", str(config_file), *sidecar_args)
     if address is not None:

@@ -19,7 +19,8 @@ import requests
 import yaml
 
 from tests.faults.wire import wait_until
-from tests.integration.sidecar.conftest import Endpoint, _deep_update, start_sidecar, start_sim  # noqa: F401
+from tests.integration.sidecar.conftest import Endpoint, start_sidecar, start_sim  # noqa: F401
+from voicelane.sidecar.config import deep_merge
 from voicelane.testing.processes import free_port, running, voicelane_argv
 
 # Timeouts the matrices run with: short enough that a stalled tier costs about a second,
@@ -45,7 +46,7 @@ def fault_config(**overrides: Any) -> dict[str, Any]:
         # that reaction has a test of its own, the matrices test failover.
         "guardian": {"sources": ["local"]},
     }
-    return _deep_update(base, overrides)
+    return deep_merge(base, overrides)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def start_shared_lane(
             process = stack.enter_context(running(argv, ready_url=url + "/api/version", log_dir=directory, name=name))
             sims.append(Endpoint(url, port, process))
         fast, deep = sims
-        settings = _deep_update(
+        settings = deep_merge(
             {
                 "upstreams": {
                     "fast": {"url": fast.url, "model": "fast-model", "health_interval_s": 0.2},

@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from voicelane.sidecar.config import deep_merge
 from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
 
 
@@ -26,15 +27,6 @@ class Endpoint:
 
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.post(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
-
-
-def _deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def start_sidecar(log_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Endpo
             fast: str, deep: str | None = None, config: dict[str, Any] | None = None, name: str = "sidecar"
         ) -> Endpoint:
             port = free_port()
-            settings = _deep_update(
+            settings = deep_merge(
                 {
                     "upstreams": {
                         "fast": {"url": fast, "model": "fast-model", "health_interval_s": 0.2},
