@@ -26,7 +26,7 @@ from typing import Any
 import requests
 import yaml
 
-from voicelane.testing.processes import free_port, running, voicelane_argv
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.workload import mixed_workload, replay, summarize
 
 FEATURES = ("priorities", "routing", "coalescing", "cache", "streaming")

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 from voicelane.sidecar.config import deep_merge
-from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
 
 # Fast, roomy tokens so generated requests finish at once and never queue at the simulator.
 FAST_SIM_FLAGS = ("--ttft-ms", "1", "--tokens-per-s", "20000", "--parallel", "16")

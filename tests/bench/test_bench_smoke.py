@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from voicelane.localstack import find_llama_server, find_model
-from voicelane.testing.processes import voicelane_argv
+from voicelane.processes import voicelane_argv
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -20,8 +20,8 @@ import yaml
 
 from tests.faults.wire import wait_until
 from tests.integration.sidecar.conftest import Endpoint, start_sidecar, start_sim  # noqa: F401
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sidecar.config import deep_merge
-from voicelane.testing.processes import free_port, running, voicelane_argv
 
 # Timeouts the matrices run with: short enough that a stalled tier costs about a second,
 # long enough that a healthy simulator on a busy 2-core machine never trips them.

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from voicelane.testing.processes import ManagedProcess, free_port, running
+from voicelane.processes import ManagedProcess, free_port, running
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = ("operator", "sidecar")
@@ -198,7 +198,7 @@ def emulator(log_dir: Path) -> Iterator[Path]:
         sys.executable,
         "-P",
         "-m",
-        "voicelane.testing.kube_emulator",
+        "tests.support.kube_emulator",
         f"--listen=127.0.0.1:{port}",
         f"--kubeconfig-out={kubeconfig}",
     ]

@@ -39,7 +39,7 @@ from tests.integration.observability_files import (
     panel_queries,
     required_binary,
 )
-from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
+from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 
 pytestmark = [pytest.mark.tools, pytest.mark.timeout(180)]
 
@@ -159,7 +159,7 @@ def _start_operator(stack: contextlib.ExitStack, log_dir: Path, workdir: Path, n
         sys.executable,
         "-P",  # keep the repository's operator/ from shadowing the stdlib's operator
         "-m",
-        "voicelane.testing.kube_emulator",
+        "tests.support.kube_emulator",
         "--listen",
         f"127.0.0.1:{api_port}",
         "--kubeconfig-out",

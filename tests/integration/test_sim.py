@@ -24,10 +24,10 @@ import ollama
 import pytest
 import requests
 
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sim import audio
 from voicelane.sim.latency import Admission, LatencyProfile, ModelResidency, SlotBook, parse_keep_alive
 from voicelane.sim.replies import generate_reply, tokenize
-from voicelane.testing.processes import free_port, running, voicelane_argv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sidecar.config import TTSConfig
 from voicelane.sidecar.tts.base import SpeechRequest, TTSError, make_backend
 from voicelane.sidecar.tts.openai import OpenAIBackend, SpeechFormat, base_url, instructions_for
-from voicelane.testing.processes import free_port, running, voicelane_argv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 import requests
 
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sidecar.config import Protocol, UpstreamConfig
 from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError, make_client
 from voicelane.sidecar.upstream.decoding import OllamaChatDecoder, OpenAIChatDecoder, StreamFault
 from voicelane.sidecar.upstream.ollama import OllamaClient
 from voicelane.sidecar.upstream.openai import OpenAIClient
-from voicelane.testing.processes import free_port, running, voicelane_argv
 
 pytestmark = pytest.mark.timeout(60)
 

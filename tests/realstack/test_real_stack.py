@@ -14,8 +14,8 @@ import requests
 import yaml
 
 from voicelane.localstack import ensure_stack, llama_server_argv
+from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sidecar.audio import parse_wav
-from voicelane.testing.processes import free_port, running, voicelane_argv
 
 pytestmark = [pytest.mark.realstack, pytest.mark.timeout(600)]
 

@@ -31,7 +31,7 @@ from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL, LANE_RESOURCE,
 from voicelane.operator.crd import build_crd
 from voicelane.operator.render import render_children
 from voicelane.operator.status import lane_status
-from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
+from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 
 NAMESPACE = "bench"
 # The operator's API client runs its calls on asyncio's default thread pool (min(32, cores + 4)
@@ -104,7 +104,7 @@ def emulator(ctx: SuiteContext, name: str) -> Any:
         sys.executable,
         "-P",
         "-m",
-        "voicelane.testing.kube_emulator",
+        "tests.support.kube_emulator",
         f"--listen=127.0.0.1:{port}",
         f"--kubeconfig-out={kubeconfig}",
     ]
@@ -397,7 +397,7 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "poll_interval_s": size.poll_interval_s,
         "timeout_s": size.timeout_s,
         "operator": f"voicelane operator --kubeconfig PATH --namespace {NAMESPACE} --metrics-listen 127.0.0.1:PORT",
-        "emulator": "python -P -m voicelane.testing.kube_emulator --listen 127.0.0.1:PORT --kubeconfig-out PATH",
+        "emulator": "python -P -m tests.support.kube_emulator --listen 127.0.0.1:PORT --kubeconfig-out PATH",
     }
     notes = [
         "Times are measured by polling the API every poll_interval_s (lists of the lanes and of each child kind), "

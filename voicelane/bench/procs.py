@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from voicelane.demo import Tiers
-from voicelane.testing.processes import ManagedProcess, ProcessFailed, free_port, running, voicelane_argv
+from voicelane.processes import ManagedProcess, ProcessFailed, free_port, running, voicelane_argv
 
 
 @dataclass

@@ -1,25 +1,24 @@
-"""Fixtures for the operator tests: an API server, the operator process, and a lane per test.
+"""Fixtures for the operator tests: the Kubernetes API, the operator process, and a lane per test.
 
-By default the API is the Kubernetes API emulator (voicelane.testing.kube_emulator), started here
-as a process. With VOICELANE_TEST_KUBECONFIG set, the same tests run against that cluster instead:
-no emulator, no simulated Deployment controller, a namespace of their own that is deleted at the
-end (VOICELANE_TEST_READY_TIMEOUT bounds the wait for real pods to become ready). The CRD from
-manifests/crd/ is applied in both cases. kubectl comes from .tools/bin (`.ci/install-tools`).
+The API is the session's (tests/support/kube.py): the local control plane with KWOK nodes, or the
+cluster named by VOICELANE_TEST_KUBECONFIG (VOICELANE_TEST_READY_TIMEOUT bounds the wait for its real
+pods to become ready). The tests get a namespace of their own, deleted at the end, and the CRD from
+manifests/crd/. kubectl comes from .tools/bin (`.ci/install-tools`).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.operator.harness import CRD_DIR, REPO, Cluster, Lane, OperatorProcess, wait_until
-from voicelane.testing.processes import free_port, running
+from tests.integration.operator.harness import CRD_DIR, REPO, Cluster, Lane, OperatorProcess
+from tests.support.kube import KubeTarget
+from voicelane.processes import free_port
 
 KUBECTL = REPO / ".tools/bin/kubectl"
 
@@ -57,41 +56,22 @@ def _prepare(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster(kubectl_bin: Path, operator_logs: Path) -> Iterator[Cluster]:
-    cache_dir = operator_logs / "kubectl-cache"
-    real_kubeconfig = os.environ.get("VOICELANE_TEST_KUBECONFIG")
-    if real_kubeconfig:
-        real = Cluster(
-            kubectl_bin,
-            Path(real_kubeconfig),
-            namespace=f"voicelane-test-{secrets.token_hex(3)}",
-            cache_dir=cache_dir,
-            ready_timeout_s=float(os.environ.get("VOICELANE_TEST_READY_TIMEOUT", "1200")),
-            change_timeout_s=60.0,
-        )
-        _prepare(real)
-        try:
-            yield real
-        finally:
-            real.kubectl("delete", "namespace", real.namespace, "--wait=true", "--timeout=300s", check=False)
-        return
-
-    port = free_port()
-    kubeconfig = operator_logs / "emulator.kubeconfig"
-    argv = [
-        sys.executable,
-        "-P",  # as voicelane_argv: the repository's operator/ must not shadow the stdlib's operator
-        "-m",
-        "voicelane.testing.kube_emulator",
-        f"--listen=127.0.0.1:{port}",
-        f"--kubeconfig-out={kubeconfig}",
-    ]
-    control_url = f"http://127.0.0.1:{port}/_emulator"
-    with running(argv, ready_url=f"{control_url}/healthz", log_dir=operator_logs, name="kube-emulator"):
-        wait_until(kubeconfig.exists, 10, what="the emulator's kubeconfig")
-        emulated = Cluster(kubectl_bin, kubeconfig, "voicelane-test", cache_dir, control_url=control_url)
-        _prepare(emulated)
-        yield emulated
+def cluster(kubectl_bin: Path, operator_logs: Path, kube: KubeTarget) -> Iterator[Cluster]:
+    user_cluster = kube.local is None
+    subject = Cluster(
+        kubectl_bin,
+        kube.kubeconfig,
+        namespace=f"voicelane-test-{secrets.token_hex(3)}",
+        cache_dir=operator_logs / "kubectl-cache",
+        # Real pods on a user's cluster pull images and start; KWOK's are Ready at once.
+        ready_timeout_s=float(os.environ.get("VOICELANE_TEST_READY_TIMEOUT", "1200" if user_cluster else "60")),
+        change_timeout_s=60.0 if user_cluster else 30.0,
+    )
+    _prepare(subject)
+    try:
+        yield subject
+    finally:
+        subject.kubectl("delete", "namespace", subject.namespace, "--wait=true", "--timeout=300s", check=False)
 
 
 @pytest.fixture(scope="session")

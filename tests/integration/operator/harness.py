@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from voicelane.testing.processes import ManagedProcess, voicelane_argv
+from voicelane.processes import ManagedProcess, voicelane_argv
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "manifests/samples/voicelane.yaml"
@@ -119,7 +119,7 @@ class Cluster:
             self._control("POST", "/deployments/ready", {"namespace": self.namespace})
 
     def inject_fault(self, **fault: Any) -> bool:
-        """Add an emulator fault (see voicelane.testing.kube_emulator.Fault); False on a real cluster."""
+        """Add an emulator fault (see tests.support.kube_emulator.Fault); False on a real cluster."""
         if self.control_url is None:
             return False
         self._control("POST", "/faults", fault)

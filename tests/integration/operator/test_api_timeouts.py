@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration.operator.convergence import fault_hits, wait_converged
 from tests.integration.operator.harness import Cluster, Lane, OperatorProcess
-from voicelane.testing.processes import free_port
+from voicelane.processes import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(120)]
 

@@ -31,7 +31,7 @@ import pytest
 
 from tests.delivery.pod_security import violations
 from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, wait_until
-from voicelane.testing.processes import free_port, voicelane_argv
+from voicelane.processes import free_port, voicelane_argv
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(120)]
 

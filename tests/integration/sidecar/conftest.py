@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
+from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 from voicelane.sidecar.config import deep_merge
-from voicelane.testing.processes import ManagedProcess, free_port, running, voicelane_argv
 
 
 @dataclass

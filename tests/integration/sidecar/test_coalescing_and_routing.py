@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import requests
 
-from voicelane.testing.processes import ProcessFailed
+from voicelane.processes import ProcessFailed
 
 pytestmark = pytest.mark.timeout(90)
 

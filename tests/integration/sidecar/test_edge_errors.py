@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def sidecar_url(tmp_path_factory: pytest.TempPathFactory):
-    from voicelane.testing.processes import free_port, running, voicelane_argv
+    from voicelane.processes import free_port, running, voicelane_argv
 
     logs = tmp_path_factory.mktemp("logs")
     sim_port, port = free_port(), free_port()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tests.support.kube_emulator import merge_patch
 from voicelane.operator.apply import (
     APPLIED_FIELDS_ANNOTATION,
     Verb,
@@ -12,7 +13,6 @@ from voicelane.operator.apply import (
     plan_children,
     with_applied_fields,
 )
-from voicelane.testing.kube_emulator import merge_patch
 
 OWNER = "uid-of-the-lane"
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from tests.support.kube_emulator import merge_patch, parse_api_path
 from voicelane.operator.handlers import LaneReconciler, TransientApiError
 from voicelane.operator.metrics import OperatorMetrics
 from voicelane.operator.status import condition_of
-from voicelane.testing.kube_emulator import merge_patch, parse_api_path
 
 SAMPLE = Path(__file__).resolve().parents[3] / "manifests" / "samples" / "voicelane.yaml"
 KEY = ("voice", "lane")

@@ -34,7 +34,7 @@ Test controls live under `/_emulator/` (see `ControlApi`): a simulated Deploymen
 (mark Deployments rolled out and ready on demand), fault injection (error statuses, stalls,
 dropped connections, dropped watch streams) and counts of the verbs and resources used.
 
-Run it as a process: `python -m voicelane.testing.kube_emulator --listen 127.0.0.1:PORT
+Run it as a process: `python -m tests.support.kube_emulator --listen 127.0.0.1:PORT
 --kubeconfig-out PATH`; the kubeconfig it writes points `kubectl` and the operator at it.
 """
 
@@ -1611,9 +1611,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m voicelane.testing.kube_emulator", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.support.kube_emulator", description=__doc__.split("\n")[0])
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0), help="HOST:PORT (port 0: any free one)")
     parser.add_argument("--kubeconfig-out", type=Path, help="write a kubeconfig pointing at the emulator here")
     parser.add_argument(

@@ -10,7 +10,7 @@ import aiohttp
 import kmock
 import pytest
 
-from voicelane.testing.kube_emulator import Fault, KubeEmulator
+from tests.support.kube_emulator import Fault, KubeEmulator
 
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
