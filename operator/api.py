@@ -83,7 +83,11 @@ class SpecError(ValueError):
 
 
 class CelRule(NamedTuple):
-    """One cross-field rule, in CEL for the API server and in Python for the renderer."""
+    """One cross-field rule, in CEL for the API server and in Python for the renderer.
+
+    A rule that reads defaulted fields guards each with `has()`: the API server also checks rules
+    against the bare `{}` default of their object, before the fields' own defaults are filled in.
+    """
 
     rule: str
     message: str
@@ -313,12 +317,14 @@ class TierUpstreamSpec(SpecModel, UpstreamConfig):
 
     cel_rules = (
         CelRule(
-            "self.connectTimeoutSeconds <= self.firstTokenTimeoutSeconds",
+            "!has(self.connectTimeoutSeconds) || !has(self.firstTokenTimeoutSeconds)"
+            " || self.connectTimeoutSeconds <= self.firstTokenTimeoutSeconds",
             "connectTimeoutSeconds must not exceed firstTokenTimeoutSeconds",
             lambda u: u.connect_timeout_s <= u.first_token_timeout_s,
         ),
         CelRule(
-            "self.firstTokenTimeoutSeconds <= self.totalTimeoutSeconds",
+            "!has(self.firstTokenTimeoutSeconds) || !has(self.totalTimeoutSeconds)"
+            " || self.firstTokenTimeoutSeconds <= self.totalTimeoutSeconds",
             "firstTokenTimeoutSeconds must not exceed totalTimeoutSeconds",
             lambda u: u.first_token_timeout_s <= u.total_timeout_s,
         ),
@@ -429,7 +435,7 @@ class RateLimitPolicy(SpecModel, RateLimitConfig):
 
     cel_rules = (
         CelRule(
-            "double(self.burst) >= double(self.sustainedPerSecond)",
+            "!has(self.burst) || !has(self.sustainedPerSecond) || double(self.burst) >= double(self.sustainedPerSecond)",
             "burst must be at least sustainedPerSecond: a bucket smaller than one second of refill never fills",
             lambda r: r.burst >= r.sustained_per_s,
         ),
@@ -441,7 +447,7 @@ class GuardianPolicy(SpecModel, GuardianConfig):
 
     cel_rules = (
         CelRule(
-            "self.sustainSeconds >= self.sampleIntervalSeconds",
+            "!has(self.sustainSeconds) || !has(self.sampleIntervalSeconds) || self.sustainSeconds >= self.sampleIntervalSeconds",
             "sustainSeconds must be at least sampleIntervalSeconds: pressure is judged over one sample at least",
             lambda g: g.sustain_s >= g.sample_interval_s,
         ),
@@ -473,7 +479,9 @@ class TTFAPolicy(SpecModel, TTFAConfig):
 
     cel_rules = (
         CelRule(
-            "[self.targets.chat, self.targets.notification, self.targets.emailTldr]"
+            "!has(self.targets) || !has(self.expectedTtsSeconds) || !has(self.targets.chat)"
+            " || !has(self.targets.notification) || !has(self.targets.emailTldr)"
+            " || [self.targets.chat, self.targets.notification, self.targets.emailTldr]"
             ".all(t, self.expectedTtsSeconds < t)",
             "expectedTtsSeconds must be below every TTFA target: the model's deadline is the target minus it",
             lambda t: t.expected_tts_s < min(t.targets.chat, t.targets.notification, t.targets.email_tldr),
@@ -510,12 +518,12 @@ class TTSSpec(SpecModel, TTSConfig):
 
     cel_rules = (
         CelRule(
-            "self.backend != 'openai' || has(self.url)",
+            "!has(self.backend) || self.backend != 'openai' || has(self.url)",
             "url is required when backend is openai",
             lambda t: t.backend != "openai" or t.url is not None,
         ),
         CelRule(
-            "self.backend == 'openai' || !has(self.url)",
+            "(has(self.backend) && self.backend == 'openai') || !has(self.url)",
             "url is used only with backend: openai; set the backend too",
             lambda t: t.backend == "openai" or t.url is None,
         ),

@@ -1,5 +1,6 @@
 """Run a real Kubernetes control plane on 127.0.0.1: etcd, the API server, the controller manager,
-the scheduler, and KWOK, which plays the kubelet for simulated nodes.
+the scheduler, KWOK, which plays the kubelet for simulated nodes, and a stand-in volume provisioner
+(provisioner.py) behind the default StorageClass.
 
 Everything listens on 127.0.0.1 on free ports and talks only to 127.0.0.1. KWOK gives its pods
 made-up addresses (a 10.x range) and each node the address 127.0.0.1; no component is started with
@@ -20,6 +21,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,15 +33,18 @@ import yaml
 
 from voicelane.cluster import build
 from voicelane.cluster.pki import write_pki
+from voicelane.cluster.provisioner import STORAGE_CLASS
 
 DEFAULT_DIR = Path(".voicelane/cluster")
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The order they start in; they stop in reverse.
-COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
+# Named for the reader; the API server's default plugins (DefaultStorageClass, StorageObjectInUseProtection…)
+# stay on as well.
 ADMISSION_PLUGINS = (
-    "NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,Priority,PodSecurity,"
-    "MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota"
+    "NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,DefaultStorageClass,Priority,"
+    "PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota"
 )
 
 
@@ -131,6 +136,7 @@ class ControlPlane:
                     self._wait_ready(api_url, timeout_s)
             self._create_nodes()
             self._wait_nodes_ready(timeout_s)
+            self._wait_storage_class(timeout_s)
         except BaseException:
             self._say(f"!! the cluster did not come up; logs are in {self.folder / 'logs'}")
             self._stop_processes()
@@ -247,6 +253,15 @@ class ControlPlane:
                 "--node-lease-duration-seconds=40",
                 # Pod addresses are made up and never dialled; a /16 leaves room for thousands of pods.
                 "--cidr=10.244.0.0/16",
+            ]
+        if name == "provisioner":
+            return [
+                sys.executable,
+                "-P",
+                "-m",
+                "voicelane.cluster.provisioner",
+                f"--api-url={api_url}",
+                f"--pki={pki}",
             ]
         raise ValueError(name)
 
@@ -367,6 +382,16 @@ class ControlPlane:
                 return
             time.sleep(0.3)
         raise ClusterError(f"the KWOK nodes were not Ready within {timeout_s:.0f} s (ready: {ready})")
+
+    def _wait_storage_class(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_processes()
+            with contextlib.suppress(urllib.error.HTTPError):
+                self.request("GET", f"/apis/storage.k8s.io/v1/storageclasses/{STORAGE_CLASS}")
+                return
+            time.sleep(0.3)
+        raise ClusterError(f"the provisioner did not create the StorageClass {STORAGE_CLASS} within {timeout_s:.0f} s")
 
     def _check_processes(self) -> None:
         for name, entry in (self.state().get("processes") or {}).items():
