@@ -13,6 +13,7 @@ folder keeps their state (`state.json`), certificates, logs and the admin kubeco
 from __future__ import annotations
 
 import contextlib
+import io
 import dataclasses
 import json
 import os
@@ -115,7 +116,7 @@ class ControlPlane:
             self._say(f"==> {self.folder} holds a cluster that is not running; starting afresh")
             self.down()
             self.folder = self.folder.resolve()
-        binaries = build.ensure_all(out=self.out) if self.out else build.ensure_all(out=open(os.devnull, "w"))  # noqa: SIM115
+        binaries = build.ensure_all(out=self.out or io.StringIO())
         started = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "logs").mkdir(exist_ok=True)
