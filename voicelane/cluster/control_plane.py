@@ -13,8 +13,8 @@ folder keeps their state (`state.json`), certificates, logs and the admin kubeco
 from __future__ import annotations
 
 import contextlib
-import io
 import dataclasses
+import io
 import json
 import os
 import shutil
