@@ -107,6 +107,13 @@ BAD_VALUES: dict[str, tuple[list[str], str]] = {
     "bad digest": (["--set", "operator.image.digest=latest"], "at '/operator/image/digest'"),
     "string for a map": (["--set", "commonLabels=team"], "at '/commonLabels'"),
     "webhook timeout above 30 s": (["--set", "webhook.timeoutSeconds=60"], "at '/webhook/timeoutSeconds'"),
+    "webhook url over plain HTTP": (["--set", "webhook.url=http://10.0.0.5:9443/mutate-pods"], "at '/webhook/url'"),
+    "webhook url with a query": (["--set", "webhook.url=https://10.0.0.5:9443/mutate-pods?x=1"], "at '/webhook/url'"),
+    "caBundle not base64": (["--set", "webhook.caBundle=-----BEGIN CERTIFICATE-----"], "at '/webhook/caBundle'"),
+    "webhook url with cert-manager": (
+        ["--set", "webhook.url=https://10.0.0.5:9443/mutate-pods", "--set", "webhook.certManager.enabled=true"],
+        "at '/webhook/certManager/enabled'",
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""The chart starts the operator's injection webhook where its Service, port and certificate expect it."""
+"""The chart starts the operator's injection webhook where its Service, port and certificate expect it, or, with
+`webhook.url`, points the API server at a webhook served outside the cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.delivery.support import Render
+from tests.delivery.support import Render, render
 from voicelane.cli import build_parser
 
 Rendered = Callable[[str], Render]
@@ -38,3 +39,24 @@ def test_without_the_webhook_the_operator_serves_none(rendered: Rendered) -> Non
     flags = operator_flags(operator_of(rendered("defaults")))
     assert flags.webhook_listen is None
     assert flags.webhook_cert_dir is None
+
+
+EXTERNAL_URL = "https://10.0.0.5:9443/mutate-pods"
+EXTERNAL_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+
+
+def test_with_a_url_the_api_server_calls_it_and_trusts_the_given_ca() -> None:
+    result = render("defaults", "webhook.enabled=true", f"webhook.url={EXTERNAL_URL}", f"webhook.caBundle={EXTERNAL_CA}")
+    [hook] = result.one("MutatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"] == {"url": EXTERNAL_URL, "caBundle": EXTERNAL_CA}
+
+
+def test_with_a_url_nothing_in_the_cluster_serves_the_webhook() -> None:
+    result = render("defaults", "webhook.enabled=true", f"webhook.url={EXTERNAL_URL}")
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in result.documents}
+    assert not [name for kind, name in kinds if kind in ("Service", "Secret") and "webhook" in name]
+    flags = operator_flags(operator_of(result))
+    assert flags.webhook_listen is None
+    assert flags.webhook_cert_dir is None
+    [policy] = result.of_kind("NetworkPolicy")
+    assert [port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]] == ["metrics"]

@@ -98,6 +98,14 @@ release: {{ . | quote }}
 {{- end }}
 {{- end }}
 
+{{/*
+"true" when the operator pod itself serves the webhook: it is on and not served from outside the cluster
+(webhook.url). Empty otherwise, so the result can be used as a condition.
+*/}}
+{{- define "voicelane.webhook.servedInCluster" -}}
+{{- if and .Values.webhook.enabled (not .Values.webhook.url) }}true{{ end }}
+{{- end }}
+
 {{/* Where the operator finds the webhook's serving certificate (tls.crt, tls.key). */}}
 {{- define "voicelane.webhook.certDir" -}}
 /etc/voicelane/webhook-tls
