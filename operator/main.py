@@ -74,7 +74,10 @@ def connection_info(configuration: Any, default_namespace: str | None) -> Any:
     """kopf's view of the same credentials the kubernetes client resolved (tokens, certificates)."""
     import kopf
 
-    authorization = (configuration.api_key or {}).get("authorization") or ""
+    # The kubernetes client keeps a kubeconfig's or a service account's token under "BearerToken"
+    # (older releases: "authorization").
+    api_key = configuration.api_key or {}
+    authorization = api_key.get("BearerToken") or api_key.get("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if not token:
         scheme, token = "Bearer", scheme
