@@ -92,9 +92,15 @@ class CelRule(NamedTuple):
     rule: str
     message: str
     holds: Callable[[Any], bool]
+    # Where the API server reports a failure when that is not the rule's own object, e.g. `.metadata.name`
+    # for a rule on the whole lane (which it would otherwise report at no field at all).
+    field_path: str | None = None
 
     def as_validation(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message}
+        validation = {"rule": self.rule, "message": self.message}
+        if self.field_path is not None:
+            validation["fieldPath"] = self.field_path
+        return validation
 
 
 def k8s_field_name(python_name: str) -> str:
@@ -562,6 +568,7 @@ LANE_NAME_RULE = CelRule(
     f"metadata.name must be a DNS-1035 label of at most {MAX_LANE_NAME_LENGTH} characters "
     "(lowercase letters, digits, '-'; starting with a letter): it prefixes the lane's Services",
     lambda name: len(name) <= MAX_LANE_NAME_LENGTH and re.fullmatch(LANE_NAME_PATTERN, name) is not None,
+    field_path=".metadata.name",
 )
 
 # Sidecar configuration fields that no VoiceLane field reaches, and why.
