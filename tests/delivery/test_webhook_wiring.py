@@ -46,7 +46,9 @@ EXTERNAL_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
 
 
 def test_with_a_url_the_api_server_calls_it_and_trusts_the_given_ca() -> None:
-    result = render("defaults", "webhook.enabled=true", f"webhook.url={EXTERNAL_URL}", f"webhook.caBundle={EXTERNAL_CA}")
+    result = render(
+        "defaults", "webhook.enabled=true", f"webhook.url={EXTERNAL_URL}", f"webhook.caBundle={EXTERNAL_CA}"
+    )
     [hook] = result.one("MutatingWebhookConfiguration")["webhooks"]
     assert hook["clientConfig"] == {"url": EXTERNAL_URL, "caBundle": EXTERNAL_CA}
 
