@@ -369,7 +369,13 @@ class TierSpec(SpecModel):
         description="Ollama model to pull and keep loaded, e.g. llama3.2:1b.",
     )
     image: str = Field(DEFAULT_OLLAMA_IMAGE, max_length=512, pattern=IMAGE_PATTERN, description="Ollama image.")
-    replicas: int = Field(1, ge=0, le=64, description="Pods of this tier; more than 1 adds a PodDisruptionBudget.")
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Pods of this tier. Unset: the Deployment starts with 1 and its scale is left to others "
+        "(a HorizontalPodAutoscaler, kubectl scale). Unset or more than 1 adds a PodDisruptionBudget.",
+    )
     resources: ResourcesSpec
     keep_alive: GoDuration = Field(
         "15m",

@@ -1,32 +1,58 @@
-"""Decide how to bring a lane's children from their live state to their desired state.
+"""Decide what server-side apply does to each of a lane's children: apply, leave, delete or refuse.
 
-Pure logic, no I/O: given what the renderer wants and what the API server holds, say for each
-child whether to create it, patch it (and with which JSON merge patch), delete it, or leave it.
+Pure logic, no I/O; handlers.py carries the steps out. Every child is applied with server-side apply
+under one field manager, FIELD_MANAGER, with force: the operator is the authority over the fields it
+sets, and over those only. The API server does the merging: defaults it fills in and fields others
+set (an annotation, a label, the replicas of a tier that leaves them to an autoscaler) stay; fields
+the operator set once and no longer renders are removed.
 
-The patch is three-way, like kubectl's client-side apply. Fields the renderer sets are compared
-with the live object, so defaults the API server fills in and fields others own are left alone,
-and a re-run with nothing changed writes nothing. Fields the renderer set last time but no longer
-wants are removed; which ones those are is kept on the child in the APPLIED_FIELDS annotation (the
-shape of the desired object, without its values). Lists are replaced whole when they differ.
+No write when nothing changed. Server-side apply has no "diff" verb, and a no-op apply is still a
+write request, so the decision is made here, from two facts the live child carries:
+
+1. its `voicelane.dev/spec-hash` annotation (render.py), the digest of the rendering last applied.
+   When it differs from the rendering's, the lane (or the renderer) changed: apply.
+2. the fields FIELD_MANAGER owns: its Apply entry in metadata.managedFields. Whoever changes or
+   removes a field the operator set takes that field over (a `kubectl scale`, an edit, a patch), so
+   the operator's set shrinks; writing the same value moves nothing. The set the operator's last
+   apply left is remembered per child (`Applied`); a live set unlike it is drift: apply, which
+   takes the fields back. With nothing remembered (after a restart, for instance) the handler asks
+   the API server what an apply would leave, with a dry run (`dryRun=All`: judged, never stored),
+   and compares that instead (Verb.DRY_RUN).
+
+So an unchanged lane costs reads only, plus one dry run per child after an operator restart.
+
+A child's name held by an object another controller owns is left alone (CONFLICT). An object in the
+way that no one controls is not listed (no lane label), so an unlisted child is read by name first
+(FETCH), then taken over by the apply. Children the lane controls but no longer renders are deleted.
+
+Upgrading from an operator older than server-side apply: it wrote with JSON merge patches, kept the
+shape of what it had set in the annotation LEGACY_APPLIED_FIELDS_ANNOTATION, and the API server filed
+those fields under the kubernetes client's default manager name (LEGACY_FIELD_MANAGER, operation
+Update). Such a child is rewritten once (UPGRADE, `legacy_upgrade`): the annotation goes, and the old
+entry's fields move into FIELD_MANAGER's Apply entry, so a field the old operator set that the
+renderer no longer produces is removed by the next apply instead of staying behind for good (the same
+migration kubectl makes from client-side to server-side apply).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import decimal
 import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
+from voicelane.operator.render import ANNOTATION_SPEC_HASH
 
 LANE_LABEL = "voicelane.dev/lane"
 TIER_LABEL = "voicelane.dev/tier"
-APPLIED_FIELDS_ANNOTATION = "voicelane.dev/applied-fields"
+FIELD_MANAGER = "voicelane-operator"
+LEGACY_APPLIED_FIELDS_ANNOTATION = "voicelane.dev/applied-fields"
+LEGACY_FIELD_MANAGER = "OpenAPI-Generator"  # the API server's name for the kubernetes client's writes
 
 Body = Mapping[str, Any]
+FieldSet = Mapping[str, Any]  # a managedFields entry's fieldsV1
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +110,26 @@ def resource_of(obj: Body) -> ApiResource:
 
 
 class Verb(enum.StrEnum):
-    CREATE = "create"
-    PATCH = "patch"
+    CREATE = "create"  # apply a child that does not exist yet
+    APPLY = "apply"  # apply over a live child that differs
     DELETE = "delete"
     KEEP = "keep"
     CONFLICT = "conflict"  # the name is taken by an object another controller owns
+    FETCH = "fetch"  # not listed: read the name first (an unlabelled object may hold it)
+    DRY_RUN = "dry-run"  # unknown what our apply would own: ask the API server, then decide
+    UPGRADE = "upgrade"  # written by an operator older than server-side apply: migrate it once
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """What to do with one child. `body` is the full object to create or the merge patch."""
+    """What to do with one child. `body` is the object to apply, or the merge patch of an upgrade."""
 
     verb: Verb
     resource: ApiResource
     namespace: str
     name: str
     body: Body | None = None
-    changed: tuple[str, ...] = ()  # dotted paths a patch touches, for events and logs
+    changed: tuple[str, ...] = ()  # fields taken back from others, for events and logs
     message: str = ""
 
     @property
@@ -108,111 +137,139 @@ class Step:
         return f"{self.resource.kind}/{self.name}"
 
 
-def plan_children(desired: Sequence[Body], live: Iterable[Body], *, owner_uid: str) -> list[Step]:
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What applying one rendering of a child leaves: which object, and the fields FIELD_MANAGER owns."""
+
+    uid: str
+    spec_hash: str
+    fields: FieldSet
+
+    @classmethod
+    def of(cls, result: Body, desired: Body) -> Applied:
+        """From the answer to an apply (or its dry run) of `desired`."""
+        return cls(str((result.get("metadata") or {}).get("uid", "")), spec_hash_of(desired), owned_fields(result))
+
+
+def plan_children(
+    desired: Sequence[Body], listed: Iterable[Body], *, owner_uid: str, applied: Mapping[ChildKey, Applied]
+) -> list[Step]:
     """Steps for every desired child, then deletions of live children this lane no longer wants.
 
-    `live` holds the objects found by the lane label; only those this lane controls are pruned.
+    `listed` holds the objects found by the lane label; only those this lane controls are pruned.
+    `applied` is what the operator's last applies left, by `child_key`.
     """
-    live_by_key = {_key(obj): obj for obj in live}
+    listed_by_key = {child_key(obj): obj for obj in listed}
     steps: list[Step] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[ChildKey] = set()
     for obj in desired:
-        key = _key(obj)
+        key = child_key(obj)
         if key in seen:
-            raise ValueError(f"the renderer produced {key[1]}/{key[2]} twice")
+            raise ValueError(f"the renderer produced {key[0]}/{key[2]} twice")
         seen.add(key)
-        steps.append(plan_child(obj, live_by_key.get(key), owner_uid=owner_uid))
-    for key, obj in live_by_key.items():
+        live = listed_by_key.get(key)
+        if live is None:
+            steps.append(_step(Verb.FETCH, obj))
+        else:
+            steps.append(plan_child(obj, live, owner_uid=owner_uid, applied=applied.get(key)))
+    for key, obj in listed_by_key.items():
         if key not in seen and controller_uid(obj) == owner_uid:
-            resource = resource_of(obj)
-            steps.append(Step(Verb.DELETE, resource, _namespace(obj), key[2], message="no longer wanted"))
+            steps.append(_step(Verb.DELETE, obj, message="no longer wanted"))
     return steps
 
 
-def plan_child(desired: Body, live: Body | None, *, owner_uid: str) -> Step:
-    resource = resource_of(desired)
-    namespace, name = _namespace(desired), str(desired["metadata"]["name"])
-    wanted = with_applied_fields(desired)
+def plan_child(desired: Body, live: Body | None, *, owner_uid: str, applied: Applied | None) -> Step:
+    """What to do with one child whose live state is `live` (None: it does not exist)."""
     if live is None:
-        return Step(Verb.CREATE, resource, namespace, name, body=wanted)
+        return _step(Verb.CREATE, desired, body=desired)
     owner = controller_uid(live)
     if owner is not None and owner != owner_uid:
-        message = f"{resource.kind}/{name} exists and is controlled by another owner"
-        return Step(Verb.CONFLICT, resource, namespace, name, message=message)
-    patch = merge_patch(live, wanted)
-    if not patch:
-        return Step(Verb.KEEP, resource, namespace, name)
-    return Step(Verb.PATCH, resource, namespace, name, body=patch, changed=changed_paths(patch))
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        return _step(Verb.CONFLICT, desired, message=f"{kind}/{name} exists and is controlled by another owner")
+    upgrade = legacy_upgrade(live)
+    if upgrade is not None:
+        return _step(Verb.UPGRADE, desired, body=upgrade)
+    if _annotation(live, ANNOTATION_SPEC_HASH) != spec_hash_of(desired):
+        return _step(Verb.APPLY, desired, body=desired)
+    uid = str(live["metadata"].get("uid", ""))
+    if applied is None or applied.uid != uid or applied.spec_hash != spec_hash_of(desired):
+        return _step(Verb.DRY_RUN, desired, body=desired)
+    live_fields = owned_fields(live)
+    if live_fields != applied.fields:
+        return _step(Verb.APPLY, desired, body=desired, changed=field_paths(subtract(applied.fields, live_fields)))
+    return _step(Verb.KEEP, desired)
 
 
-def with_applied_fields(desired: Body) -> dict[str, Any]:
-    """The desired object, without null values (no opinion), recording its shape on itself."""
-    wanted: dict[str, Any] = _drop_nulls(desired)
-    metadata = wanted.setdefault("metadata", {})
-    annotations = dict(metadata.get("annotations") or {})
-    annotations.pop(APPLIED_FIELDS_ANNOTATION, None)
-    metadata["annotations"] = annotations
-    shape = field_shape(wanted)
-    annotations[APPLIED_FIELDS_ANNOTATION] = json.dumps(shape, sort_keys=True, separators=(",", ":"))
-    return wanted
+def legacy_upgrade(live: Body) -> dict[str, Any] | None:
+    """The merge patch that migrates a child an older operator wrote (see the module docstring), or None.
+
+    It carries the live resourceVersion, so the API server refuses it if the child changed meanwhile.
+    """
+    metadata = live.get("metadata") or {}
+    if LEGACY_APPLIED_FIELDS_ANNOTATION not in (metadata.get("annotations") or {}):
+        return None
+    entries: list[Mapping[str, Any]] = list(metadata.get("managedFields") or [])
+    legacy = [entry for entry in entries if _is_legacy_entry(entry)]
+    ours = [entry for entry in entries if _is_our_apply_entry(entry)]
+    fields: FieldSet = {}
+    for entry in legacy + ours:
+        fields = union(fields, entry.get("fieldsV1") or {})
+    fields = subtract(fields, {"f:metadata": {"f:annotations": {f"f:{LEGACY_APPLIED_FIELDS_ANNOTATION}": {}}}})
+    kept = [entry for entry in entries if entry not in legacy and entry not in ours]
+    api_version = str(live.get("apiVersion", ""))
+    merged = {"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": api_version, "fieldsType": "FieldsV1"}
+    return {
+        "metadata": {
+            "resourceVersion": metadata.get("resourceVersion"),
+            "annotations": {LEGACY_APPLIED_FIELDS_ANNOTATION: None},
+            "managedFields": [*kept, {**merged, "fieldsV1": fields}],
+        }
+    }
 
 
-def field_shape(obj: Body) -> dict[str, Any]:
-    """The keys of `obj`, nested as in it, with 0 for every leaf; identity fields left out."""
-    shape = _shape(obj)
-    metadata = shape.get("metadata")
-    if isinstance(metadata, dict):
-        for identity in ("name", "namespace"):
-            metadata.pop(identity, None)
-        annotations = metadata.get("annotations")
-        if isinstance(annotations, dict):
-            annotations.pop(APPLIED_FIELDS_ANNOTATION, None)
-    return shape
+def owned_fields(obj: Body) -> FieldSet:
+    """The fields FIELD_MANAGER's apply owns on `obj` (empty when it owns none)."""
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if _is_our_apply_entry(entry):
+            fields: FieldSet = entry.get("fieldsV1") or {}
+            return fields
+    return {}
 
 
-def applied_fields(obj: Body) -> Mapping[str, Any]:
-    """The shape recorded at the last apply; empty when absent or unreadable."""
-    text = ((obj.get("metadata") or {}).get("annotations") or {}).get(APPLIED_FIELDS_ANNOTATION)
-    if not text:
-        return {}
-    try:
-        shape = json.loads(text)
-    except ValueError:
-        return {}
-    return shape if isinstance(shape, dict) else {}
+def union(left: FieldSet, right: FieldSet) -> dict[str, Any]:
+    merged = dict(left)
+    for key, value in right.items():
+        merged[key] = union(merged[key], value) if key in merged else value
+    return merged
 
 
-def merge_patch(live: Body, wanted: Body) -> dict[str, Any]:
-    """The JSON merge patch that makes `live` carry every field of `wanted` (empty: nothing to do)."""
-    return _diff(live, wanted, applied_fields(live), ())
+def subtract(fields: FieldSet, removed: FieldSet) -> dict[str, Any]:
+    """The fields of `fields` not in `removed`; a member whose subfields all go, goes too."""
+    rest: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key not in removed:
+            rest[key] = value
+        elif value and removed[key]:
+            below = subtract(value, removed[key])
+            if below and set(below) != {"."}:
+                rest[key] = below
+    return rest
 
 
-def covers(live: Any, wanted: Any, path: tuple[str, ...] = ()) -> bool:
-    """Whether `live` already carries `wanted`: extra keys in live maps (server defaults) are fine."""
-    if isinstance(wanted, Mapping):
-        return isinstance(live, Mapping) and all(
-            covers(live[key], value, (*path, key)) if key in live else _empty(value) for key, value in wanted.items()
-        )
-    if isinstance(wanted, list):
-        return (
-            isinstance(live, list)
-            and len(live) == len(wanted)
-            and all(covers(item, want, path) for item, want in zip(live, wanted, strict=True))
-        )
-    return _same_scalar(live, wanted, path)
+def field_paths(fields: FieldSet) -> tuple[str, ...]:
+    """Readable paths of a fieldsV1 set's members, e.g. `spec.template.spec.containers[name=ollama].env`."""
+    return tuple(dict.fromkeys(path.removeprefix(".") for path in _paths(fields, "")))
 
 
-def changed_paths(patch: Body, prefix: str = "") -> tuple[str, ...]:
+def _paths(fields: FieldSet, prefix: str) -> list[str]:
     paths: list[str] = []
-    for key, value in patch.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if path == f"metadata.annotations.{APPLIED_FIELDS_ANNOTATION}":
+    for key, value in fields.items():
+        if key == ".":  # the member itself, as opposed to its fields
+            paths.append(prefix)
             continue
-        if isinstance(value, Mapping) and value:
-            paths.extend(changed_paths(value, path))
-        else:
-            paths.append(path)
-    return tuple(paths)
+        path = prefix + _path_part(key)
+        paths.extend(_paths(value, path) if value else [path])
+    return paths
 
 
 def controller_uid(obj: Body) -> str | None:
@@ -222,98 +279,48 @@ def controller_uid(obj: Body) -> str | None:
     return None
 
 
-def _diff(live: Body, wanted: Body, before: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    patch: dict[str, Any] = {}
-    for key, value in wanted.items():
-        here = live.get(key, _MISSING)
-        if isinstance(value, Mapping) and isinstance(here, Mapping):
-            was = before.get(key)
-            sub = _diff(here, value, was if isinstance(was, Mapping) else {}, (*path, key))
-            if sub:
-                patch[key] = sub
-        elif here is _MISSING:
-            if not _empty(value):  # the API server drops empty maps and lists: no difference
-                patch[key] = copy.deepcopy(value)
-        elif not covers(here, value, (*path, key)):
-            patch[key] = copy.deepcopy(value)
-    for key, was in before.items():
-        if key in wanted or key not in live:
-            continue
-        if isinstance(was, Mapping) and isinstance(live[key], Mapping):
-            # Remove only what we set: a map we stopped filling may hold others' keys too.
-            removals = _removals(live[key], was)
-            if removals:
-                patch[key] = removals
-        else:
-            patch[key] = None
-    return patch
+def spec_hash_of(obj: Body) -> str:
+    return _annotation(obj, ANNOTATION_SPEC_HASH) or ""
 
 
-def _empty(value: Any) -> bool:
-    return isinstance(value, Mapping | list) and not value
+def child_key(obj: Body) -> ChildKey:
+    metadata = obj.get("metadata") or {}
+    return (str(obj.get("kind", "")), str(metadata.get("namespace") or ""), str(metadata.get("name", "")))
 
 
-def _removals(live: Body, was: Mapping[str, Any]) -> dict[str, Any]:
-    removals: dict[str, Any] = {}
-    for key, shape in was.items():
-        if key not in live:
-            continue
-        if isinstance(shape, Mapping) and isinstance(live[key], Mapping):
-            sub = _removals(live[key], shape)
-            if sub:
-                removals[key] = sub
-        else:
-            removals[key] = None
-    return removals
+def _step(verb: Verb, obj: Body, *, body: Body | None = None, changed: tuple[str, ...] = (), message: str = "") -> Step:
+    _, namespace, name = child_key(obj)
+    return Step(verb, resource_of(obj), namespace, name, body=body, changed=changed, message=message)
 
 
-def _shape(value: Any) -> Any:
-    if isinstance(value, Mapping) and value:
-        return {key: _shape(item) for key, item in value.items()}
-    return 0
+def _annotation(obj: Body, name: str) -> str | None:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(name)
+    return None if value is None else str(value)
 
 
-def _drop_nulls(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _drop_nulls(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_drop_nulls(item) for item in value]
-    return value
+def _is_our_apply_entry(entry: Mapping[str, Any]) -> bool:
+    return entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply" and not entry.get("subresource")
 
 
-def _same_scalar(live: Any, wanted: Any, path: tuple[str, ...]) -> bool:
-    if isinstance(live, bool) or isinstance(wanted, bool):
-        return live is wanted
-    if live == wanted:
-        return True
-    # The API server writes quantities in canonical form ("0.5" comes back as "500m").
-    if _is_quantity_path(path):
-        left, right = _quantity(live), _quantity(wanted)
-        return left is not None and left == right
-    return False
+def _is_legacy_entry(entry: Mapping[str, Any]) -> bool:
+    return (
+        entry.get("manager") == LEGACY_FIELD_MANAGER
+        and entry.get("operation") == "Update"
+        and not entry.get("subresource")
+    )
 
 
-def _is_quantity_path(path: tuple[str, ...]) -> bool:
-    return "resources" in path or (bool(path) and path[-1] in ("sizeLimit", "storage"))
-
-
-def _quantity(value: Any) -> decimal.Decimal | None:
-    try:
-        return parse_quantity(value)
-    except ValueError:
-        return None
-
-
-def _key(obj: Body) -> tuple[str, str, str]:
-    return (_namespace(obj), str(obj.get("kind", "")), str((obj.get("metadata") or {}).get("name", "")))
-
-
-def _namespace(obj: Body) -> str:
-    return str((obj.get("metadata") or {}).get("namespace") or "")
-
-
-class _Missing:
-    pass
-
-
-_MISSING: Any = _Missing()
+def _path_part(key: str) -> str:
+    """One fieldsV1 key as a path step: f:name → .name, k:{"name":"x"} → [name=x], v:"a" → [="a"], i:0 → [0]."""
+    kind, _, rest = key.partition(":")
+    if kind == "f":
+        return f".{rest}" if rest else ""
+    if kind == "k":
+        try:
+            keys = json.loads(rest)
+        except ValueError:
+            return f"[{rest}]"
+        return "[" + ",".join(f"{name}={value}" for name, value in sorted(keys.items())) + "]"
+    if kind == "v":
+        return f"[={rest}]"
+    return f"[{rest}]"

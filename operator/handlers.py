@@ -3,10 +3,11 @@
 The handlers are thin. A lane's create/resume/update calls `LaneReconciler.reconcile` (errors go
 back to kopf, which retries); the periodic resync and every event on a child (watched by the
 `voicelane.dev/lane` label, server-side) call `LaneReconciler.kick`, which coalesces bursts so a
-lane is reconciled once per burst and retries failures with backoff itself. A reconcile
-renders the desired children (render.py), lists the live ones, applies the plan from apply.py with
-the official kubernetes client, computes the status with status.py, writes it when it changed, and
-posts Events for what a user would want to know. Reconciles of one lane never overlap.
+lane is reconciled once per burst and retries failures with backoff itself. A reconcile renders the
+desired children (render.py), lists the live ones, carries out the steps apply.py decides with the
+official kubernetes client (server-side apply under one field manager; apply.py says when a child
+needs no write at all), computes the status with status.py, writes it when it changed, and posts
+Events for what a user would want to know. Reconciles of one lane never overlap.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ from voicelane.operator import render
 from voicelane.operator.api import SpecError
 from voicelane.operator.apply import (
     CHILD_RESOURCES,
+    FIELD_MANAGER,
     LANE_LABEL,
     LANE_RESOURCE,
     ApiResource,
+    Applied,
+    ChildKey,
     Step,
     Verb,
+    child_key,
     plan_child,
     plan_children,
 )
@@ -96,12 +101,24 @@ class KubeApi:
         return await self._call("POST", path, body=body)
 
     async def patch(self, path: str, body: Mapping[str, Any]) -> Body | None:
+        """A JSON merge patch (lane status, a child's one-off upgrade); None when the object is gone."""
         try:
             return await self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def apply(self, path: str, body: Mapping[str, Any], *, dry_run: bool = False) -> Body:
+        """Server-side apply `body` as FIELD_MANAGER, taking over fields others hold (force).
+
+        A dry run is judged by the API server (admission, defaults, field ownership) but not stored.
+        """
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        # A JSON body is valid YAML, which the apply patch type takes.
+        return await self._call("PATCH", path, body=body, query=query, content_type="application/apply-patch+yaml")
 
     async def delete(self, path: str) -> None:
         with contextlib.suppress(ApiException):  # a 404 means done; others surface on the next resync
@@ -186,7 +203,10 @@ class LaneReconciler:
         self._retries: set[asyncio.Task[None]] = set()
         # The resourceVersion of each child as our last write left it: the watch event that
         # echoes our own write is no news and needs no reconcile.
-        self._written: dict[tuple[str, str, str], str] = {}
+        self._written: dict[ChildKey, str] = {}
+        # Per lane, what the last apply (or a verified dry run) of each child left: with it, an
+        # unchanged child needs no request at all (see apply.py).
+        self._applied: dict[LaneKey, dict[ChildKey, Applied]] = {}
 
     async def reconcile(self, key: LaneKey) -> Outcome:
         """Reconcile now (after any running reconcile of the lane); TransientApiError propagates."""
@@ -222,14 +242,15 @@ class LaneReconciler:
     def is_echo(self, child: Mapping[str, Any]) -> bool:
         """Whether a child's watch event only reports the state our own last write left."""
         metadata = child.get("metadata") or {}
-        return self._written.get(_child_key(child)) == metadata.get("resourceVersion")
+        return self._written.get(child_key(child)) == metadata.get("resourceVersion")
 
     def forget(self, child: Mapping[str, Any]) -> None:
-        self._written.pop(_child_key(child), None)
+        self._written.pop(child_key(child), None)
 
     def forget_lane(self, key: LaneKey) -> None:
         """Drop what is kept about a deleted lane (its children's echoes go with their events)."""
         self.metrics.forget_lane(key)
+        self._applied.pop(key, None)
         self._recovered(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked() and key not in self._queued:
@@ -279,6 +300,7 @@ class LaneReconciler:
         lane = await self.api.get(LANE_RESOURCE.object_path(namespace, name))
         if lane is None:
             self.metrics.forget_lane(key)
+            self._applied.pop(key, None)
             return Outcome("unchanged", "the lane is gone")
         if lane["metadata"].get("deletionTimestamp"):
             return Outcome("unchanged", "the lane is being deleted; garbage collection removes its children")
@@ -291,64 +313,80 @@ class LaneReconciler:
             await self._publish_status(lane, lane_status(lane, live, [], problem=invalid))
             return Outcome("invalid", invalid.message)
 
-        steps = plan_children(desired, live, owner_uid=str(lane["metadata"]["uid"]))
-        wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])): obj for obj in desired}
+        owner_uid = str(lane["metadata"]["uid"])
+        known = self._applied.get(key, {})
+        steps = plan_children(desired, live, owner_uid=owner_uid, applied=known)
+        wanted = {child_key(obj): obj for obj in desired}
+        listed = {child_key(obj): obj for obj in live}
+        applied: dict[ChildKey, Applied] = {}
         children: list[Body] = []
         done: list[Step] = []
         problem: Problem | None = None
         for step in steps:
+            child = (step.resource.kind, step.namespace, step.name)
             try:
-                result, performed = await self._perform(step, wanted.get((step.resource.kind, step.name)), lane, live)
+                result, performed = await self._perform(
+                    step, wanted.get(child), listed.get(child), owner_uid=owner_uid, known=known.get(child)
+                )
             except ApiException as exc:  # a refusal (4xx): show it, keep applying the rest
                 problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(exc)}")
                 continue
             if performed.verb == Verb.CONFLICT:
                 problem = Problem("ChildConflict", performed.message)
-            if performed.verb not in (Verb.KEEP, Verb.CONFLICT):
+            if performed.verb in (Verb.CREATE, Verb.APPLY, Verb.DELETE):
                 done.append(performed)
-            if performed.verb in (Verb.CREATE, Verb.PATCH) and result is not None:
-                self._written[_child_key(result)] = str(result["metadata"].get("resourceVersion"))
-            if result is not None:
-                children.append(result)
+            if result is None:
+                continue
+            children.append(result)
+            if performed.verb in (Verb.CREATE, Verb.APPLY):
+                self._written[child] = str(result["metadata"].get("resourceVersion"))
+            if child in wanted:
+                applied[child] = Applied.of(result, wanted[child])
+        self._applied[key] = applied
         status = lane_status(lane, children, warnings, problem=problem)
         self._post_change_events(lane, done)
         await self._publish_status(lane, status)
         return Outcome("applied" if done else "unchanged")
 
     async def _perform(
-        self, step: Step, desired: Mapping[str, Any] | None, lane: Mapping[str, Any], live: Sequence[Body]
+        self,
+        step: Step,
+        desired: Mapping[str, Any] | None,
+        current: Body | None,
+        *,
+        owner_uid: str,
+        known: Applied | None,
     ) -> tuple[Body | None, Step]:
-        """Carry out one step; returns the child as it now is (None once deleted) and what was done."""
+        """Carry out one step; returns the child as it now is (None once deleted) and what was done.
+
+        The preliminary steps (read, upgrade, dry run) each end in a fresh plan for the child, so only
+        KEEP, CONFLICT, DELETE, CREATE and APPLY come back.
+        """
         path = step.resource.object_path(step.namespace, step.name)
-        current = next(
-            (o for o in live if o.get("kind") == step.resource.kind and o["metadata"].get("name") == step.name),
-            None,
-        )
+        if step.verb == Verb.DELETE:
+            await self.api.delete(path)
+            return None, step
+        assert desired is not None
+        if step.verb == Verb.FETCH:
+            current = await self.api.get(path)
+            step = plan_child(desired, current, owner_uid=owner_uid, applied=known)
+        if step.verb == Verb.UPGRADE:
+            assert step.body is not None
+            current = await self.api.patch(path, step.body)  # None: deleted meanwhile
+            logger.info("Moved %s to server-side apply (field manager %s).", step.title, FIELD_MANAGER)
+            step = plan_child(desired, current, owner_uid=owner_uid, applied=None)
+        if step.verb == Verb.DRY_RUN:
+            rehearsal = await self.api.apply(path, desired, dry_run=True)
+            step = plan_child(desired, current, owner_uid=owner_uid, applied=Applied.of(rehearsal, desired))
         if step.verb == Verb.KEEP:
             return current, step
         if step.verb == Verb.CONFLICT:
             return None, step
-        if step.verb == Verb.DELETE:
-            await self.api.delete(path)
-            return None, step
-        assert step.body is not None
-        assert desired is not None
-        if step.verb == Verb.PATCH:
-            patched = await self.api.patch(path, step.body)
-            if patched is not None:
-                return patched, step
-            step = plan_child(desired, None, owner_uid=str(lane["metadata"]["uid"]))  # gone meanwhile
-        try:
-            return await self.api.create(step.resource.collection_path(step.namespace), step.body or {}), step
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        # It exists after all (created meanwhile, or without our label): patch what differs.
-        fetched = await self.api.get(path)
-        retry = plan_child(desired, fetched, owner_uid=str(lane["metadata"]["uid"]))
-        if retry.verb == Verb.PATCH and retry.body is not None:
-            return await self.api.patch(path, retry.body), retry
-        return fetched, retry
+        result = await self.api.apply(path, desired)
+        version = result["metadata"].get("resourceVersion")
+        if current is not None and version == current["metadata"].get("resourceVersion"):
+            return result, dataclasses.replace(step, verb=Verb.KEEP)  # the API server had nothing to change
+        return result, step
 
     async def _live_children(self, lane: Mapping[str, Any]) -> list[Body]:
         namespace, name = lane["metadata"]["namespace"], lane["metadata"]["name"]
@@ -377,7 +415,7 @@ class LaneReconciler:
             return
         generation = lane["metadata"].get("generation")
         drift = (lane.get("status") or {}).get("observedGeneration") == generation
-        words = {Verb.CREATE: "created", Verb.PATCH: "updated", Verb.DELETE: "deleted"}
+        words = {Verb.CREATE: "created", Verb.APPLY: "updated", Verb.DELETE: "deleted"}
         parts = []
         for step in done:
             fields = f" ({', '.join(step.changed[:4])}{', …' if len(step.changed) > 4 else ''})" if step.changed else ""
@@ -413,11 +451,6 @@ def post_kopf_event(lane: Mapping[str, Any], type: str, *, reason: str, message:
     # which keeps kopf's own "handler succeeded" chatter off the lanes and their children.
     # kopf's signature wants its Body wrapper; it takes a raw object as well.
     kopf.event(cast(Any, lane), type=type, reason=reason, message=message)
-
-
-def _child_key(child: Mapping[str, Any]) -> tuple[str, str, str]:
-    metadata = child.get("metadata") or {}
-    return (str(child.get("kind")), str(metadata.get("namespace")), str(metadata.get("name")))
 
 
 def _tier_warnings(lane: Mapping[str, Any]) -> list[str]:

@@ -44,8 +44,9 @@ LANE_STATUS_VERBS = ("patch",)
 # Children's owner references set blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
 # admission plugin is on, that needs update on the owner's finalizers. No request uses this verb.
 LANE_FINALIZERS_VERBS = ("update",)
-# The reconciler lists a lane's children by label, creates and patches them, deletes the ones no
-# longer wanted, and gets one when a create finds it already there; kopf watches them for drift.
+# The reconciler lists a lane's children by label, applies them (server-side apply and its dry runs
+# are patches; one that creates the object is also checked for create), deletes the ones no longer
+# wanted, and gets one by name that the label did not list; kopf watches them for drift.
 CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 # kopf posts the Events the handlers emit (core v1 Events).
 EVENT_VERBS = ("create",)

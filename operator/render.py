@@ -11,7 +11,8 @@ Per tier (`fast`, `deep`):
   11434);
 - a PersistentVolumeClaim `<lane>-<tier>-models` when `storage.size` is given
   (`existingClaim` is mounted as is; without storage an emptyDir holds the models);
-- a PodDisruptionBudget `<lane>-<tier>` when the tier has more than one replica.
+- a PodDisruptionBudget `<lane>-<tier>` when the tier has more than one replica, or leaves
+  its replicas unset (to an autoscaler: the Deployment then has no `replicas` of the operator's).
 Lane-wide: the ConfigMap `<lane>-sidecar` (`sidecar.yaml`, the complete sidecar
 configuration) and the NetworkPolicy `<lane>-ollama`.
 
@@ -258,7 +259,8 @@ def tier_warnings(spec: VoiceLaneSpec | Mapping[str, Any]) -> list[str]:
             )
         storage = tier_spec.storage
         uses_claim = storage is not None and (storage.size is not None or storage.existing_claim is not None)
-        if uses_claim and storage is not None and tier_spec.replicas > 1 and storage.access_mode != "ReadWriteMany":
+        several = tier_spec.replicas is not None and tier_spec.replicas > 1
+        if uses_claim and storage is not None and several and storage.access_mode != "ReadWriteMany":
             warnings.append(
                 f"spec.{tier}.storage is a {storage.access_mode} claim "
                 f"shared by {tier_spec.replicas} replicas: "
@@ -468,12 +470,14 @@ def _deployment(
         strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     metadata = _metadata(tier_name(lane_name, tier), namespace, labels, owner)
     metadata["annotations"] = dict(TIER_CHECKOV_SKIPS)
+    # Unset replicas are left out, so the operator owns no scale and an autoscaler's stays.
+    scale = {} if tier_spec.replicas is None else {"replicas": tier_spec.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": tier_spec.replicas,
+            **scale,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
             "selector": {"matchLabels": selector_labels(lane_name, tier)},
@@ -535,8 +539,8 @@ def _claim(
 def _disruption_budget(
     lane_name: str, namespace: str, tier: TierName, tier_spec: TierSpec, owner: dict[str, Any]
 ) -> dict[str, Any] | None:
-    if tier_spec.replicas <= 1:
-        return None
+    if tier_spec.replicas is not None and tier_spec.replicas <= 1:
+        return None  # unset replicas may be scaled up by others: the budget is kept for them
     labels = lane_labels(lane_name, component="model-server", tier=tier)
     return {
         "apiVersion": "policy/v1",

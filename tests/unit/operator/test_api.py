@@ -43,7 +43,7 @@ def dumped_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
 def test_defaults_of_a_minimal_lane(minimal_lane: dict) -> None:
     spec = parse_spec(minimal_lane["spec"])
     assert spec.fast.image == DEFAULT_OLLAMA_IMAGE != "ollama/ollama:latest"
-    assert (spec.fast.replicas, spec.fast.keep_alive, spec.fast.rewarm_interval) == (1, "15m", "30m")
+    assert (spec.fast.replicas, spec.fast.keep_alive, spec.fast.rewarm_interval) == (None, "15m", "30m")
     assert spec.fast.storage is None
     assert spec.routing.fast_max_chars == 130
     targets = spec.policy.ttfa.targets

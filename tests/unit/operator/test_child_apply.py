@@ -1,145 +1,151 @@
-"""Planning a child's apply: create what is missing, patch only what differs, remove what we dropped."""
+"""Deciding a child's apply: apply what changed or drifted, leave the rest without a request, refuse others'."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from tests.support.kube_emulator import merge_patch
 from voicelane.operator.apply import (
-    APPLIED_FIELDS_ANNOTATION,
+    FIELD_MANAGER,
+    LEGACY_APPLIED_FIELDS_ANNOTATION,
+    LEGACY_FIELD_MANAGER,
+    Applied,
     Verb,
+    field_paths,
+    legacy_upgrade,
     plan_child,
     plan_children,
-    with_applied_fields,
 )
+from voicelane.operator.render import ANNOTATION_SPEC_HASH, spec_hash
 
 OWNER = "uid-of-the-lane"
+OURS = {
+    "f:metadata": {"f:annotations": {"f:voicelane.dev/spec-hash": {}}, "f:labels": {"f:voicelane.dev/lane": {}}},
+    "f:spec": {
+        "f:replicas": {},
+        "f:template": {"f:spec": {"f:containers": {'k:{"name":"ollama"}': {".": {}, "f:image": {}, "f:name": {}}}}},
+    },
+}
 
 
-def deployment(**spec: Any) -> dict[str, Any]:
-    return {
+def deployment(replicas: int = 1) -> dict[str, Any]:
+    """A rendered Deployment: its spec hash annotation is the digest of the rest, as render.py writes it."""
+    child: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
             "name": "lane-fast",
             "namespace": "voice",
-            "labels": {"voicelane.dev/lane": "lane", "voicelane.dev/tier": "fast"},
+            "labels": {"voicelane.dev/lane": "lane"},
             "ownerReferences": [{"kind": "VoiceLane", "name": "lane", "uid": OWNER, "controller": True}],
         },
-        "spec": {
-            "replicas": 1,
-            "template": {
-                "spec": {
-                    "containers": [
-                        {"name": "ollama", "image": "ollama/ollama:0.24.0", "resources": {"limits": {"cpu": "2"}}}
-                    ]
-                }
-            },
-            **spec,
-        },
+        "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "ollama", "image": "ollama"}]}}},
+    }
+    child["metadata"]["annotations"] = {ANNOTATION_SPEC_HASH: spec_hash(child)}
+    return child
+
+
+def entry(manager: str, fields: dict[str, Any], operation: str = "Update", **more: str) -> dict[str, Any]:
+    return {"manager": manager, "operation": operation, "apiVersion": "apps/v1", "fieldsType": "FieldsV1"} | {
+        "fieldsV1": fields,
+        **more,
     }
 
 
-def as_stored(desired: dict[str, Any]) -> dict[str, Any]:
-    """What an API server returns after creating it: server fields and defaults added."""
-    stored = copy.deepcopy(with_applied_fields(desired))
-    stored["metadata"].update(uid="child-uid", resourceVersion="7", creationTimestamp="2025-01-01T00:00:00Z")
-    stored["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "1"
-    stored["spec"]["strategy"] = {"type": "RollingUpdate"}
-    container = stored["spec"]["template"]["spec"]["containers"][0]
-    container["terminationMessagePath"] = "/dev/termination-log"
-    stored["status"] = {"readyReplicas": 1}
-    return stored
+def stored(desired: dict[str, Any], *managed: dict[str, Any]) -> dict[str, Any]:
+    """What the API server holds after applying `desired`: server fields, and who manages what."""
+    live = copy.deepcopy(desired)
+    live["metadata"].update(uid="child-uid", resourceVersion="7")
+    live["metadata"]["managedFields"] = list(managed) or [entry(FIELD_MANAGER, OURS, "Apply")]
+    live["spec"]["strategy"] = {"type": "RollingUpdate"}
+    live["status"] = {"readyReplicas": 1}
+    return live
 
 
-def test_a_missing_child_is_created_with_the_fields_it_sets_recorded() -> None:
-    step = plan_child(deployment(), None, owner_uid=OWNER)
-
-    assert step.verb == Verb.CREATE
-    assert step.body is not None
-    assert step.body["spec"]["replicas"] == 1
-    assert '"replicas":0' in step.body["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION]
+def remembered(desired: dict[str, Any], fields: dict[str, Any] = OURS) -> Applied:
+    return Applied("child-uid", desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH], fields)
 
 
-def test_server_defaults_and_others_annotations_are_no_reason_to_write() -> None:
-    assert plan_child(deployment(), as_stored(deployment()), owner_uid=OWNER).verb == Verb.KEEP
+def test_a_missing_child_is_created_from_the_rendering_as_is() -> None:
+    step = plan_child(deployment(), None, owner_uid=OWNER, applied=None)
+
+    assert (step.verb, step.body) == (Verb.CREATE, deployment())
 
 
-def test_a_quantity_in_canonical_form_counts_as_the_same() -> None:
+def test_a_child_the_lane_label_did_not_list_is_read_by_name_first() -> None:
+    [step] = plan_children([deployment()], [], owner_uid=OWNER, applied={})
+
+    assert step.verb == Verb.FETCH
+
+
+def test_an_unchanged_child_still_owning_what_it_was_applied_with_needs_no_request() -> None:
     desired = deployment()
-    desired["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "0.5", "memory": "1Gi"}}
-    live = as_stored(desired)
-    live["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "500m", "memory": "1024Mi"}}
 
-    assert plan_child(desired, live, owner_uid=OWNER).verb == Verb.KEEP
+    assert plan_child(desired, stored(desired), owner_uid=OWNER, applied=remembered(desired)).verb == Verb.KEEP
 
 
-def test_a_changed_field_is_patched_alone() -> None:
-    live = as_stored(deployment())
+def test_a_changed_rendering_is_applied() -> None:
+    live = stored(deployment(replicas=1))
+    desired = deployment(replicas=3)
 
-    step = plan_child(deployment(replicas=3), live, owner_uid=OWNER)
+    step = plan_child(desired, live, owner_uid=OWNER, applied=remembered(deployment(replicas=1)))
 
-    assert step.verb == Verb.PATCH
-    assert step.body == {"spec": {"replicas": 3}}
-    assert step.changed == ("spec.replicas",)
-
-
-def test_a_hand_edit_of_a_list_puts_the_whole_list_back() -> None:
-    live = as_stored(deployment())
-    live["spec"]["template"]["spec"]["containers"][0]["image"] = "ollama/ollama:edited"
-
-    step = plan_child(deployment(), live, owner_uid=OWNER)
-
-    assert step.verb == Verb.PATCH
-    assert step.body is not None
-    assert step.body["spec"]["template"]["spec"]["containers"][0]["image"] == "ollama/ollama:0.24.0"
+    assert (step.verb, step.body) == (Verb.APPLY, desired)
 
 
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
-    return spec
+def test_a_field_someone_else_took_over_is_applied_back_and_named() -> None:
+    desired = deployment()
+    taken = copy.deepcopy(OURS)
+    del taken["f:spec"]["f:replicas"]
+    live = stored(desired, entry(FIELD_MANAGER, taken, "Apply"), entry("kubectl", {"f:spec": {"f:replicas": {}}}))
+
+    step = plan_child(desired, live, owner_uid=OWNER, applied=remembered(desired))
+
+    assert (step.verb, step.changed) == (Verb.APPLY, ("spec.replicas",))
 
 
-def test_a_field_no_longer_wanted_is_removed_but_others_fields_stay() -> None:
-    before, after = deployment(), deployment()
-    pod_spec(before)["nodeSelector"] = {"disk": "ssd", "zone": "a"}
-    pod_spec(after)["nodeSelector"] = {"zone": "a"}
-    live = as_stored(before)
-    pod_spec(live)["nodeSelector"]["added-by-someone"] = "x"
+def test_a_container_field_taken_over_is_named_by_the_container() -> None:
+    desired = deployment()
+    taken = copy.deepcopy(OURS)
+    del taken["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"ollama"}']["f:image"]
+    live = stored(desired, entry(FIELD_MANAGER, taken, "Apply"))
 
-    step = plan_child(after, live, owner_uid=OWNER)
+    step = plan_child(desired, live, owner_uid=OWNER, applied=remembered(desired))
 
-    assert step.verb == Verb.PATCH
-    assert step.body is not None
-    assert step.body["spec"]["template"]["spec"]["nodeSelector"] == {"disk": None}
+    assert step.changed == ("spec.template.spec.containers[name=ollama].image",)
 
 
-def test_applying_a_planned_patch_leaves_nothing_to_do() -> None:
-    before = deployment()
-    pod_spec(before)["nodeSelector"] = {"disk": "ssd"}
-    live = as_stored(before)
-    live["spec"]["replicas"] = 9
-    desired = deployment(replicas=2)
-    pod_spec(desired)["priorityClassName"] = "voice"
+def test_without_a_memory_of_the_last_apply_a_dry_run_decides() -> None:
+    desired = deployment()
+    recreated = Applied("uid-of-an-earlier-object", remembered(desired).spec_hash, OURS)
 
-    step = plan_child(desired, live, owner_uid=OWNER)
-    assert step.body is not None
-    patched = merge_patch(live, step.body)
+    assert plan_child(desired, stored(desired), owner_uid=OWNER, applied=None).verb == Verb.DRY_RUN
+    assert plan_child(desired, stored(desired), owner_uid=OWNER, applied=recreated).verb == Verb.DRY_RUN
 
-    assert plan_child(desired, patched, owner_uid=OWNER).verb == Verb.KEEP
-    assert pod_spec(patched).get("nodeSelector") == {}
-    assert (patched["spec"]["replicas"], pod_spec(patched)["priorityClassName"]) == (2, "voice")
+
+def test_other_managers_fields_are_no_reason_to_write() -> None:
+    desired = deployment()
+    others = entry("kubectl-annotate", {"f:metadata": {"f:annotations": {"f:team": {}}}})
+    live = stored(desired, entry(FIELD_MANAGER, OURS, "Apply"), others)
+    live["metadata"]["annotations"]["team"] = "voice"
+
+    assert plan_child(desired, live, owner_uid=OWNER, applied=remembered(desired)).verb == Verb.KEEP
 
 
 def test_a_name_taken_by_another_controller_is_a_conflict_not_a_takeover() -> None:
-    live = as_stored(deployment())
+    live = stored(deployment())
     live["metadata"]["ownerReferences"] = [{"kind": "Something", "name": "x", "uid": "other", "controller": True}]
 
-    step = plan_child(deployment(), live, owner_uid=OWNER)
+    step = plan_child(deployment(), live, owner_uid=OWNER, applied=None)
 
     assert step.verb == Verb.CONFLICT
     assert "another owner" in step.message
+
+
+def test_an_object_in_the_way_that_no_one_controls_is_taken_over() -> None:
+    in_the_way = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lane-fast", "uid": "x"}}
+
+    assert plan_child(deployment(), in_the_way, owner_uid=OWNER, applied=None).verb == Verb.APPLY
 
 
 def test_children_no_longer_rendered_are_deleted_only_when_this_lane_controls_them() -> None:
@@ -154,8 +160,10 @@ def test_children_no_longer_rendered_are_deleted_only_when_this_lane_controls_th
     }
     stranger = copy.deepcopy(budget)
     stranger["metadata"].update(name="not-ours", ownerReferences=[{"uid": "other", "controller": True}])
+    desired = deployment()
+    applied = {("Deployment", "voice", "lane-fast"): remembered(desired)}
 
-    steps = plan_children([deployment()], [as_stored(deployment()), budget, stranger], owner_uid=OWNER)
+    steps = plan_children([desired], [stored(desired), budget, stranger], owner_uid=OWNER, applied=applied)
 
     assert [(step.verb, step.title) for step in steps] == [
         (Verb.KEEP, "Deployment/lane-fast"),
@@ -163,11 +171,49 @@ def test_children_no_longer_rendered_are_deleted_only_when_this_lane_controls_th
     ]
 
 
-def test_an_empty_map_or_list_the_server_dropped_is_no_difference() -> None:
-    desired = deployment()
-    pod_spec(desired)["nodeSelector"] = {}
-    pod_spec(desired)["tolerations"] = []
-    live = as_stored(desired)
-    del pod_spec(live)["nodeSelector"], pod_spec(live)["tolerations"]  # the API server omits empty fields
+def legacy_child() -> dict[str, Any]:
+    """A child an operator before server-side apply wrote: merge patches by the client's default manager."""
+    old_fields = copy.deepcopy(OURS)
+    old_fields["f:metadata"]["f:annotations"][f"f:{LEGACY_APPLIED_FIELDS_ANNOTATION}"] = {}
+    old_fields["f:spec"]["f:paused"] = {}  # set by the old operator, rendered no more
+    status = entry("kube-controller-manager", {"f:status": {"f:readyReplicas": {}}}, subresource="status")
+    live = stored(deployment(), entry(LEGACY_FIELD_MANAGER, old_fields), status)
+    live["metadata"]["annotations"][LEGACY_APPLIED_FIELDS_ANNOTATION] = '{"spec":{"replicas":0}}'
+    return live
 
-    assert plan_child(desired, live, owner_uid=OWNER).verb == Verb.KEEP
+
+def test_a_child_of_an_older_operator_is_upgraded_before_anything_else() -> None:
+    step = plan_child(deployment(), legacy_child(), owner_uid=OWNER, applied=None)
+
+    assert step.verb == Verb.UPGRADE
+
+
+def test_the_upgrade_drops_the_old_annotation_and_hands_the_old_fields_to_the_apply_manager() -> None:
+    patch = legacy_upgrade(legacy_child())
+
+    assert patch is not None
+    metadata = patch["metadata"]
+    assert metadata["resourceVersion"] == "7"  # refused if the child changed meanwhile
+    assert metadata["annotations"] == {LEGACY_APPLIED_FIELDS_ANNOTATION: None}
+    managers = [(e["manager"], e["operation"], e.get("subresource")) for e in metadata["managedFields"]]
+    assert managers == [("kube-controller-manager", "Update", "status"), (FIELD_MANAGER, "Apply", None)]
+    ours = metadata["managedFields"][-1]["fieldsV1"]
+    assert "f:paused" in ours["f:spec"]  # so the next apply, which lacks it, removes it
+    assert f"f:{LEGACY_APPLIED_FIELDS_ANNOTATION}" not in ours["f:metadata"]["f:annotations"]
+
+
+def test_a_child_without_the_old_annotation_needs_no_upgrade() -> None:
+    assert legacy_upgrade(stored(deployment())) is None
+
+
+def test_field_paths_read_like_the_object() -> None:
+    fields = {
+        "f:data": {"f:sidecar.yaml": {}},
+        "f:spec": {"f:ports": {'k:{"port":80,"protocol":"TCP"}': {".": {}, "f:port": {}}}},
+    }
+
+    assert field_paths(fields) == (
+        "data.sidecar.yaml",
+        "spec.ports[port=80,protocol=TCP]",
+        "spec.ports[port=80,protocol=TCP].port",
+    )

@@ -18,7 +18,7 @@ KEY = ("voice", "lane")
 
 
 class FlakyApi:
-    """Serves one lane and accepts every write, except that creating a Deployment fails while told to."""
+    """Serves one lane and accepts every write, except that applying a Deployment fails while told to."""
 
     def __init__(self) -> None:
         lane = yaml.safe_load(SAMPLE_PATH.read_text(encoding="utf-8"))
@@ -26,21 +26,21 @@ class FlakyApi:
         self.lane = lane
         self.requests = 0
         self.failing = True
-        self.in_create = asyncio.Event()  # set while a Deployment create is under way
+        self.in_create = asyncio.Event()  # set while a Deployment apply is under way
         self.answer_create = asyncio.Event()  # set: it answers (fails, while failing)
         self.answer_create.set()
 
     async def get(self, path: str) -> dict[str, Any] | None:
         self.requests += 1
-        return copy.deepcopy(self.lane)
+        return copy.deepcopy(self.lane) if "/voicelanes/" in path else None
 
     async def list_objects(self, path: str, *, label_selector: str) -> list[dict[str, Any]]:
         self.requests += 1
         return []
 
-    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         self.requests += 1
-        if path.endswith("/deployments"):
+        if "/deployments/" in path:
             self.in_create.set()
             await self.answer_create.wait()
             self.in_create.clear()

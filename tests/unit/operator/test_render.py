@@ -244,11 +244,21 @@ def test_an_existing_claim_is_mounted_not_created(lane_variants: dict) -> None:
 
 
 def test_disruption_budget_only_with_more_than_one_replica(lane_variants: dict) -> None:
-    children = by_kind_and_name(render_children(lane_variants["existing-claim"]))
-    budget = children[("PodDisruptionBudget", "lane-fast")]["spec"]
+    children = by_kind_and_name(render_children(lane_variants["sample"]))  # fast 1 replica, deep 2
+    budget = children[("PodDisruptionBudget", "voice-deep")]["spec"]
     assert budget["maxUnavailable"] == 1
-    assert budget["selector"]["matchLabels"] == children[("Deployment", "lane-fast")]["spec"]["selector"]["matchLabels"]
-    assert ("PodDisruptionBudget", "lane-deep") not in children
+    assert (
+        budget["selector"]["matchLabels"] == children[("Deployment", "voice-deep")]["spec"]["selector"]["matchLabels"]
+    )
+    assert ("PodDisruptionBudget", "voice-fast") not in children
+
+
+def test_unset_replicas_are_left_to_an_autoscaler_with_a_disruption_budget_for_its_pods(minimal_lane: dict) -> None:
+    children = by_kind_and_name(render_children(minimal_lane))
+    assert "replicas" not in children[("Deployment", "lane-fast")]["spec"]
+    assert children[("PodDisruptionBudget", "lane-fast")]["spec"]["maxUnavailable"] == 1
+    with_one = by_kind_and_name(render_children(with_spec(minimal_lane, fast={"replicas": 1})))
+    assert with_one[("Deployment", "lane-fast")]["spec"]["replicas"] == 1
 
 
 def test_scheduling_passes_through(sample_lane: dict) -> None:
