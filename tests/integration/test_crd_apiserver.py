@@ -4,8 +4,9 @@ The CRD from manifests/crd/ is accepted as a structural schema and becomes Estab
 tests/unit/operator/samples-invalid/ is refused by the API server on `kubectl apply` (validation on), the
 error naming the field its `# expect-path` header states, the same field the offline pre-check
 (tests/unit/operator/apiserver_checks.py) names; every sample in manifests/samples/ is accepted. With
-the operator running, `kubectl wait --for=condition=Ready` sees the sample lane become Ready and
-`kubectl get vl` shows the CRD's printer columns.
+the operator running (as its own ServiceAccount, bound to the role it ships with), `kubectl wait
+--for=condition=Ready` sees the sample lane become Ready and `kubectl get vl` shows the CRD's printer
+columns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.operator.harness import REPO, Cluster, OperatorProcess
+from tests.integration.operator.harness import (
+    OPERATOR_ACCOUNT,
+    REPO,
+    Cluster,
+    OperatorProcess,
+    fault_proxy,
+    shipped_role_rules,
+)
 from tests.support.kube import KubeTarget
 from tests.unit.operator.apiserver_checks import admit, error_path, expectations
 from tests.unit.operator.conftest import INVALID_SAMPLES
@@ -68,29 +76,39 @@ def ready_timeout_s(kube: KubeTarget) -> float:
 
 
 @pytest.fixture(scope="module")
-def cluster(kube: KubeTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A namespace of this module's own on the session's cluster, with the CRD applied."""
-    if not KUBECTL.exists():
-        pytest.fail(f"{KUBECTL.relative_to(REPO)} is missing: run .ci/install-tools")
-    subject = Cluster(
-        KUBECTL,
-        kube.kubeconfig,
-        namespace=f"voicelane-crd-{secrets.token_hex(3)}",
-        cache_dir=tmp_path_factory.mktemp("kubectl-cache"),
-    )
-    subject.kubectl("apply", "--validate=strict", "-f", str(CRD_FILE))
-    subject.kubectl("create", "namespace", subject.namespace)
-    try:
-        yield subject
-    finally:
-        subject.kubectl("delete", "namespace", subject.namespace, "--wait=true", "--timeout=300s", check=False)
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crd-apiserver")
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        cluster, tmp_path_factory.mktemp("operator-logs"), metrics_port=free_port(), liveness_port=free_port()
-    )
+def cluster(kube: KubeTarget, logs: Path) -> Iterator[Cluster]:
+    """A namespace of this module's own on the session's cluster, with the CRD applied and the
+    operator's ServiceAccount bound to the role it ships with."""
+    if not KUBECTL.exists():
+        pytest.fail(f"{KUBECTL.relative_to(REPO)} is missing: run .ci/install-tools")
+    with fault_proxy(kube.kubeconfig, logs) as proxy_url:
+        subject = Cluster(
+            KUBECTL,
+            kube.kubeconfig,
+            namespace=f"voicelane-crd-{secrets.token_hex(3)}",
+            cache_dir=logs / "kubectl-cache",
+            proxy_url=proxy_url,
+            operator_kubeconfig=logs / "operator.kubeconfig",
+        )
+        subject.kubectl("apply", "--validate=strict", "-f", str(CRD_FILE))
+        subject.kubectl("create", "namespace", subject.namespace)
+        try:
+            subject.service_account_kubeconfig(OPERATOR_ACCOUNT, shipped_role_rules(), subject.operator_kubeconfig)
+            yield subject
+        finally:
+            subject.kubectl("delete", "namespace", subject.namespace, "--wait=true", "--timeout=300s", check=False)
+            subject.remove_session_objects()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, logs: Path) -> Iterator[OperatorProcess]:
+    """The operator as its own ServiceAccount, serving the module's namespace."""
+    process = OperatorProcess(cluster, logs, metrics_port=free_port(), liveness_port=free_port())
     process.start()
     try:
         yield process
