@@ -14,7 +14,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from voicelane.cluster.control_plane import ControlPlane
+from voicelane.cluster.control_plane import ControlPlane, NodeShape
+
+# Room for every pod the tests' lanes ask for at once (a hundred sample lanes in the burst test: 300 pods,
+# 1,000 CPUs); a simulated node costs the same whatever it offers.
+TEST_NODE = NodeShape(count=1, cpu="2000", memory="8Ti", pods=1000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +38,7 @@ def kube_target(scratch: Path) -> Iterator[KubeTarget]:
         yield KubeTarget(Path(user_kubeconfig), None)
         return
     reuse = os.environ.get("VOICELANE_TEST_CLUSTER_DIR")
-    plane = ControlPlane(Path(reuse) if reuse else scratch / "cluster", out=sys.stderr)
+    plane = ControlPlane(Path(reuse) if reuse else scratch / "cluster", nodes=TEST_NODE, out=sys.stderr)
     was_running = plane.running()
     plane.up()
     try:

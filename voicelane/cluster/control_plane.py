@@ -42,10 +42,13 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The order they start in; they stop in reverse.
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
 # Named for the reader; the API server's default plugins (DefaultStorageClass, StorageObjectInUseProtection…)
-# stay on as well.
+# stay on as well. OwnerReferencesPermissionEnforcement is off by default but on in some distributions: with
+# it, an ownerReference with blockOwnerDeletion needs `update` on the owner's finalizers, as the operator's
+# role grants.
 ADMISSION_PLUGINS = (
     "NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,DefaultStorageClass,Priority,"
-    "PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota"
+    "PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota,"
+    "OwnerReferencesPermissionEnforcement"
 )
 
 

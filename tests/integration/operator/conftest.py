@@ -4,6 +4,11 @@ The API is the session's (tests/support/kube.py): the local control plane with K
 cluster named by VOICELANE_TEST_KUBECONFIG (VOICELANE_TEST_READY_TIMEOUT bounds the wait for its real
 pods to become ready). The tests get a namespace of their own, deleted at the end, and the CRD from
 manifests/crd/. kubectl comes from .tools/bin (`.ci/install-tools`).
+
+The operator runs as the ServiceAccount `voicelane-operator` of that namespace, bound to nothing but
+the ClusterRole shipped in manifests/rbac/role.yaml, with a token from the TokenRequest API; its
+requests pass through the fault proxy (tests/support/fault_proxy.py), on the local control plane and
+on a user's cluster alike. The tests' own kubectl calls use the admin kubeconfig, straight to the API.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.operator.harness import CRD_DIR, REPO, Cluster, Lane, OperatorProcess
+from tests.integration.operator.harness import (
+    CRD_DIR,
+    OPERATOR_ACCOUNT,
+    REPO,
+    Cluster,
+    Lane,
+    OperatorProcess,
+    fault_proxy,
+    shipped_role_rules,
+)
 from tests.support.kube import KubeTarget
 from voicelane.processes import free_port
 
@@ -50,28 +64,30 @@ def _crd_documents() -> list[dict[str, object]]:
     return documents
 
 
-def _prepare(cluster: Cluster) -> None:
-    cluster.apply(*_crd_documents())
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cluster.namespace}})
-
-
 @pytest.fixture(scope="session")
 def cluster(kubectl_bin: Path, operator_logs: Path, kube: KubeTarget) -> Iterator[Cluster]:
     user_cluster = kube.local is None
-    subject = Cluster(
-        kubectl_bin,
-        kube.kubeconfig,
-        namespace=f"voicelane-test-{secrets.token_hex(3)}",
-        cache_dir=operator_logs / "kubectl-cache",
-        # Real pods on a user's cluster pull images and start; KWOK's are Ready at once.
-        ready_timeout_s=float(os.environ.get("VOICELANE_TEST_READY_TIMEOUT", "1200" if user_cluster else "60")),
-        change_timeout_s=60.0 if user_cluster else 30.0,
-    )
-    _prepare(subject)
-    try:
-        yield subject
-    finally:
-        subject.kubectl("delete", "namespace", subject.namespace, "--wait=true", "--timeout=300s", check=False)
+    namespace = f"voicelane-test-{secrets.token_hex(3)}"
+    with fault_proxy(kube.kubeconfig, operator_logs) as proxy_url:
+        subject = Cluster(
+            kubectl_bin,
+            kube.kubeconfig,
+            namespace=namespace,
+            cache_dir=operator_logs / "kubectl-cache",
+            proxy_url=proxy_url,
+            operator_kubeconfig=operator_logs / "operator.kubeconfig",
+            # Real pods on a user's cluster pull images and start; KWOK's are Ready at once.
+            ready_timeout_s=float(os.environ.get("VOICELANE_TEST_READY_TIMEOUT", "1200" if user_cluster else "60")),
+            change_timeout_s=60.0 if user_cluster else 30.0,
+        )
+        subject.apply(*_crd_documents())
+        subject.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        try:
+            subject.service_account_kubeconfig(OPERATOR_ACCOUNT, shipped_role_rules(), subject.operator_kubeconfig)
+            yield subject
+        finally:
+            subject.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=300s", check=False)
+            subject.remove_session_objects()
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +97,7 @@ def operator(cluster: Cluster, operator_logs: Path) -> Iterator[OperatorProcess]
     try:
         yield process
     finally:
-        if not cluster.emulated and process.alive():
+        if process.alive():
             # Lanes carry the operator's finalizer: let it release them before it stops.
             cluster.kubectl("delete", "voicelanes", "--all", "--wait=true", "--timeout=120s", check=False)
         process.stop()
@@ -97,4 +113,4 @@ def lane(cluster: Cluster, operator: OperatorProcess) -> Iterator[Lane]:
         cluster.clear_faults()
         if not operator.alive():
             operator.start()  # a test that stopped the operator leaves it running for the next
-        cluster.delete("voicelane", subject.name, wait=not cluster.emulated)
+        cluster.delete("voicelane", subject.name)

@@ -4,23 +4,21 @@ A lane has converged when its status reflects its current generation and its chi
 the lane label, are exactly what `voicelane render` gives for that generation: each desired child
 once, no other, each controlled by this lane (one ownerReference, to its uid) and carrying the spec
 hash of the current rendering. `problems` says what is still wrong; `wait_converged` waits until
-nothing is. The emulator's request counts (`operator_writes`) let a test wait for the operator to
+nothing is. The fault proxy's request counts (`operator_writes`) let a test wait for the operator to
 reach a given write before it strikes.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import time
-import urllib.request
 from typing import Any
 
 from tests.integration.operator.harness import CHILD_KINDS, LANE_LABEL, Cluster, Lane, condition
 from voicelane.operator.render import ANNOTATION_SPEC_HASH, render_children
 
 OPERATOR_AGENTS = frozenset({"kopf", "OpenAPI-Generator"})  # kopf itself; the kubernetes client for children
-WRITE_VERBS = frozenset({"create", "patch", "update", "delete"})
+WRITE_VERBS = frozenset({"create", "patch", "update", "delete"})  # dry runs are counted as "dryrun-<verb>"
 # A Degraded condition with one of these reasons reports a spec warning or nothing: not an error.
 HARMLESS_DEGRADED_REASONS = frozenset({"AsExpected", "SpecWarnings"})
 
@@ -86,18 +84,9 @@ def children_by_lane(cluster: Cluster) -> dict[str, list[Body]]:
 
 
 def operator_writes(cluster: Cluster) -> int:
-    """Writes the operator has made so far, lanes and children (Events aside), as the emulator counts them."""
+    """Writes the operator has made so far, lanes and children (Events aside), as the fault proxy counts them."""
     return sum(
         usage["count"]
         for usage in cluster.usage()
         if usage["agent"] in OPERATOR_AGENTS and usage["verb"] in WRITE_VERBS and usage["resource"] != "events"
     )
-
-
-def fault_hits(cluster: Cluster) -> int:
-    """How many requests the emulator's active faults have struck so far (0 on a real cluster)."""
-    if cluster.control_url is None:
-        return 0
-    with urllib.request.urlopen(f"{cluster.control_url}/faults", timeout=10) as response:
-        faults: list[Body] = json.loads(response.read())
-    return sum(int(fault["hits"]) for fault in faults)

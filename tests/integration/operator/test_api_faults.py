@@ -12,9 +12,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(120)]
 def test_failed_writes_and_dropped_watches_are_retried_until_the_lane_converges(
     cluster: Cluster, operator: OperatorProcess, lane: Lane
 ) -> None:
-    if not cluster.emulated:
-        pytest.skip("faults are injected by the emulator")
-    cluster.inject_fault(verb="create", resource="deployments", status=500, times=2)
+    cluster.inject_fault(verb="patch", resource="deployments", status=500, times=2)  # applies
     cluster.inject_fault(verb="patch", resource="voicelanes", subresource="status", status=409, times=1)
     cluster.inject_fault(verb="watch", resource="voicelanes", status=410, times=1)  # "too old": relist
     cluster.inject_fault(verb="watch", resource="deployments", status=500, times=2)

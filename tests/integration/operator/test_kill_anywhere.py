@@ -4,10 +4,10 @@ Ten runs, planned by a seeded random generator: VOICELANE_TEST_SEED replaces the
 failure names the seed and the run's plan, so it can be replayed. Each run has a lane of its own
 and kills the operator (SIGKILL) in one of two ways:
 
-- one request of the reconcile is stalled by the emulator (`delay_s`), and the kill lands while the
-  operator waits for it: kopf's finalizer patch, a child's create, patch or delete, the status write
-  (a stalled write whose client is gone is not carried out, so the work is really half done);
-- after a random number of the operator's writes, counted by the emulator, whatever it is doing then.
+- one request of the reconcile is stalled by the fault proxy (`delay_s`), and the kill lands while
+  the operator waits for it: kopf's finalizer patch, a child's create, patch or delete, the status write
+  (a stalled write whose client is gone is never forwarded, so the work is really half done);
+- after a random number of the operator's writes, counted by the fault proxy, whatever it is doing then.
 
 The reconcile killed is the lane's first (which creates its children) or one after a spec change
 (which patches, creates and deletes children). In some runs the spec changes again while no
@@ -17,8 +17,8 @@ Ready once its Deployments roll out. At the end every lane of every run is check
 
 One more test kills the operator while it releases a deleted lane (its finalizer).
 
-Kill points are chosen through the emulator's stalls and request counts, so on a real cluster
-these tests are skipped; test_operator_restart.py kills the operator there too.
+Kill points are chosen through the fault proxy's stalls and request counts, which work the same on
+a user's cluster.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.operator.convergence import fault_hits, operator_writes, problems, wait_converged
+from tests.integration.operator.convergence import operator_writes, problems, wait_converged
 from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(180)]
@@ -45,24 +45,25 @@ STALL_S = 5.0  # far longer than the kill takes to land
 FIRST_WRITES = 12  # about what a first reconcile writes: kopf's finalizer and progress, 8 children, status
 UPDATE_WRITES = 6  # after UPDATE: kopf's progress, the 5 child writes below, status
 
-# A first reconcile: (verb, resource, subresource, name suffix of the object, or None for creates).
+# A first reconcile: (verb, resource, subresource, name suffix of the object, or None for any). Children
+# are written by server-side apply, so creating one is a patch as well.
 FIRST_STALLS: tuple[tuple[str, str, str | None, str | None], ...] = (
-    ("patch", "voicelanes", None, ""),  # kopf's first patch of a new lane: its finalizer
-    ("create", "configmaps", None, None),
-    ("create", "networkpolicies", None, None),
-    ("create", "persistentvolumeclaims", None, None),
-    ("create", "services", None, None),
-    ("create", "deployments", None, None),
-    ("create", "poddisruptionbudgets", None, None),
+    ("patch", "voicelanes", "", ""),  # kopf's first patch of a new lane (not its status): its finalizer
+    ("patch", "configmaps", None, None),
+    ("patch", "networkpolicies", None, None),
+    ("patch", "persistentvolumeclaims", None, None),
+    ("patch", "services", None, None),
+    ("patch", "deployments", None, None),
+    ("patch", "poddisruptionbudgets", None, None),
     ("patch", "voicelanes", "status", ""),
 )
-# Patches the ConfigMap and the fast Deployment, creates the fast PDB, patches the deep Deployment
-# and deletes the deep PDB.
+# Patches the ConfigMap and the fast Deployment, creates the fast PDB (an apply patch), patches the deep
+# Deployment and deletes the deep PDB.
 UPDATE: dict[str, Any] = {"fast": {"model": "qwen2.5:1.5b", "replicas": 2}, "deep": {"replicas": 1}}
 UPDATE_STALLS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("patch", "configmaps", None, "-sidecar"),
     ("patch", "deployments", None, "-fast"),
-    ("create", "poddisruptionbudgets", None, None),
+    ("patch", "poddisruptionbudgets", None, None),
     ("delete", "poddisruptionbudgets", None, "-deep"),
     ("patch", "voicelanes", "status", ""),
 )
@@ -119,14 +120,12 @@ def lanes(cluster: Cluster, operator: OperatorProcess) -> Iterator[list[Lane]]:
         if not operator.alive():
             operator.start()
         for lane in made:
-            cluster.delete("voicelane", lane.name, wait=False)
+            cluster.delete("voicelane", lane.name)
 
 
 def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
     cluster: Cluster, operator: OperatorProcess, lanes: list[Lane]
 ) -> None:
-    if not cluster.emulated:
-        pytest.skip("kill points are chosen with the emulator's stalls and request counts")
     interrupted = []
     for plan in kill_plans(random.Random(SEED)):
         lane = Lane(cluster, f"kill-{plan.run}-{secrets.token_hex(2)}")
@@ -153,17 +152,15 @@ def test_an_operator_killed_anywhere_in_a_reconcile_converges_after_restart(
 def test_an_operator_killed_while_it_releases_a_deleted_lane_releases_it_after_restart(
     cluster: Cluster, operator: OperatorProcess, lanes: list[Lane]
 ) -> None:
-    if not cluster.emulated:
-        pytest.skip("the kill point is chosen with an emulator stall")
     lane = Lane(cluster, f"kill-deleted-{secrets.token_hex(2)}")
     lanes.append(lane)
     lane.create()
     wait_converged(lane, cluster.change_timeout_s, context="before the delete")
     # The operator's first patch of a lane being deleted: kopf's release of its finalizer.
-    cluster.inject_fault(verb="patch", resource="voicelanes", name=lane.name, delay_s=STALL_S, times=1)
+    cluster.inject_fault(verb="patch", resource="voicelanes", subresource="", name=lane.name, delay_s=STALL_S, times=1)
 
     cluster.delete("voicelane", lane.name, wait=False)
-    wait_until(lambda: fault_hits(cluster) >= 1, cluster.change_timeout_s, what="the stalled patch of the lane")
+    wait_until(lambda: cluster.fault_hits() >= 1, cluster.change_timeout_s, what="the stalled patch of the lane")
     operator.kill()
     cluster.clear_faults()
     assert lane.get() is not None, "the lane went although its finalizer was not released"
@@ -191,7 +188,7 @@ def kill_and_restart(cluster: Cluster, operator: OperatorProcess, lane: Lane, pl
         lane.create()
 
     if plan.stall is not None:
-        wait_until(lambda: fault_hits(cluster) >= 1, cluster.change_timeout_s, what=f"the stalled request ({plan})")
+        wait_until(lambda: cluster.fault_hits() >= 1, cluster.change_timeout_s, what=f"the stalled request ({plan})")
     else:
         wait_for_writes(cluster, writes + plan.after_writes)
     operator.kill()

@@ -41,9 +41,6 @@ def test_the_sample_lane_gets_every_child_owned_by_it_and_a_status(cluster: Clus
     assert status["fast"]["endpoint"] == f"http://{lane.name}-fast.{cluster.namespace}.svc:11435"
     assert status["deep"]["endpoint"] == f"http://{lane.name}-deep.{cluster.namespace}.svc:11434"
     assert status["deep"]["replicas"] == 2
-    if cluster.emulated:  # nothing has rolled out yet
-        assert lane.condition("Ready")["status"] == "False"
-        assert lane.condition("Progressing")["status"] == "True"
     wait_until(lambda: "Applied" in lane.event_reasons(), 10, what="an Applied event")
 
 
@@ -82,8 +79,6 @@ def test_a_spec_patch_is_rolled_out_to_the_deployment(cluster: Cluster, lane: La
     deep = cluster.get("deployment", f"{lane.name}-deep")
     assert deep is not None
     assert "qwen2.5:1.5b" not in json.dumps(deep["spec"]), "the deep tier must not change"
-    if cluster.emulated:  # the new pods are not there until the Deployment controller acts
-        assert lane.condition("Progressing")["status"] == "True"
     cluster.roll_out()
     wait_until(
         lambda: lane.condition("Progressing").get("status") == "False",

@@ -15,15 +15,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(120)]
 def test_an_operator_killed_mid_reconcile_converges_after_restart(
     cluster: Cluster, operator: OperatorProcess, lane: Lane
 ) -> None:
-    # On the emulator, stall the second child's creation so the kill lands mid-reconcile for sure.
-    stalled = cluster.inject_fault(verb="create", resource="networkpolicies", delay_s=3, times=1)
+    # Stall the second child's creation (a server-side apply) so the kill lands mid-reconcile for sure.
+    cluster.inject_fault(verb="patch", resource="networkpolicies", delay_s=3, times=1)
     lane.create()
     wait_until(lambda: ("ConfigMap", f"{lane.name}-sidecar") in lane.children(), 15, what="the first child")
 
     operator.kill()
 
-    if stalled:
-        assert ("NetworkPolicy", f"{lane.name}-ollama") not in lane.children()
+    assert ("NetworkPolicy", f"{lane.name}-ollama") not in lane.children()
     # Changed while no operator runs: the restarted one must apply this generation, not the first.
     cluster.patch("voicelane", lane.name, {"spec": {"fast": {"model": "qwen2.5:1.5b"}}})
     operator.start()
