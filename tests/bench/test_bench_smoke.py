@@ -137,7 +137,7 @@ def test_streaming_on_the_simulator(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
-def test_operator_reconciles_every_lane_on_the_emulator(tmp_path: Path) -> None:
+def test_operator_reconciles_every_lane_on_a_local_control_plane(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "operator")
     check_envelope(doc, "operator", "none")
     lanes = doc["settings"]["lanes"]

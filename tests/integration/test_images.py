@@ -6,12 +6,14 @@ the wheel is installed with its dependencies (the sidecar's with the `speech` ex
 virtual environment per session, standing in for the image's site-packages; then the final stage's
 ENTRYPOINT and CMD run with its ENV, outside the source tree: `--help`, and a real start-up on
 127.0.0.1 (the sidecar serves /healthz and speaks with its embedded espeak-ng; the operator runs against
-the Kubernetes API emulator, answers its probes, and passes the chart's `helm test` hook).
+the session's Kubernetes API, answers its probes, and passes the chart's `helm test` hook).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiextensionsV1Api, CoreV1Api
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import new_client_from_config
 
-from voicelane.processes import ManagedProcess, free_port, running
+from tests.support.kube import KubeTarget
+from voicelane.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = ("operator", "sidecar")
@@ -190,33 +196,34 @@ def test_the_sidecar_starts_serves_and_speaks(images: dict[str, Image], log_dir:
 
 
 @pytest.fixture
-def emulator(log_dir: Path) -> Iterator[Path]:
-    """The Kubernetes API emulator (a test double, run from the test environment); yields its kubeconfig."""
-    port = free_port()
-    kubeconfig = log_dir / "emulator.kubeconfig"
-    argv = [
-        sys.executable,
-        "-P",
-        "-m",
-        "tests.support.kube_emulator",
-        f"--listen=127.0.0.1:{port}",
-        f"--kubeconfig-out={kubeconfig}",
-    ]
-    with running(argv, ready_url=f"http://127.0.0.1:{port}/_emulator/healthz", log_dir=log_dir, name="emulator"):
-        yield kubeconfig
+def api_namespace(kube: KubeTarget) -> Iterator[tuple[Path, str]]:
+    """The session's Kubernetes API with the VoiceLane CRD, and a namespace of this test's own."""
+    from voicelane.operator.crd import build_crd
+
+    namespace = f"voicelane-image-{secrets.token_hex(3)}"
+    with new_client_from_config(config_file=str(kube.kubeconfig)) as api:
+        with contextlib.suppress(ApiException):  # already there (another test applied it)
+            ApiextensionsV1Api(api).create_custom_resource_definition(build_crd())
+        core = CoreV1Api(api)
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        try:
+            yield kube.kubeconfig, namespace
+        finally:
+            core.delete_namespace(namespace)
 
 
 @pytest.mark.cluster
 def test_the_operator_starts_against_the_api_and_passes_the_helm_test(
-    images: dict[str, Image], emulator: Path, log_dir: Path
+    images: dict[str, Image], api_namespace: tuple[Path, str], log_dir: Path
 ) -> None:
+    kubeconfig, namespace = api_namespace
     image = images["operator"]
     metrics_port, liveness_port = free_port(), free_port()
     process = image.start(
         "--kubeconfig",
-        str(emulator),
+        str(kubeconfig),
         "--namespace",
-        "default",
+        namespace,
         "--metrics-listen",
         f"127.0.0.1:{metrics_port}",
         "--liveness",

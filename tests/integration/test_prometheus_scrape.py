@@ -3,8 +3,8 @@ rule file, and answers every dashboard and rule expression: each parses, each pa
 every rule evaluates without error, and the alerts that the load should trip do trip.
 
 The stack, started once for the module: two upstream simulators (fast and deep tiers), a sidecar
-in front of them, the Kubernetes API emulator with one VoiceLane and the operator reconciling it,
-and Prometheus (Debian package) scraping the sidecar and the operator every second with the
+in front of them, the session's Kubernetes API (tests/support/kube.py: the local control plane, or a
+user's cluster) with one VoiceLane and the operator reconciling it, and Prometheus (Debian package) scraping the sidecar and the operator every second with the
 target labels a PodMonitor/ServiceMonitor would add (namespace, lane, pod) as static labels.
 
 The load covers what the panels show: all three classes through /v1/speak and /v1/text,
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,9 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from kubernetes.client import ApiClient, ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import new_client_from_config
 
 from tests.integration.observability_files import (
     ROOT,
@@ -39,7 +41,10 @@ from tests.integration.observability_files import (
     panel_queries,
     required_binary,
 )
+from tests.support.kube import KubeTarget
 from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
+
+LANES = "voicelanes"
 
 pytestmark = [pytest.mark.tools, pytest.mark.timeout(180)]
 
@@ -130,67 +135,70 @@ def _start_sidecar(
 
 @dataclass
 class Operator:
-    """The operator and the API emulator it reconciles against."""
+    """The operator, and an admin client of the API it reconciles against."""
 
-    api: str
+    api: ApiClient
     metrics_address: str
 
     def create_lane(self, name: str, namespace: str) -> None:
         """The sample VoiceLane under another name: the operator reconciles it at once."""
-        from voicelane.operator.crd import build_crd
-
         lane = yaml.safe_load((ROOT / "manifests" / "samples" / "voicelane.yaml").read_text(encoding="utf-8"))
         lane["metadata"] = {"name": name, "namespace": namespace}
         group, version = lane["apiVersion"].split("/")
-        plural = build_crd()["spec"]["names"]["plural"]
-        url = f"{self.api}/apis/{group}/{version}/namespaces/{namespace}/{plural}"
-        response = requests.post(url, json=lane, timeout=10)
-        assert response.status_code == 201, response.text
+        CustomObjectsApi(self.api).create_namespaced_custom_object(group, version, namespace, LANES, lane)
 
 
-def _start_operator(stack: contextlib.ExitStack, log_dir: Path, workdir: Path, namespace: str) -> Operator:
-    """The API emulator with the CRD and a namespace, and the operator watching that namespace."""
+def _start_operator(stack: contextlib.ExitStack, log_dir: Path, kube: KubeTarget, namespace: str) -> Operator:
+    """The CRD and a namespace on the session's API, and the operator watching that namespace."""
     from voicelane.operator.crd import build_crd
 
-    kubeconfig = workdir / "kubeconfig.yaml"
-    api_port = free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    emulator_argv = [
-        sys.executable,
-        "-P",  # keep the repository's operator/ from shadowing the stdlib's operator
-        "-m",
-        "tests.support.kube_emulator",
-        "--listen",
-        f"127.0.0.1:{api_port}",
-        "--kubeconfig-out",
-        str(kubeconfig),
-        "--auto-ready-delay",
-        "0.2",
-    ]
-    stack.enter_context(running(emulator_argv, ready_url=api + "/_emulator/healthz", log_dir=log_dir, name="api"))
-    created = [
-        requests.post(api + "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=build_crd(), timeout=10),
-        requests.post(
-            api + "/api/v1/namespaces",
-            json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            timeout=10,
-        ),
-    ]
-    for response in created:
-        assert response.status_code == 201, response.text
+    api = stack.enter_context(new_client_from_config(config_file=str(kube.kubeconfig)))
+    crd = build_crd()
+    with contextlib.suppress(ApiException):  # already there (another test applied it): kept as it is
+        ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+    core = CoreV1Api(api)
+    try:
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        stack.callback(core.delete_namespace, namespace)
+    except ApiException as exc:
+        if exc.status != 409:  # 409: it exists, and is not ours to delete
+            raise
+    group, version = crd["spec"]["group"], crd["spec"]["versions"][0]["name"]
+    wait_until_served = time.monotonic() + 30
+    while True:  # a new CRD is served once the API server has established it
+        try:
+            CustomObjectsApi(api).list_namespaced_custom_object(group, version, namespace, LANES)
+            break
+        except ApiException:
+            if time.monotonic() > wait_until_served:
+                raise
+            time.sleep(0.2)
 
     metrics_address = f"127.0.0.1:{free_port()}"
     argv = voicelane_argv(
         "operator",
         "--kubeconfig",
-        str(kubeconfig),
+        str(kube.kubeconfig),
         "--namespace",
         namespace,
         "--metrics-listen",
         metrics_address,
     )
     stack.enter_context(running(argv, ready_url=f"http://{metrics_address}/readyz", log_dir=log_dir, name="operator"))
+    # Runs before the operator stops: the lane carries its finalizer, which the operator releases.
+    stack.callback(_delete_lanes, api, group, version, namespace)
     return Operator(api, metrics_address)
+
+
+def _delete_lanes(api: ApiClient, group: str, version: str, namespace: str) -> None:
+    lanes = CustomObjectsApi(api)
+    for lane in lanes.list_namespaced_custom_object(group, version, namespace, LANES)["items"]:
+        lanes.delete_namespaced_custom_object(group, version, namespace, LANES, lane["metadata"]["name"])
+    deadline = time.monotonic() + 60
+    while lanes.list_namespaced_custom_object(group, version, namespace, LANES)["items"]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
 
 def _start_prometheus(
@@ -346,7 +354,7 @@ def _generate_load(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     required_binary("prometheus", "/usr/bin/prometheus")
     workdir = tmp_path_factory.mktemp("prometheus-scrape")
     log_dir = workdir / "logs"
@@ -359,7 +367,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sidecar, metrics_address, config = _start_sidecar(processes, log_dir, config_file, fast, deep)
         operator = None
         if (ROOT / "operator" / "main.py").exists():
-            operator = _start_operator(processes, log_dir, workdir, SCRAPE_LABELS["namespace"])
+            # The API is asked for only here, so without an operator no control plane starts.
+            kube: KubeTarget = request.getfixturevalue("kube")
+            operator = _start_operator(processes, log_dir, kube, SCRAPE_LABELS["namespace"])
         else:
             notes.append("operator/main.py is missing: only the sidecar is scraped")
         prometheus = _start_prometheus(

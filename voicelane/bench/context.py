@@ -36,7 +36,7 @@ SUITES: dict[str, SuiteSpec] = {
         "voicelane.bench.streaming", ("llama", "sim"), "llama", "TTFA with sentence streaming vs full text"
     ),
     "operator": SuiteSpec(
-        "voicelane.bench.operator_scale", (), "none", "200 VoiceLanes at once against the API emulator"
+        "voicelane.bench.operator_scale", (), "none", "200 VoiceLanes at once against a local control plane"
     ),
     "real": SuiteSpec(
         "voicelane.bench.real", ("llama", "sim"), "llama", "the demo workload per class against its TTFA targets"

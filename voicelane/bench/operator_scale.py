@@ -1,13 +1,14 @@
 """Suite `operator`: many VoiceLanes applied at once, against the same objects written directly.
 
-The operator runs as `voicelane operator --kubeconfig PATH --namespace bench` against the
-Kubernetes API emulator. All lanes are created at once; the suite polls the API until every
-lane has all its children and a status for its generation, then lets every Deployment roll
-out (the emulator's simulated controller) and waits until every lane reports Ready. The
-reference, in the same run on a fresh emulator, is a plain client that writes the very same
-objects (each lane, its rendered children, its status) with no watch and no reconcile loop:
-the floor the API itself sets. Reported: times, the operator's CPU seconds and RSS, the
-emulator's CPU, and operator/reference ratios.
+The operator runs as `voicelane operator --kubeconfig PATH --namespace bench` against a local
+control plane (voicelane.cluster: etcd, kube-apiserver, controllers, scheduler, KWOK nodes with room
+for every lane's pods) started afresh in a temporary folder. All lanes are created at once; the
+suite polls the API until every lane has all its children and a status for its generation, and
+then until every lane reports Ready (the Deployment controller rolls the Deployments out, KWOK makes
+their pods Ready). The reference, in the same run on another fresh control plane, is a plain client
+that writes the very same objects (each lane, its rendered children, its status) with no watch and
+no reconcile loop: the floor the API itself sets. Reported: times, the operator's CPU seconds and
+RSS, the API server's CPU (kube-apiserver and etcd), and operator/reference ratios.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import sys
+import ssl
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +31,7 @@ from voicelane.bench.context import SuiteContext
 from voicelane.bench.envelope import SuiteOutcome
 from voicelane.bench.procs import ProcessMeter
 from voicelane.bench.stats import per_item, ratio, summarize
+from voicelane.cluster.control_plane import ControlPlane, NodeShape
 from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL, LANE_RESOURCE, resource_of
 from voicelane.operator.crd import build_crd
 from voicelane.operator.render import render_children
@@ -38,6 +43,8 @@ NAMESPACE = "bench"
 # workers); the reference writer gets as many lanes in flight.
 REFERENCE_CONCURRENCY = 6
 CREATE_CONCURRENCY = 16
+# Room on the simulated nodes for every pod of 200 sample lanes (3 pods, 10 CPUs, 28 GiB each).
+NODES = NodeShape(count=4, cpu="600", memory="2Ti", pods=250)
 
 # The shipped sample lane (manifests/samples/voicelane.yaml): both tiers, model storage, a PDB.
 LANE_SPEC: dict[str, Any] = {
@@ -93,47 +100,89 @@ def expected_children() -> int:
     return len(render_children(lane))
 
 
+@dataclass(frozen=True)
+class AdminApi:
+    """The control plane's API server with its admin client certificate."""
+
+    url: str
+    pki: Path
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        # REQUESTS_CA_BUNDLE and proxy variables would override the cluster's own CA: ignore the environment.
+        session.trust_env = False
+        session.verify = str(self.pki / "ca.crt")
+        session.cert = (str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return session
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return context
+
+
+@dataclass
+class ApiServerMeter:
+    """CPU seconds of what serves the API: kube-apiserver and its etcd."""
+
+    meters: list[ProcessMeter]
+
+    def cpu_s(self) -> float:
+        return sum(meter.cpu_s() for meter in self.meters)
+
+
 @contextlib.contextmanager
-def emulator(ctx: SuiteContext, name: str) -> Any:
-    """A fresh emulator with the CRD and the namespace applied; yields (API URL, kubeconfig, meter)."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    kubeconfig = ctx.logs / f"{name}.kubeconfig"
-    kubeconfig.unlink(missing_ok=True)
-    argv = [
-        sys.executable,
-        "-P",
-        "-m",
-        "tests.support.kube_emulator",
-        f"--listen=127.0.0.1:{port}",
-        f"--kubeconfig-out={kubeconfig}",
-    ]
-    with running(argv, ready_url=api + "/_emulator/healthz", log_dir=ctx.logs, name=name) as process:
-        deadline = time.monotonic() + 10
-        while not kubeconfig.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _post(api, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", build_crd())
-        _post(api, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        yield api, kubeconfig, ProcessMeter(process.pid)
+def control_plane(ctx: SuiteContext, name: str) -> Iterator[tuple[AdminApi, Path, ApiServerMeter]]:
+    """A fresh control plane with the CRD and the namespace applied; yields (API, kubeconfig, meter)."""
+    with tempfile.TemporaryDirectory(prefix=f"voicelane-{name}-") as folder:
+        plane = ControlPlane(Path(folder) / "cluster", nodes=NODES)
+        ctx.say(f"starting a control plane for the {name} run")
+        kubeconfig = plane.up()
+        try:
+            processes = plane.state()["processes"]
+            meter = ApiServerMeter([ProcessMeter(int(processes[part]["pid"])) for part in ("kube-apiserver", "etcd")])
+            api = AdminApi(plane.api_url, plane.pki)
+            with api.session() as session:
+                _post(session, api, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", build_crd())
+                _post(
+                    session,
+                    api,
+                    "/api/v1/namespaces",
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+                )
+                _wait_for_lanes_served(session, api)
+            yield api, kubeconfig, meter
+        finally:
+            plane.down()
 
 
-def _post(api: str, path: str, body: dict[str, Any]) -> None:
-    response = requests.post(api + path, json=body, timeout=30)
+def _post(session: requests.Session, api: AdminApi, path: str, body: dict[str, Any]) -> None:
+    response = session.post(api.url + path, json=body, timeout=30)
     if response.status_code not in (200, 201):
         raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:500]}")
 
 
-async def create_lanes(api: str, names: list[str], concurrency: int) -> list[int]:
+def _wait_for_lanes_served(session: requests.Session, api: AdminApi, timeout_s: float = 30.0) -> None:
+    """A new CRD is served once the API server has established it: a list of lanes then answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while session.get(api.url + LANE_RESOURCE.collection_path(NAMESPACE), timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the VoiceLane resource was not served within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+async def create_lanes(api: AdminApi, names: list[str], concurrency: int) -> list[int]:
     """Create every lane, `concurrency` requests in flight; returns the HTTP statuses."""
     gate = asyncio.Semaphore(concurrency)
     path = LANE_RESOURCE.collection_path(NAMESPACE)
 
     async def one(session: aiohttp.ClientSession, name: str) -> int:
-        async with gate, session.post(api + path, json=lane_manifest(name)) as response:
+        async with gate, session.post(api.url + path, json=lane_manifest(name)) as response:
             await response.read()
             return response.status
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+    connector = aiohttp.TCPConnector(ssl=api.ssl_context())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300), connector=connector) as session:
         return list(await asyncio.gather(*(one(session, name) for name in names)))
 
 
@@ -145,16 +194,16 @@ class Snapshot:
     ready: set[str]
 
 
-def poll(session: requests.Session, api: str, expected: int, at_s: float) -> Snapshot:
+def poll(session: requests.Session, api: AdminApi, expected: int, at_s: float) -> Snapshot:
     counts: dict[str, int] = {}
     for resource in CHILD_RESOURCES:
         listing = session.get(
-            api + resource.collection_path(NAMESPACE), params={"labelSelector": LANE_LABEL}, timeout=60
+            api.url + resource.collection_path(NAMESPACE), params={"labelSelector": LANE_LABEL}, timeout=60
         ).json()
         for item in listing.get("items") or []:
             owner = item["metadata"].get("labels", {}).get(LANE_LABEL)
             counts[owner] = counts.get(owner, 0) + 1
-    lanes = session.get(api + LANE_RESOURCE.collection_path(NAMESPACE), timeout=60).json().get("items") or []
+    lanes = session.get(api.url + LANE_RESOURCE.collection_path(NAMESPACE), timeout=60).json().get("items") or []
     observed, ready = set(), set()
     for lane in lanes:
         status = lane.get("status") or {}
@@ -197,7 +246,7 @@ class Milestones:
 def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any]:
     names = [f"lane-{index:04d}" for index in range(size.lanes)]
     milestones = Milestones()
-    with emulator(ctx, "emulator-operator") as (api, kubeconfig, emulator_meter):
+    with control_plane(ctx, "operator") as (api, kubeconfig, api_meter):
         metrics_port = free_port()
         argv = voicelane_argv(
             "operator",
@@ -219,7 +268,7 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
             time.sleep(1.0)
             rss_idle = operator.rss_bytes()
             operator.reset_peak()
-            cpu_start, emulator_cpu_start = operator.cpu_s(), emulator_meter.cpu_s()
+            cpu_start, api_cpu_start = operator.cpu_s(), api_meter.cpu_s()
             started = time.monotonic()
             statuses = asyncio.run(create_lanes(api, names, CREATE_CONCURRENCY))
             applied_s = time.monotonic() - started
@@ -228,20 +277,20 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
                 ctx, api, size, expected, started, milestones, ("children_complete", "status_observed"), operator
             )
             cpu_converged = operator.cpu_s() - cpu_start
-            emulator_cpu_converged = emulator_meter.cpu_s() - emulator_cpu_start
-            rollout_started = time.monotonic()
-            _post(api, "/_emulator/deployments/ready", {"namespace": NAMESPACE})
+            api_cpu_converged = api_meter.cpu_s() - api_cpu_start
+            converged_at = time.monotonic()
+            # The Deployment controller and KWOK roll every Deployment out meanwhile; wait for the rest.
             ready = converged and _wait(ctx, api, size, expected, started, milestones, ("ready",), operator)
-            ready_after_rollout = time.monotonic() - rollout_started
+            ready_after_converged = time.monotonic() - converged_at
             rss_peak = operator.peak_rss_bytes
             cpu_total = operator.cpu_s() - cpu_start
             ctx.say(f"measuring the settled operator for {size.steady_window_s:.0f} s (periodic resyncs)")
-            steady_cpu, steady_emulator_cpu = operator.cpu_s(), emulator_meter.cpu_s()
+            steady_cpu, steady_api_cpu = operator.cpu_s(), api_meter.cpu_s()
             time.sleep(size.steady_window_s)
             steady = {
                 "window_s": size.steady_window_s,
                 "operator_cpu_s_per_s": round((operator.cpu_s() - steady_cpu) / size.steady_window_s, 4),
-                "emulator_cpu_s_per_s": round((emulator_meter.cpu_s() - steady_emulator_cpu) / size.steady_window_s, 4),
+                "api_server_cpu_s_per_s": round((api_meter.cpu_s() - steady_api_cpu) / size.steady_window_s, 4),
                 "operator_rss_bytes": operator.rss_bytes(),
             }
             rss_after = steady["operator_rss_bytes"]
@@ -256,7 +305,8 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
         "all_children_exist_s": children_s,
         "all_statuses_written_s": status_s,
         "all_converged_s": None if children_s is None or status_s is None else max(children_s, status_s),
-        "all_ready_after_rollout_s": round(ready_after_rollout, 3) if ready else None,
+        "all_ready_s": milestones.all_at("ready", size.lanes),
+        "all_ready_after_converged_s": round(ready_after_converged, 3) if ready else None,
         "per_lane_s": {milestone: summarize(seen.values()) for milestone, seen in milestones.first_seen.items()},
         "lanes_reaching": {milestone: len(seen) for milestone, seen in milestones.first_seen.items()},
         "operator_cpu_s": {
@@ -265,7 +315,7 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
             "including_rollout": round(cpu_total, 3),
         },
         "operator_rss_bytes": {"idle": rss_idle, "peak": rss_peak, "after": rss_after},
-        "emulator_cpu_s_until_converged": round(emulator_cpu_converged, 3),
+        "api_server_cpu_s_until_converged": round(api_cpu_converged, 3),
         "settled": steady,
         "timeline": milestones.timeline,
         "operator_log_warnings": log_tail,
@@ -274,7 +324,7 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
 
 def _wait(
     ctx: SuiteContext,
-    api: str,
+    api: AdminApi,
     size: Size,
     expected: int,
     started: float,
@@ -284,7 +334,7 @@ def _wait(
 ) -> bool:
     deadline = started + size.timeout_s
     last_said = 0.0
-    with requests.Session() as session:
+    with api.session() as session:
         while True:
             now = time.monotonic()
             snapshot = poll(session, api, expected, now - started)
@@ -306,14 +356,14 @@ def _log_tail(process: ManagedProcess) -> list[str]:
     return lines[-20:]
 
 
-async def write_directly(api: str, names: list[str], concurrency: int) -> dict[str, int]:
+async def write_directly(api: AdminApi, names: list[str], concurrency: int) -> dict[str, int]:
     """Write each lane, its rendered children and its status: the objects the operator writes, no more."""
     gate = asyncio.Semaphore(concurrency)
     requests_made: dict[str, int] = {"lanes": 0, "children": 0, "statuses": 0, "failed": 0}
 
     async def lane_objects(session: aiohttp.ClientSession, name: str) -> None:
         async with gate:
-            async with session.post(api + LANE_RESOURCE.collection_path(NAMESPACE), json=lane_manifest(name)) as r:
+            async with session.post(api.url + LANE_RESOURCE.collection_path(NAMESPACE), json=lane_manifest(name)) as r:
                 lane = await r.json()
                 requests_made["lanes"] += 1
                 if r.status != 201:
@@ -322,7 +372,7 @@ async def write_directly(api: str, names: list[str], concurrency: int) -> dict[s
             children = []
             for child in render_children(lane):
                 path = resource_of(child).collection_path(NAMESPACE)
-                async with session.post(api + path, json=child) as r:
+                async with session.post(api.url + path, json=child) as r:
                     requests_made["children"] += 1
                     if r.status == 201:
                         children.append(await r.json())
@@ -331,26 +381,27 @@ async def write_directly(api: str, names: list[str], concurrency: int) -> dict[s
             status_path = LANE_RESOURCE.object_path(NAMESPACE, name, "status")
             patch = {"status": lane_status(lane, children, [])}
             headers = {"Content-Type": "application/merge-patch+json"}
-            async with session.patch(api + status_path, json=patch, headers=headers) as r:
+            async with session.patch(api.url + status_path, json=patch, headers=headers) as r:
                 requests_made["statuses"] += 1
                 if r.status != 200:
                     requests_made["failed"] += 1
                 await r.read()
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    connector = aiohttp.TCPConnector(ssl=api.ssl_context())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), connector=connector) as session:
         await asyncio.gather(*(lane_objects(session, name) for name in names))
     return requests_made
 
 
 def _reference_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any]:
     names = [f"lane-{index:04d}" for index in range(size.lanes)]
-    with emulator(ctx, "emulator-reference") as (api, _, emulator_meter):
-        cpu_start = emulator_meter.cpu_s()
+    with control_plane(ctx, "reference") as (api, _, api_meter):
+        cpu_start = api_meter.cpu_s()
         started = time.monotonic()
         made = asyncio.run(write_directly(api, names, REFERENCE_CONCURRENCY))
         elapsed = time.monotonic() - started
-        emulator_cpu = emulator_meter.cpu_s() - cpu_start
-        with requests.Session() as session:
+        api_cpu = api_meter.cpu_s() - cpu_start
+        with api.session() as session:
             check = poll(session, api, expected, elapsed)
     ctx.say(f"reference: {size.lanes} lanes with children and statuses written in {elapsed:.1f} s")
     return {
@@ -359,7 +410,7 @@ def _reference_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, An
         "all_written_s": round(elapsed, 3),
         "lanes_with_all_children": len(check.children_complete),
         "lanes_with_status": len(check.status_observed),
-        "emulator_cpu_s": round(emulator_cpu, 3),
+        "api_server_cpu_s": round(api_cpu, 3),
         "concurrency": REFERENCE_CONCURRENCY,
     }
 
@@ -378,11 +429,11 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
     operator = _operator_run(ctx, size, expected)
     ratios = {
         "operator_vs_reference_all_converged": ratio(operator["all_converged_s"], reference["all_written_s"]),
-        "operator_vs_reference_emulator_cpu": ratio(
-            operator["emulator_cpu_s_until_converged"], reference["emulator_cpu_s"]
+        "operator_vs_reference_api_server_cpu": ratio(
+            operator["api_server_cpu_s_until_converged"], reference["api_server_cpu_s"]
         ),
-        "operator_cpu_vs_emulator_cpu": ratio(
-            operator["operator_cpu_s"]["until_converged"], operator["emulator_cpu_s_until_converged"]
+        "operator_cpu_vs_api_server_cpu": ratio(
+            operator["operator_cpu_s"]["until_converged"], operator["api_server_cpu_s_until_converged"]
         ),
         "operator_rss_peak_vs_idle": ratio(
             operator["operator_rss_bytes"]["peak"], operator["operator_rss_bytes"]["idle"]
@@ -397,13 +448,15 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "poll_interval_s": size.poll_interval_s,
         "timeout_s": size.timeout_s,
         "operator": f"voicelane operator --kubeconfig PATH --namespace {NAMESPACE} --metrics-listen 127.0.0.1:PORT",
-        "emulator": "python -P -m tests.support.kube_emulator --listen 127.0.0.1:PORT --kubeconfig-out PATH",
+        "control_plane": f"voicelane cluster up --nodes {NODES.count} --node-cpu {NODES.cpu} "
+        f"--node-memory {NODES.memory} --node-pods {NODES.pods} (a fresh one per run, in a temporary folder)",
     }
     notes = [
         "Times are measured by polling the API every poll_interval_s (lists of the lanes and of each child kind), "
-        "so they are accurate to about one interval; the polls load the emulator a little.",
-        "The emulator, the operator and the polling client share the machine's cores.",
-        "Ready is simulated: the emulator marks every Deployment rolled out on request.",
+        "so they are accurate to about one interval; the polls load the API server a little.",
+        "The control plane, the operator and the polling client share the machine's cores.",
+        "Ready is simulated: KWOK marks the pods the Deployment controller makes Running and Ready, "
+        "without containers; model storage is bound by the control plane's stand-in provisioner.",
     ]
     if not operator["converged"]:
         notes.append(f"The operator had not converged within {size.timeout_s:.0f} s; see lanes_reaching and timeline.")
