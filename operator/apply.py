@@ -21,9 +21,11 @@ write request, so the decision is made here, from two facts the live child carri
 
 So an unchanged lane costs reads only, plus one dry run per child after an operator restart.
 
-A child's name held by an object another controller owns is left alone (CONFLICT). An object in the
-way that no one controls is not listed (no lane label), so an unlisted child is read by name first
-(FETCH), then taken over by the apply. Children the lane controls but no longer renders are deleted.
+A child's name held by an object another controller owns is left alone (CONFLICT). An unlisted child
+is applied at once (CREATE), with no read first: an object in the way that no one controls (it has no
+lane label, so the listing missed it) is taken over by the apply, and one that another controller
+owns refuses it, because the API server lets an object have one controller reference only
+(`is_controller_conflict`). Children the lane controls but no longer renders are deleted.
 
 Upgrading from an operator older than server-side apply: it wrote with JSON merge patches, kept the
 shape of what it had set in the annotation LEGACY_APPLIED_FIELDS_ANNOTATION, and the API server filed
@@ -115,7 +117,6 @@ class Verb(enum.StrEnum):
     DELETE = "delete"
     KEEP = "keep"
     CONFLICT = "conflict"  # the name is taken by an object another controller owns
-    FETCH = "fetch"  # not listed: read the name first (an unlabelled object may hold it)
     DRY_RUN = "dry-run"  # unknown what our apply would own: ask the API server, then decide
     UPGRADE = "upgrade"  # written by an operator older than server-side apply: migrate it once
 
@@ -168,10 +169,7 @@ def plan_children(
             raise ValueError(f"the renderer produced {key[0]}/{key[2]} twice")
         seen.add(key)
         live = listed_by_key.get(key)
-        if live is None:
-            steps.append(_step(Verb.FETCH, obj))
-        else:
-            steps.append(plan_child(obj, live, owner_uid=owner_uid, applied=applied.get(key)))
+        steps.append(plan_child(obj, live, owner_uid=owner_uid, applied=applied.get(key)))
     for key, obj in listed_by_key.items():
         if key not in seen and controller_uid(obj) == owner_uid:
             steps.append(_step(Verb.DELETE, obj, message="no longer wanted"))
@@ -198,6 +196,16 @@ def plan_child(desired: Body, live: Body | None, *, owner_uid: str, applied: App
     if live_fields != applied.fields:
         return _step(Verb.APPLY, desired, body=desired, changed=field_paths(subtract(applied.fields, live_fields)))
     return _step(Verb.KEEP, desired)
+
+
+# The API server's validation message for an object given a second controller reference; stable
+# since ownerReferences gained the controller flag.
+_SECOND_CONTROLLER = "Only one reference can have Controller set to true"
+
+
+def is_controller_conflict(status: int | None, message: str) -> bool:
+    """Whether an apply was refused because another controller already owns the object."""
+    return status == 422 and _SECOND_CONTROLLER in message
 
 
 def legacy_upgrade(live: Body) -> dict[str, Any] | None:

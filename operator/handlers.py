@@ -13,8 +13,10 @@ Events for what a user would want to know. Reconciles of one lane never overlap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -40,6 +42,7 @@ from voicelane.operator.apply import (
     Step,
     Verb,
     child_key,
+    is_controller_conflict,
     plan_child,
     plan_children,
 )
@@ -76,9 +79,14 @@ class KubeApi:
     every child kind as plain dicts, so it calls the resource paths directly.
     """
 
+    # Requests in flight at once; the client's connection pool is sized to match (main.py). asyncio's
+    # default executor has os.cpu_count() + 4 threads, which on a small node serialises a burst of lanes.
+    MAX_IN_FLIGHT = 16
+
     def __init__(self, client: ApiClient, *, timeout_s: tuple[float, float] = (5.0, 30.0)) -> None:
         self.client = client
         self.timeout_s = timeout_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.MAX_IN_FLIGHT, thread_name_prefix="kube-api")
 
     async def get(self, path: str) -> Body | None:
         try:
@@ -134,7 +142,8 @@ class KubeApi:
         content_type: str = "application/json",
     ) -> Body:
         try:
-            return await asyncio.to_thread(self._call_blocking, method, path, body, list(query), content_type)
+            call = functools.partial(self._call_blocking, method, path, body, list(query), content_type)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except ApiException as exc:
             # Server trouble, throttling and write conflicts pass; AlreadyExists is an answer.
             conflict = exc.status == 409 and _api_reason(exc) != "AlreadyExists"
@@ -322,15 +331,25 @@ class LaneReconciler:
         children: list[Body] = []
         done: list[Step] = []
         problem: Problem | None = None
-        for step in steps:
+
+        async def perform(step: Step) -> tuple[Body | None, Step] | ApiException:
             child = (step.resource.kind, step.namespace, step.name)
             try:
-                result, performed = await self._perform(
+                return await self._perform(
                     step, wanted.get(child), listed.get(child), owner_uid=owner_uid, known=known.get(child)
                 )
-            except ApiException as exc:  # a refusal (4xx): show it, keep applying the rest
-                problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(exc)}")
+            except ApiException as exc:  # a refusal (4xx): shown in the status; the others go on
+                return exc
+
+        # The children do not depend on one another: write them at once (a lane's first reconcile is
+        # eight round trips in parallel, not in a row), then read the answers in the renderer's order.
+        outcomes = await asyncio.gather(*(perform(step) for step in steps))
+        for step, outcome in zip(steps, outcomes, strict=True):
+            child = (step.resource.kind, step.namespace, step.name)
+            if isinstance(outcome, ApiException):
+                problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(outcome)}")
                 continue
+            result, performed = outcome
             if performed.verb == Verb.CONFLICT:
                 problem = Problem("ChildConflict", performed.message)
             if performed.verb in (Verb.CREATE, Verb.APPLY, Verb.DELETE):
@@ -367,9 +386,6 @@ class LaneReconciler:
             await self.api.delete(path)
             return None, step
         assert desired is not None
-        if step.verb == Verb.FETCH:
-            current = await self.api.get(path)
-            step = plan_child(desired, current, owner_uid=owner_uid, applied=known)
         if step.verb == Verb.UPGRADE:
             assert step.body is not None
             current = await self.api.patch(path, step.body)  # None: deleted meanwhile
@@ -382,7 +398,13 @@ class LaneReconciler:
             return current, step
         if step.verb == Verb.CONFLICT:
             return None, step
-        result = await self.api.apply(path, desired)
+        try:
+            result = await self.api.apply(path, desired)
+        except ApiException as exc:
+            if step.verb == Verb.CREATE and is_controller_conflict(exc.status, _api_message(exc)):
+                message = f"{step.title} exists and is controlled by another owner"
+                return None, dataclasses.replace(step, verb=Verb.CONFLICT, message=message)
+            raise
         version = result["metadata"].get("resourceVersion")
         if current is not None and version == current["metadata"].get("resourceVersion"):
             return result, dataclasses.replace(step, verb=Verb.KEEP)  # the API server had nothing to change

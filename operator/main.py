@@ -182,6 +182,7 @@ async def operate(
         return connection_info(fresh, namespace)
 
     metrics = OperatorMetrics()
+    configuration.connection_pool_maxsize = handlers.KubeApi.MAX_IN_FLIGHT
     reconciler = handlers.LaneReconciler(
         handlers.KubeApi(ApiClient(configuration), timeout_s=(min(5.0, api_timeout_s), api_timeout_s)),
         metrics,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, wait_until
+from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, condition, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(180)]
 
@@ -202,3 +202,35 @@ def test_after_an_operator_restart_an_unchanged_lane_is_still_not_written(
     assert child_writes(cluster) == writes
     assert spec_versions(lane.children()) == spec_versions(children)
     assert dry_runs(cluster) - checked == len(children)  # it asked the API server instead, once per child
+
+
+def test_a_name_held_by_another_controller_is_left_alone_and_reported(cluster: Cluster, lane: Lane) -> None:
+    # An owner of someone else's, and a ConfigMap it controls under the name of the lane's sidecar policy.
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{lane.name}-owner"}})
+    owner = cluster.get("configmap", f"{lane.name}-owner")
+    assert owner is not None
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"]}
+    held = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{lane.name}-sidecar",
+            "ownerReferences": [{**reference, "uid": owner["metadata"]["uid"], "controller": True}],
+        },
+        "data": {"kept": "yes"},
+    }
+    cluster.apply(held)
+
+    lane.create()
+
+    degraded = wait_until(lambda: lane.having("Degraded"), cluster.change_timeout_s, what="Degraded")
+    assert condition(degraded, "Degraded")["reason"] == "ChildConflict"
+    assert f"{lane.name}-sidecar" in condition(degraded, "Degraded")["message"]
+    untouched = cluster.get("configmap", f"{lane.name}-sidecar")
+    assert untouched is not None
+    assert untouched["data"] == {"kept": "yes"}
+    assert [ref["uid"] for ref in untouched["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+    # The lane's other children are there all the same.
+    assert ("Service", f"{lane.name}-fast") in lane.children()
+    cluster.delete("configmap", f"{lane.name}-sidecar")
+    cluster.delete("configmap", f"{lane.name}-owner")

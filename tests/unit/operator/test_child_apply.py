@@ -12,6 +12,7 @@ from voicelane.operator.apply import (
     Applied,
     Verb,
     field_paths,
+    is_controller_conflict,
     legacy_upgrade,
     plan_child,
     plan_children,
@@ -72,10 +73,21 @@ def test_a_missing_child_is_created_from_the_rendering_as_is() -> None:
     assert (step.verb, step.body) == (Verb.CREATE, deployment())
 
 
-def test_a_child_the_lane_label_did_not_list_is_read_by_name_first() -> None:
+def test_a_child_the_lane_label_did_not_list_is_applied_without_a_read_first() -> None:
     [step] = plan_children([deployment()], [], owner_uid=OWNER, applied={})
 
-    assert step.verb == Verb.FETCH
+    assert (step.verb, step.body) == (Verb.CREATE, deployment())
+
+
+def test_an_apply_refused_for_a_second_controller_is_a_conflict_and_other_refusals_are_not() -> None:
+    second_controller = (
+        'Deployment.apps "voice-fast" is invalid: metadata.ownerReferences: Invalid value: []v1.OwnerReference{…}: '
+        'Only one reference can have Controller set to true. Found "true" in references for VoiceLane/voice and '
+        "ReplicaSet/other"
+    )
+    assert is_controller_conflict(422, second_controller)
+    assert not is_controller_conflict(422, 'Deployment.apps "voice-fast" is invalid: spec.replicas: Invalid value')
+    assert not is_controller_conflict(409, second_controller)
 
 
 def test_an_unchanged_child_still_owning_what_it_was_applied_with_needs_no_request() -> None:

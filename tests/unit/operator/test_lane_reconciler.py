@@ -105,6 +105,18 @@ class FakeApi:
     async def apply(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         key = self._request("dry-run" if dry_run else "apply", path)
         live = copy.deepcopy(self.objects.get(key) or {"metadata": {}})
+        controllers = {
+            ref["uid"]
+            for obj in (live, body)
+            for ref in obj["metadata"].get("ownerReferences") or []
+            if ref.get("controller")
+        }
+        if len(controllers) > 1:  # the API server's validation: one controller reference at most
+            error = api_error(422, "Invalid")
+            error.body = json.dumps(
+                {"reason": "Invalid", "message": "Only one reference can have Controller set to true. Found ..."}
+            )
+            raise error
         others = [e for e in live["metadata"].pop("managedFields", []) if e["manager"] != FIELD_MANAGER]
         applied = merge_patch(live, copy.deepcopy(body))
         ours = {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": fields_of(body)}
@@ -259,7 +271,7 @@ async def test_a_changed_lane_applies_only_the_children_whose_rendering_changed(
     assert api.writes() == [("apply", "deployments/lane-deep"), ("patch", "voicelanes/lane")]
 
 
-async def test_a_child_that_exists_unlabelled_is_read_and_adopted_not_duplicated(
+async def test_a_child_that_exists_unlabelled_is_adopted_by_the_apply_not_duplicated(
     api: FakeApi, reconciler: LaneReconciler
 ) -> None:
     stray = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lane-fast", "namespace": "voice"}}
@@ -271,7 +283,7 @@ async def test_a_child_that_exists_unlabelled_is_read_and_adopted_not_duplicated
     service = api.objects[("services", "voice", "lane-fast")]
     assert service["spec"]["ports"][0]["port"] == 11435
     assert service["metadata"]["labels"]["voicelane.dev/lane"] == "lane"
-    assert ("get", "services/lane-fast") in api.requests
+    assert ("get", "services/lane-fast") not in api.requests  # no read before the apply
 
 
 async def test_a_child_name_held_by_another_controller_is_left_alone_and_reported(
@@ -286,7 +298,8 @@ async def test_a_child_name_held_by_another_controller_is_left_alone_and_reporte
 
     await reconciler.reconcile(KEY)
 
-    assert ("apply", "services/lane-fast") not in api.writes()
+    assert api.objects[("services", "voice", "lane-fast")]["metadata"]["ownerReferences"] == [theirs]
+    assert "spec" not in api.objects[("services", "voice", "lane-fast")]
     degraded = condition_of(stored_lane(api)["status"], "Degraded")
     assert (degraded["reason"], "Service/lane-fast" in degraded["message"]) == ("ChildConflict", True)
 
