@@ -45,3 +45,22 @@ def test_the_operator_serves_metrics_and_health_probes(cluster: Cluster, operato
     assert '"ready": true' in operator.get("/readyz")
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10) as kopf_probe:
         assert kopf_probe.status == 200
+
+
+def test_a_lane_deleted_while_the_operator_is_down_is_released_when_it_starts(
+    cluster: Cluster, operator: OperatorProcess, lane: Lane
+) -> None:
+    lane.create()
+    wait_until(lambda: len(lane.children()) == 8, cluster.change_timeout_s, what="the sample's 8 children")
+    operator.stop()
+
+    cluster.delete("voicelane", lane.name, wait=False)
+    held = lane.get()
+    assert held is not None, "the finalizer should hold the lane"
+    assert held["metadata"].get("deletionTimestamp")
+
+    operator.start()
+
+    wait_until(lambda: lane.get() is None, cluster.change_timeout_s, what="the finalizer released")
+    # The garbage collector takes the children through their ownerReferences.
+    wait_until(lambda: lane.children() == {}, 90, what="the children collected")
