@@ -64,7 +64,7 @@ def stored(desired: dict[str, Any], *managed: dict[str, Any]) -> dict[str, Any]:
 
 
 def remembered(desired: dict[str, Any], fields: dict[str, Any] = OURS) -> Applied:
-    return Applied("child-uid", desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH], fields)
+    return Applied.remember("child-uid", desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH], fields)
 
 
 def test_a_missing_child_is_created_from_the_rendering_as_is() -> None:
@@ -129,7 +129,7 @@ def test_a_container_field_taken_over_is_named_by_the_container() -> None:
 
 def test_without_a_memory_of_the_last_apply_a_dry_run_decides() -> None:
     desired = deployment()
-    recreated = Applied("uid-of-an-earlier-object", remembered(desired).spec_hash, OURS)
+    recreated = Applied.remember("uid-of-an-earlier-object", remembered(desired).spec_hash, OURS)
 
     assert plan_child(desired, stored(desired), owner_uid=OWNER, applied=None).verb == Verb.DRY_RUN
     assert plan_child(desired, stored(desired), owner_uid=OWNER, applied=recreated).verb == Verb.DRY_RUN
