@@ -70,11 +70,20 @@ def lane(impatient_cluster: Cluster, impatient_operator: OperatorProcess) -> Ite
         impatient_cluster.delete("voicelane", subject.name)
 
 
-def stall(cluster: Cluster, verb: str, resource: str, *, times: int | None, subresource: str | None = None) -> None:
+def stall(
+    cluster: Cluster,
+    verb: str,
+    resource: str,
+    *,
+    times: int | None,
+    subresource: str | None = None,
+    name: str | None = None,
+) -> None:
     cluster.inject_fault(
         verb=verb,
         resource=resource,
         subresource=subresource,
+        name=name,
         namespace=cluster.namespace,
         delay_s=STALL_S,
         times=times,
@@ -97,9 +106,9 @@ def test_requests_that_time_out_are_retried_until_the_lane_converges(
     observed = wait_converged(lane, 60, context="after the timeouts")
     assert observed["metadata"]["generation"] == 1
     assert cluster.fault_hits() == 5, "every stalled request was made, and timed out"
-    # The reconciler's own writes that timed out (a Service, a Deployment, the status) each failed
-    # one reconcile, which was retried.
-    assert operator.metric(ERRORS) - errors >= 3
+    # The reconciler's own writes that timed out failed reconciles, which were retried: the Service and
+    # the Deployment in one (a lane's children are written at once), the status in another.
+    assert operator.metric(ERRORS) - errors >= 2
     assert operator.alive()
 
     stall(cluster, "get", "voicelanes", times=1)  # the reconciler reads the lane first
@@ -112,7 +121,8 @@ def test_a_stall_that_lasts_is_retried_with_growing_delays_and_converges_when_it
     impatient_cluster: Cluster, impatient_operator: OperatorProcess, lane: Lane
 ) -> None:
     cluster = impatient_cluster
-    stall(cluster, "patch", "deployments", times=None)
+    # One Deployment only: each reconcile writes a lane's children at once, so this counts reconciles.
+    stall(cluster, "patch", "deployments", name=f"{lane.name}-fast", times=None)
 
     lane.create()
     time.sleep(9.0)  # the stall lasts this long: a real outage, not a clock to inject
