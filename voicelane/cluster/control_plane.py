@@ -34,7 +34,7 @@ import yaml
 
 from voicelane.cluster import build
 from voicelane.cluster.pki import write_pki
-from voicelane.cluster.provisioner import STORAGE_CLASS
+from voicelane.cluster.provisioner import STORAGE_CLASS, Api
 
 DEFAULT_DIR = Path(".voicelane/cluster")
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -158,26 +158,14 @@ class ControlPlane:
     # -- requests to the API server with the admin credentials -------------------------------------
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        request = urllib.request.Request(
-            self.api_url + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10, context=self._ssl()) as response:
-            return json.loads(response.read() or b"null")
-
-    def _ssl(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
-        return context
+        return Api(self.api_url, self.pki).call(method, path, dict(body) if body is not None else None)
 
     def _ready(self, api_url: str) -> bool:
         if not api_url:
             return False
         try:
             request = urllib.request.Request(api_url + "/readyz")
-            with urllib.request.urlopen(request, timeout=3, context=self._ssl()) as response:
+            with urllib.request.urlopen(request, timeout=3, context=Api(api_url, self.pki).context) as response:
                 return bool(response.status == 200)
         except (OSError, urllib.error.URLError, ssl.SSLError):
             return False
