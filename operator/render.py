@@ -308,7 +308,8 @@ def _extra_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
     return [var.model_dump(by_alias=True, exclude_none=True) for var in tier_spec.env]
 
 
-def _model_server_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
+def model_server_environment(tier_spec: TierSpec) -> dict[str, str]:
+    """The Ollama settings a tier's model server runs with (the spec's own `env` entries aside)."""
     pairs = {
         "OLLAMA_HOST": f"0.0.0.0:{OLLAMA_PORT}",
         "OLLAMA_MODELS": MODELS_PATH,
@@ -322,7 +323,11 @@ def _model_server_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
     if tier_spec.context_length is not None:
         pairs["OLLAMA_CONTEXT_LENGTH"] = str(tier_spec.context_length)
     pairs["VOICELANE_MODEL"] = loaded_model_name(tier_spec.model)
-    return _env(pairs) + _extra_env(tier_spec)
+    return pairs
+
+
+def _model_server_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
+    return _env(model_server_environment(tier_spec)) + _extra_env(tier_spec)
 
 
 def _exec_probe(command: str, *, period: int, failures: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "voicelane.operator.inject_command",
     "voicelane.demo",
     "voicelane.bench.cli",
+    "voicelane.stack.cli",
     "voicelane.cluster.cli",
 )
 

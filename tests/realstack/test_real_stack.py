@@ -1,7 +1,8 @@
-"""Tier 3: the real local stack — llama-server with the shipped small model and embedded espeak.
+"""Tier 4: the real local stack — two Ollama servers with the shipped small model, and embedded espeak.
 
-The tiny model's wording is not the point (quality is the user's model's business); these
-tests assert structure: real audio for every class, and the TTFA stages recorded.
+The sidecar talks to Ollama in both protocols it speaks: Ollama's native API and the OpenAI-compatible
+one Ollama also serves. The tiny model's wording is not the point (quality is the user's model's
+business); these tests assert structure: real audio for every class, and the TTFA stages recorded.
 """
 
 from __future__ import annotations
@@ -13,36 +14,23 @@ import pytest
 import requests
 import yaml
 
-from voicelane.localstack import ensure_stack, llama_server_argv
 from voicelane.processes import free_port, running, voicelane_argv
 from voicelane.sidecar.audio import parse_wav
+from voicelane.stack.ollama import Stack
 
 pytestmark = [pytest.mark.realstack, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def stack_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server, model = ensure_stack()
-    logs = tmp_path_factory.mktemp("realstack-logs")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        llama_server_argv(server, model, port=port),
-        ready_url=url + "/health",
-        log_dir=logs,
-        name="llama-server",
-        ready_timeout_s=240,
-    ):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def sidecar_url(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("sidecar-logs")
+@pytest.fixture(scope="module", params=["ollama", "openai"])
+def sidecar_url(
+    request: pytest.FixtureRequest, ollama_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    protocol = request.param
+    logs = tmp_path_factory.mktemp(f"sidecar-{protocol}-logs")
     config: dict = {
         "upstreams": {
-            tier: {"url": stack_url, "protocol": "openai", "model": "smollm2", "num_predict": 64}
-            for tier in ("fast", "deep")
+            tier.tier: {"url": tier.url, "protocol": protocol, "model": tier.model, "num_predict": 64}
+            for tier in (ollama_stack.fast, ollama_stack.deep)
         },
         "phrase_bank": {"enabled": False},
         # The shared 2-core machine may be slow; the deadline must not turn every answer into a fallback.
@@ -75,7 +63,7 @@ def test_each_class_is_spoken_by_the_real_model(sidecar_url: str, source: str, t
     )
     assert response.status_code == 200, response.text
     assert response.headers["X-Voicelane-Tier"] in {"fast", "deep"}
-    assert "X-Voicelane-Fallback" not in response.headers
+    assert "X-Voicelane-Fallback" not in response.headers  # the model answered, not the deadline's phrase
     rate, channels, width, pcm = parse_wav(response.content)
     assert (channels, width) == (1, 2)
     assert rate > 0

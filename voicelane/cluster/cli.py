@@ -32,8 +32,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from voicelane.cluster.build import BuildError
     from voicelane.cluster.control_plane import DEFAULT_DIR, ClusterError, ControlPlane, NodeShape
+    from voicelane.gobuild import BuildError
 
     shape = NodeShape(count=args.nodes, cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods)
     plane = ControlPlane(args.dir or DEFAULT_DIR, nodes=shape, out=sys.stderr)
@@ -59,7 +59,8 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from voicelane.cluster.build import BuildError, ensure_all
+    from voicelane.cluster.build import ensure_all
+    from voicelane.gobuild import BuildError
 
     try:
         for name, path in sorted(ensure_all(out=sys.stderr).items()):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from voicelane.cluster import build
+from voicelane import gobuild as build
+from voicelane.cluster.build import COMPONENTS, KUBERNETES, kubernetes_ldflags
+from voicelane.stack.build import OLLAMA
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> build.Component:
     (folder / "go.sum").write_text("k8s.io/kubernetes v1.34.4 h1:abc=\n")
     monkeypatch.setattr(build, "GOBUILD", tmp_path / "gobuild")
     monkeypatch.setenv("VOICELANE_CACHE", str(tmp_path / "cache"))
-    return dataclasses.replace(build.KUBERNETES, name="sample")
+    return dataclasses.replace(KUBERNETES, name="sample")
 
 
 def test_the_cache_folder_names_the_pinned_release(module: build.Component) -> None:
@@ -53,19 +55,29 @@ def test_a_go_mod_that_does_not_pin_the_module_is_refused_by_name(module: build.
 
 
 def test_kubernetes_binaries_report_their_release_not_a_development_version() -> None:
-    flags = build.KUBERNETES.ldflags("v1.34.4")
+    flags = kubernetes_ldflags("v1.34.4")
     assert "k8s.io/component-base/version.gitVersion=v1.34.4" in flags
     assert "k8s.io/component-base/version.gitMinor=34" in flags
 
 
 def test_the_pinned_modules_of_the_project_name_their_releases() -> None:
-    versions = {component.name: component.version() for component in build.COMPONENTS}
+    versions = {component.name: component.version() for component in (*COMPONENTS, OLLAMA)}
     assert versions["kubernetes"].startswith("v1.3")
     assert versions["etcd"].startswith("v3.6.")
     assert versions["kwok"].startswith("v0.")
+    assert versions["ollama"].startswith("v0.")
+    # The headers Ollama's module zip leaves out are pinned in its build module too, so a build needs nothing else.
+    assert all(OLLAMA.version(headers.module).startswith("v") for headers in OLLAMA.headers)
     # Every staging module is pinned to the release's v0.x twin: a dependent module cannot use local paths.
     text = (build.GOBUILD / "kubernetes" / "go.mod").read_text()
     staging = [line for line in text.splitlines() if "=>" in line]
     assert staging
     minor = versions["kubernetes"].removeprefix("v1.")
     assert all(line.split("=>")[1].split()[1] == f"v0.{minor}" for line in staging), os.linesep.join(staging)
+
+
+def test_c_flags_key_the_cache_only_for_components_that_set_them(module: build.Component) -> None:
+    plain = module.output_dir()
+    flagged = dataclasses.replace(module, cflags="-mavx2")
+    assert flagged.output_dir() != plain  # another target CPU is another binary
+    assert dataclasses.replace(module, cflags="").output_dir() == plain

@@ -1,0 +1,1 @@
+"""The real local model stack: Ollama built from its Go module, serving the shipped small model on 127.0.0.1."""
