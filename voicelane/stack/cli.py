@@ -24,6 +24,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--deep-listen", default="127.0.0.1:11434", help="deep tier address (default %(default)s)")
     parser.add_argument("--sidecar", metavar="HOST:PORT", help="also start a sidecar in front of both tiers")
     parser.add_argument("--dir", type=Path, default=None, help="folder for logs and server homes (default: temporary)")
+    parser.add_argument("--ollama", type=Path, default=None, help="an ollama binary to run instead of the cached build")
     parser.add_argument("--build", action="store_true", help="only build or fetch Ollama and the model, then exit")
     parser.set_defaults(handler=run)
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from voicelane.stack.ollama import StackError, running_stack
 
     try:
-        binary = ensure_ollama()
+        binary = args.ollama or ensure_ollama()
         gguf = ensure_model()
     except (BuildError, RuntimeError) as exc:
         print(f"voicelane stack: {exc}", file=sys.stderr)
