@@ -225,6 +225,10 @@ class ControlPlane:
                 "--concurrent-gc-syncs=10",
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-replicaset-syncs=10",
+                # The client's default 20 requests/s paces a rollout of hundreds of pods to minutes;
+                # one loopback API server can take far more.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ]
         if name == "kube-scheduler":
             return [
@@ -234,6 +238,8 @@ class ControlPlane:
                 f"--secure-port={ports['scheduler']}",
                 "--leader-elect=false",
                 "--profiling=false",
+                "--kube-api-qps=200",  # binds, like the controller manager's writes, above the default 50/s
+                "--kube-api-burst=400",
             ]
         if name == "kwok":
             return [
