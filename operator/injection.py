@@ -11,7 +11,9 @@ as it was. `inject` adds
 - startup, liveness and readiness probes on the metrics listener (the API listens on loopback, where
   the kubelet cannot reach it), the metrics port named for the chart's PodMonitor, resource requests
   and limits, and a securityContext that meets the Pod Security "restricted" profile on its own;
-- `VOICELANE_URL` in every app container that does not set it already;
+- the sidecar's address in every app container, in each variable it does not set already:
+  `VOICELANE_URL`, `OLLAMA_HOST` (read by Ollama's own clients) and `OPENAI_BASE_URL` (the
+  address with `/v1`, read by the official OpenAI clients), so an unchanged app reaches the lane;
 - the `voicelane.dev/lane` label (the lane's NetworkPolicy admits only pods carrying it) and an
   annotation recording the injection.
 
@@ -48,6 +50,8 @@ SIDECAR_CONFIG_PATH = f"{SIDECAR_CONFIG_DIR}/{SIDECAR_CONFIG_KEY}"
 CONFIG_VOLUME = "voicelane-config"
 TMP_VOLUME = "voicelane-tmp"
 URL_ENV = "VOICELANE_URL"
+OLLAMA_HOST_ENV = "OLLAMA_HOST"
+OPENAI_BASE_URL_ENV = "OPENAI_BASE_URL"
 INJECTED_ANNOTATION = "voicelane.dev/sidecar-injected"
 # The uid the images run as (images/*.Dockerfile, USER 65532:65532).
 IMAGE_UID = 65532
@@ -84,6 +88,11 @@ def loopback_url(listen: str) -> str:
     elif host == "::":
         host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def app_environment(url: str) -> dict[str, str]:
+    """The variables that point an app container's clients at the sidecar listening at `url`."""
+    return {URL_ENV: url, OLLAMA_HOST_ENV: url, OPENAI_BASE_URL_ENV: f"{url}/v1"}
 
 
 def sidecar_container(image: str, *, image_pull_policy: str = "IfNotPresent") -> dict[str, Any]:
@@ -182,11 +191,14 @@ def inject(
     if "initContainers" not in spec:  # listed before the containers, as it runs first (readable output)
         spec = injected["spec"] = _insert_before(spec, "containers", "initContainers", [])
     spec["initContainers"] = [sidecar, *init_containers]
-    url = loopback_url(api_listen)
+    addresses = app_environment(loopback_url(api_listen))
     for container in containers:
         env = _list_of_mappings(container.get("env"), f"env of container {container.get('name')}")
-        if not any(var.get("name") == URL_ENV for var in env):
-            container["env"] = [*env, {"name": URL_ENV, "value": url}]  # an app's own setting wins
+        already_set = {var.get("name") for var in env}
+        # An app's own setting wins: it may talk to a model server of its own on purpose.
+        missing = [{"name": name, "value": value} for name, value in addresses.items() if name not in already_set]
+        if missing:
+            container["env"] = [*env, *missing]
     spec["volumes"] = [*_list_of_mappings(spec.get("volumes"), "spec.volumes"), *sidecar_volumes(lane)]
     return injected
 

@@ -130,19 +130,46 @@ def test_every_app_container_gets_the_sidecar_url() -> None:
     assert {"name": "MODE", "value": "queue"} in worker["env"]
 
 
+def test_unchanged_ollama_and_openai_clients_are_pointed_at_the_sidecar() -> None:
+    # Ollama's clients read OLLAMA_HOST, the official OpenAI clients OPENAI_BASE_URL (with /v1).
+    for container in injected_pod()["spec"]["containers"]:
+        assert {"name": "OLLAMA_HOST", "value": "http://127.0.0.1:8787"} in container["env"], container["name"]
+        assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8787/v1"} in container["env"]
+
+
 def test_the_url_follows_the_lanes_listen_address_through_loopback() -> None:
     pod = injected_pod(api_listen="0.0.0.0:9000")
-    assert {"name": "VOICELANE_URL", "value": "http://127.0.0.1:9000"} in pod["spec"]["containers"][0]["env"]
+    env = pod["spec"]["containers"][0]["env"]
+    assert {"name": "VOICELANE_URL", "value": "http://127.0.0.1:9000"} in env
+    assert {"name": "OLLAMA_HOST", "value": "http://127.0.0.1:9000"} in env
+    assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:9000/v1"} in env
     assert loopback_url("[::]:8787") == "http://[::1]:8787"
     assert loopback_url("localhost:8787") == "http://localhost:8787"
 
 
-def test_an_app_that_sets_the_url_itself_keeps_it() -> None:
+def test_an_app_that_sets_the_urls_itself_keeps_them() -> None:
     pod = app_pod()
-    pod["spec"]["containers"][0]["env"] = [{"name": "VOICELANE_URL", "value": "http://elsewhere:1"}]
+    own = [
+        {"name": "VOICELANE_URL", "value": "http://elsewhere:1"},
+        {"name": "OLLAMA_HOST", "value": "http://my-ollama:11434"},
+        {"name": "OPENAI_BASE_URL", "value": "https://api.example.com/v1"},
+    ]
+    pod["spec"]["containers"][0]["env"] = own
     injected = inject(pod, lane="voice")
     assert injected is not None
-    assert injected["spec"]["containers"][0]["env"] == [{"name": "VOICELANE_URL", "value": "http://elsewhere:1"}]
+    assert injected["spec"]["containers"][0]["env"] == own
+
+
+def test_an_app_that_sets_one_url_gets_the_others() -> None:
+    pod = app_pod()
+    pod["spec"]["containers"][0]["env"] = [{"name": "OLLAMA_HOST", "value": "http://my-ollama:11434"}]
+    injected = inject(pod, lane="voice")
+    assert injected is not None
+    assert injected["spec"]["containers"][0]["env"] == [
+        {"name": "OLLAMA_HOST", "value": "http://my-ollama:11434"},
+        {"name": "VOICELANE_URL", "value": "http://127.0.0.1:8787"},
+        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8787/v1"},
+    ]
 
 
 def test_injection_is_marked_and_labels_the_pod_for_the_lanes_network_policy() -> None:

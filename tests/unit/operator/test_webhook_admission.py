@@ -83,7 +83,9 @@ async def test_the_app_url_is_the_lanes_listen_address() -> None:
     admission = await admit(pod(), Lanes(lane(server={"listen": "0.0.0.0:9001"})))
     assert admission.pod is not None
     assert admission.pod["spec"]["containers"][0]["env"] == [
-        {"name": "VOICELANE_URL", "value": "http://127.0.0.1:9001"}
+        {"name": "VOICELANE_URL", "value": "http://127.0.0.1:9001"},
+        {"name": "OLLAMA_HOST", "value": "http://127.0.0.1:9001"},
+        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:9001/v1"},
     ]
 
 
