@@ -290,9 +290,14 @@ def test_a_pod_of_a_lane_in_another_namespace_is_not_injected(webhook: Webhook, 
 def test_when_the_api_fails_the_pod_is_admitted_untouched_with_a_warning(
     webhook: Webhook, webhook_cluster: Cluster, lane: str
 ) -> None:
-    if not webhook_cluster.inject_fault(verb="get", resource="voicelanes", name=lane, status=500):
+    # Every read of the lane fails until cleared: the operator's own reconciler may read it meanwhile,
+    # and a one-shot fault spent on that read would leave the webhook's read unharmed.
+    if not webhook_cluster.inject_fault(verb="get", resource="voicelanes", name=lane, status=500, times=None):
         pytest.skip("no fault injection in front of this operator")
-    response = webhook.review(app_pod(lane), webhook_cluster.namespace).response
+    try:
+        response = webhook.review(app_pod(lane), webhook_cluster.namespace).response
+    finally:
+        webhook_cluster.clear_faults()
     assert response["allowed"] is True
     assert "patch" not in response
     assert f"cannot read VoiceLane {lane}" in response["warnings"][0]
