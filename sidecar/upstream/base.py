@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal
+
+import aiohttp
 
 from voicelane.sidecar.config import Protocol, UpstreamConfig
 
@@ -85,6 +88,15 @@ class UpstreamClient(ABC):
         Raises UpstreamError on any failure; a stream that ends without the server's
         done marker raises (kind `protocol`) rather than looking complete.
         """
+
+    def forward(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Send `body` as it is to `path` on this server and hold its answer open for reading.
+
+        Raises UpstreamError (`refused`, `timeout`) if no answer comes; any status is an answer.
+        """
+        raise UpstreamError("refused", f"{type(self).__name__} cannot forward requests")
 
     @abstractmethod
     async def health(self) -> bool:

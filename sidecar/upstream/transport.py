@@ -13,6 +13,7 @@ must come within the idle timeout; the whole call is bounded by `total_timeout_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -113,6 +114,34 @@ class HttpUpstreamClient(UpstreamClient):
             raise
         except Exception:  # a probe reports what it saw; it must never take its caller down
             return False
+
+    @contextlib.asynccontextmanager
+    async def forward(self, method: str, path: str, body: bytes | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        # Each read must come within the first-token wait: a forwarded answer is a stream too.
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.total_timeout_s,
+            sock_connect=self.config.connect_timeout_s,
+            sock_read=self.config.first_token_timeout_s,
+        )
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            response = await self.session().request(
+                method, self.base_url + path, data=body, headers=headers, timeout=timeout
+            )
+        except TimeoutError as exc:
+            raise self._timeout_error(exc, first_token=True, deadline_is_total=False) from None
+        except aiohttp.ClientError as exc:
+            raise self._connection_error(exc, before_first_token=True, response_started=False) from exc
+        self._streaming.add(response)
+        try:
+            yield response
+        finally:
+            self._streaming.discard(response)
+            if response.content.at_eof():
+                response.release()
+            else:
+                # An unfinished body cannot be reused: drop the connection rather than pool it.
+                response.close()
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()

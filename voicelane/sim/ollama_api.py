@@ -1,4 +1,4 @@
-"""The simulated Ollama API: chat, generate, version, tags, ps, pull and show, in Ollama's wire format."""
+"""The simulated Ollama API: chat, generate, embed, version, tags, ps, pull and show, in Ollama's wire format."""
 
 from __future__ import annotations
 
@@ -21,7 +21,15 @@ from voicelane.sim.bodies import (
 from voicelane.sim.catalog import ModelInfo, canonical_name
 from voicelane.sim.latency import parse_keep_alive
 from voicelane.sim.playback import GenerationPlan, play
-from voicelane.sim.replies import choose_text, content_text, count_tokens, generate_reply, last_user_content
+from voicelane.sim.replies import (
+    choose_text,
+    content_text,
+    count_tokens,
+    embedding,
+    embedding_inputs,
+    generate_reply,
+    last_user_content,
+)
 from voicelane.sim.state import ServerBusy, Simulator
 from voicelane.sim.wire import BUSY_MESSAGE, SIM_VERSION, OllamaDialect, dumps, ollama_error, timestamp
 
@@ -163,6 +171,16 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
+async def embed(request: web.Request) -> web.Response:
+    sim = simulator(request)
+    body = await read_json(request)
+    name, _ = _model_info(sim, body)
+    inputs = embedding_inputs(body.get("input"))
+    if inputs is None:
+        raise BadRequest("invalid input type")
+    return json_answer({"model": name, "embeddings": [embedding(text) for text in inputs]})
+
+
 async def pull(request: web.Request) -> web.StreamResponse:
     """Streams progress lines like Ollama's and ends with {"status": "success"}; the model is then listed."""
     sim = simulator(request)
@@ -205,6 +223,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     app.router.add_post("/api/show", show)
+    app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/pull", pull)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/generate", generate)

@@ -21,7 +21,15 @@ from voicelane.sim.bodies import (
 from voicelane.sim.faults import Fault
 from voicelane.sim.latency import DEFAULT_KEEP_ALIVE_S
 from voicelane.sim.playback import GenerationPlan, abort, hold, play
-from voicelane.sim.replies import choose_text, content_text, count_tokens, generate_reply, last_user_content
+from voicelane.sim.replies import (
+    choose_text,
+    content_text,
+    count_tokens,
+    embedding,
+    embedding_inputs,
+    generate_reply,
+    last_user_content,
+)
 from voicelane.sim.state import ServerBusy
 from voicelane.sim.wire import BUSY_MESSAGE, OpenAIChatDialect, openai_error
 
@@ -127,7 +135,23 @@ async def speech(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    sim = simulator(request)
+    body = await read_json(request)
+    name = field(body, "model", str)
+    if not name:
+        raise BadRequest("you must provide a model parameter")
+    if sim.resolve_model(name) is None:
+        raise BadRequest(f"model '{name}' not found", 404, kind="invalid_request_error")
+    inputs = embedding_inputs(body.get("input"))
+    if inputs is None:
+        raise BadRequest("invalid input type")
+    data = [{"object": "embedding", "embedding": embedding(text), "index": i} for i, text in enumerate(inputs)]
+    return json_answer({"object": "list", "data": data, "model": name})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/audio/speech", speech)

@@ -83,3 +83,26 @@ def oversized_tokens(text: str, count: int) -> tuple[str, ...]:
     if not base[-1][-1:].isspace():
         base[-1] += " "
     return tuple(base[index % len(base)] for index in range(count))
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def embedding(text: str) -> list[float]:
+    """A stable unit vector for `text`: the same input always embeds the same, as on a real server."""
+    import hashlib
+    import math
+
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    raw = [(byte - 127.5) / 127.5 for byte in digest[:EMBEDDING_DIMENSIONS]]
+    norm = math.sqrt(sum(value * value for value in raw)) or 1.0
+    return [round(value / norm, 6) for value in raw]
+
+
+def embedding_inputs(value: object) -> list[str] | None:
+    """`input` as Ollama and OpenAI take it (a string or a list of strings), or None if it is neither."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return list(value)
+    return None
