@@ -33,7 +33,6 @@ BURN_RATE_ALERTS = {
     "VoiceLaneTTFABudgetBurnSlow": ("3d", "6h", "1"),
 }
 # Sidecar defaults (sidecar/config.py TTFATargets): the rules and dashboards must agree with them.
-CLASS_TARGETS = {"chat": 3.0, "notification": 2.5, "email": 3.5, "email_tldr": 3.5, "email_segment": 3.5}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -140,22 +139,24 @@ def test_burn_rate_alerts_use_the_documented_objective_windows_and_factor(alert:
     assert sorted(windows) == sorted([long_window, short_window])
 
 
-def test_class_targets_in_rules_match_the_sidecar_defaults() -> None:
-    from voicelane.sidecar.config import RequestClass, TTFATargets
-
-    defaults = TTFATargets()
-    for request_class, target in CLASS_TARGETS.items():
-        assert _constant("voicelane:ttfa_target_seconds", request_class=request_class) == target
-        assert defaults.for_class(RequestClass(request_class)) == target
+def test_no_rule_compares_with_a_target_of_its_own() -> None:
+    # Targets are each lane's (spec.policy.ttfa), exported by its sidecars: a number in a rule would
+    # hold one lane to another's promise. The SLO objective is the one documented constant.
+    for rule in alert_rules() + [rule for rule in load_rules() if "record" in rule]:
+        constants = re.findall(r"vector\(([\d.]+)\)", rule["expr"])
+        assert constants in ([], ["0.99"]), (rule.get("alert") or rule.get("record"), rule["expr"])
+    (p95,) = [rule for rule in alert_rules() if rule["alert"] == "VoiceLaneTTFAP95OverTarget"]
+    assert "voicelane_ttfa_target_seconds" in p95["expr"]
+    assert "on (namespace, lane, request_class)" in p95["expr"]
 
 
 # ----- dashboards --------------------------------------------------------------------------------
 
 EXPECTED_PANELS = {
     "VoiceLane / Time to first audio": {
-        "Chat: time to first audio (target 3 s)",
-        "Notification: time to first audio (target 2.5 s)",
-        "Email TL;DR: time to first audio (target 3.5 s)",
+        "Chat: time to first audio against the lane's target",
+        "Notification: time to first audio against the lane's target",
+        "Email TL;DR: time to first audio against the lane's target",
         "Within target (time range)",
         "Share within target by class",
         "p95 by class",
@@ -186,9 +187,9 @@ EXPECTED_PANELS = {
     },
 }
 TARGET_PANELS = {
-    "Chat: time to first audio (target 3 s)": 3.0,
-    "Notification: time to first audio (target 2.5 s)": 2.5,
-    "Email TL;DR: time to first audio (target 3.5 s)": 3.5,
+    "Chat: time to first audio against the lane's target": 'request_class="chat"',
+    "Notification: time to first audio against the lane's target": 'request_class="notification"',
+    "Email TL;DR: time to first audio against the lane's target": 'request_class=~"email|email_tldr"',
 }
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 FILTERS = ('namespace=~"$namespace"', 'lane=~"$lane"', 'pod=~"$pod"')
@@ -245,14 +246,18 @@ def test_every_panel_queries_the_datasource_variable(dashboard: dict[str, Any]) 
             assert target["expr"].strip(), panel["title"]
 
 
-def test_per_class_panels_draw_their_target_as_a_threshold_line(dashboard: dict[str, Any]) -> None:
+def test_per_class_panels_draw_each_lanes_own_target(dashboard: dict[str, Any]) -> None:
     for panel in panels(dashboard):
         if panel["title"] not in TARGET_PANELS:
             continue
+        (target,) = [t for t in panel["targets"] if t["legendFormat"].startswith("target ")]
+        assert "voicelane_ttfa_target_seconds" in target["expr"]
+        assert TARGET_PANELS[panel["title"]] in target["expr"]  # the same class as the panel's latencies
+        assert "{{lane}}" in target["legendFormat"]  # one line per lane: lanes promise different targets
         defaults = panel["fieldConfig"]["defaults"]
-        assert defaults["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed", "line+area", "dashed+area")
-        steps = [step["value"] for step in defaults["thresholds"]["steps"] if step["value"] is not None]
-        assert steps == [TARGET_PANELS[panel["title"]]]
+        assert [step["value"] for step in defaults["thresholds"]["steps"]] == [None]  # no number of its own
+        (override,) = panel["fieldConfig"]["overrides"]
+        assert override["matcher"] == {"id": "byRegexp", "options": "^target "}
 
 
 SELECTOR = re.compile(r"(?<![\w:])([a-z_]*:?voicelane[\w:]*)(\{[^}]*\})?")

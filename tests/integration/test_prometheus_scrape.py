@@ -436,6 +436,15 @@ def test_recording_rules_produce_per_class_series(stack: Stack) -> None:
     assert {s["metric"]["quantile"] for s in quantiles} == {"0.5", "0.95", "0.99"}
 
 
+def test_the_lanes_own_targets_are_what_the_rules_compare_with(stack: Stack) -> None:
+    # The sidecar runs with a notification target of its own; chat keeps the default.
+    result = stack.prometheus.query("namespace_lane_request_class:voicelane_ttfa_target_seconds:max")["data"]["result"]
+    targets = {sample["metric"]["request_class"]: float(sample["value"][1]) for sample in result}
+    assert targets["notification"] == NOTIFICATION_TARGET_S
+    assert targets["chat"] == 3.0
+    assert {sample["metric"]["lane"] for sample in result} == {"demo"}
+
+
 @pytest.mark.parametrize("variable", ["namespace", "lane", "pod"])
 def test_template_variables_offer_the_scrape_labels(stack: Stack, variable: str) -> None:
     # What Grafana's label_values(voicelane_guardian_blocked, <label>) asks Prometheus.
