@@ -32,7 +32,9 @@ in-pod loop rather than a CronJob: it needs no API access, reaches the server on
 loopback, and lives and dies with the pod it keeps warm.
 
 The official image runs as root; here every container runs as uid 65532 with a
-read-only root filesystem, HOME and the model store on writable volumes.
+read-only root filesystem, HOME and the model store on writable volumes. The model
+server runs with Ollama's cloud features off (OLLAMA_NO_CLOUD=1, unless the lane's
+`env` sets it): a cloud model would send the lane's texts to ollama.com.
 """
 
 from __future__ import annotations
@@ -89,9 +91,12 @@ STARTUP_PROBE_FAILURES = 360  # 30 minutes to load a large model from a slow dis
 
 _LOOPBACK_HOST = f"127.0.0.1:{OLLAMA_PORT}"
 
-# True only if the model is in `ollama ps`, the server's list of loaded models.
+# True only if the model is in `ollama ps`, the server's list of loaded models. The probes run in the
+# server's container, whose OLLAMA_HOST is the address it listens on (0.0.0.0:<port>): they ask on
+# loopback at that port, so the port is written once, in the environment.
 _RESIDENT_CHECK = (
-    f"OLLAMA_HOST={_LOOPBACK_HOST} ollama ps | awk 'NR > 1 {{ print $1 }}' | grep -Fxq -- \"$VOICELANE_MODEL\""
+    'OLLAMA_HOST="127.0.0.1:${OLLAMA_HOST##*:}" ollama ps'
+    " | awk 'NR > 1 { print $1 }' | grep -Fxq -- \"$VOICELANE_MODEL\""
 )
 
 _PULL_SCRIPT = """\
@@ -121,10 +126,11 @@ trap 'exit 0' TERM INT
 pause() { sleep "$1" & wait "$!"; }
 resident() { ollama ps 2>/dev/null | awk 'NR > 1 { print $1 }' | grep -Fxq -- "$VOICELANE_MODEL"; }
 warm() {
-  if ollama run --keepalive="$OLLAMA_KEEP_ALIVE" "$VOICELANE_MODEL" "" </dev/null >/dev/null; then
+  # The CLI draws a spinner on stderr even without a terminal; of that, the log gets the error only.
+  if output=$(ollama run --keepalive="$OLLAMA_KEEP_ALIVE" "$VOICELANE_MODEL" "" 2>&1 </dev/null >/dev/null); then
     echo "loaded $VOICELANE_MODEL"
   else
-    echo "loading $VOICELANE_MODEL failed" >&2
+    echo "loading $VOICELANE_MODEL failed: $(printf '%s\\n' "$output" | sed -n 's/.*Error: //p' | tail -n 1)" >&2
   fi
 }
 until ollama list >/dev/null 2>&1; do pause 1; done
@@ -322,6 +328,10 @@ def model_server_environment(tier_spec: TierSpec) -> dict[str, str]:
     }
     if tier_spec.context_length is not None:
         pairs["OLLAMA_CONTEXT_LENGTH"] = str(tier_spec.context_length)
+    if not any(var.name == "OLLAMA_NO_CLOUD" for var in tier_spec.env):
+        # Self-hosted: Ollama's cloud models would send the lane's texts to ollama.com. A lane may
+        # still opt in with its own OLLAMA_NO_CLOUD entry (one entry only: the env list is keyed by name).
+        pairs["OLLAMA_NO_CLOUD"] = "1"
     pairs["VOICELANE_MODEL"] = loaded_model_name(tier_spec.model)
     return pairs
 

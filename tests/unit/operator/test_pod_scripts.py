@@ -20,13 +20,19 @@ from voicelane.operator.render import render_children
 
 FAKE_OLLAMA = """#!/bin/sh
 echo "$*" >> "$FAKE_LOG"
+echo "$OLLAMA_HOST" >> "$FAKE_LOG.hosts"
 case "$1" in
   ps)
     echo "NAME                 ID              SIZE      PROCESSOR    UNTIL"
     if [ -n "${FAKE_LOADED:-}" ]; then
       echo "$FAKE_LOADED    a80c4f17acd5    2.8 GB    100% CPU     4 minutes from now"
     fi ;;
-  list|run) exit 0 ;;
+  list) exit 0 ;;
+  run)
+    # As the real CLI: a spinner on stderr even without a terminal, then any error on a line of its own.
+    printf '\033[?25l\033[1G\342\240\213 \033[K' >&2
+    if [ "${FAKE_RUN_STATUS:-0}" != 0 ]; then printf '\nError: model runner has unexpectedly stopped\n' >&2; fi
+    exit "${FAKE_RUN_STATUS:-0}" ;;
   serve) exec sleep 30 ;;
   pull) exit "${FAKE_PULL_STATUS:-0}" ;;
   show) exit "${FAKE_SHOW_STATUS:-0}" ;;
@@ -71,6 +77,19 @@ def test_readiness_passes_only_with_the_model_loaded(
     env = {**container_env(server), **fake_ollama, "FAKE_LOADED": loaded}
     for probe in ("startupProbe", "readinessProbe"):
         assert (run(server[probe]["exec"]["command"], env).returncode == 0) is ready
+
+
+def test_probes_ask_on_loopback_at_the_port_the_server_listens_on(
+    sample_lane: dict, fake_ollama: dict[str, str]
+) -> None:
+    [server] = [c for c in pod(sample_lane)["containers"] if c["name"] == "ollama"]
+    env = {**container_env(server), **fake_ollama, "FAKE_LOADED": "llama3.2:1b"}
+    assert env["OLLAMA_HOST"] == "0.0.0.0:11434"  # the server's listen address
+    for listen, asked in (("0.0.0.0:11434", "127.0.0.1:11434"), ("0.0.0.0:18080", "127.0.0.1:18080")):
+        result = run(server["readinessProbe"]["exec"]["command"], {**env, "OLLAMA_HOST": listen})
+        assert result.returncode == 0, result.stderr
+        hosts = Path(fake_ollama["FAKE_LOG"] + ".hosts").read_text(encoding="utf-8").splitlines()
+        assert hosts[-1] == asked
 
 
 @pytest.mark.parametrize(
@@ -138,3 +157,28 @@ def test_warmer_leaves_a_resident_model_alone_until_the_rewarm_interval(
     finally:
         stop(warmer)
     assert calls.count("run --keepalive=15m llama3.2:1b ") == 1  # the initial load only
+
+
+def stop_and_read(process: subprocess.Popen[str]) -> tuple[str, str]:
+    stop(process)
+    stdout, stderr = process.communicate(timeout=10)
+    return stdout, stderr
+
+
+def test_warmer_logs_one_plain_line_per_load(sample_lane: dict, fake_ollama: dict[str, str]) -> None:
+    warmer = start_warmer(sample_lane, fake_ollama, FAKE_LOADED="llama3.2:1b")
+    try:
+        wait_for_calls(Path(fake_ollama["FAKE_LOG"]), "ps", 2)
+    finally:
+        stdout, stderr = stop_and_read(warmer)
+    assert (stdout, stderr) == ("loaded llama3.2:1b\n", "")  # no spinner in the container's log
+
+
+def test_warmer_logs_why_a_load_failed(sample_lane: dict, fake_ollama: dict[str, str]) -> None:
+    warmer = start_warmer(sample_lane, fake_ollama, FAKE_RUN_STATUS="1")
+    try:
+        wait_for_calls(Path(fake_ollama["FAKE_LOG"]), "run --keepalive=15m llama3.2:1b ", 2)
+    finally:
+        stdout, stderr = stop_and_read(warmer)
+    assert stdout == ""
+    assert stderr.splitlines()[0] == "loading llama3.2:1b failed: model runner has unexpectedly stopped"

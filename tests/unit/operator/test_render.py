@@ -157,6 +157,17 @@ def test_extra_env_reaches_the_server_and_the_pull_but_not_the_warmer(lane_varia
     assert "HTTPS_PROXY" not in env_of(container(pod, "warmer"))
 
 
+def test_ollama_cloud_is_off_unless_the_lane_turns_it_on(minimal_lane: dict) -> None:
+    server = container(pod_spec(render_children(minimal_lane), "lane-fast"), "ollama")
+    assert env_of(server)["OLLAMA_NO_CLOUD"] == "1"  # cloud models would send the lane's texts to ollama.com
+    opted_in = with_spec(minimal_lane, fast={"env": [{"name": "OLLAMA_NO_CLOUD", "value": "0"}]})
+    server = container(pod_spec(render_children(opted_in), "lane-fast"), "ollama")
+    # One entry per name: server-side apply refuses a list keyed by name with duplicates.
+    assert [var for var in server["env"] if var["name"] == "OLLAMA_NO_CLOUD"] == [
+        {"name": "OLLAMA_NO_CLOUD", "value": "0"}
+    ]
+
+
 def test_untagged_models_are_checked_under_their_latest_tag(minimal_lane: dict) -> None:
     lane = with_spec(minimal_lane, fast={"model": "qwen2.5"})
     pod = pod_spec(render_children(lane), "lane-fast")
