@@ -94,7 +94,7 @@ def has_model(url: str, model: str) -> bool:
 
 def import_model(binary: Path, url: str, model: str, gguf: Path, folder: Path) -> None:
     """`ollama create` the model from the GGUF file: the CLI uploads the blob to the server, no network."""
-    modelfile = folder / f"Modelfile.{model.replace(':', '_')}"
+    modelfile = folder / ("Modelfile." + "".join(c if c.isalnum() or c in "-." else "_" for c in model))
     modelfile.write_text(f"FROM {gguf}\n", encoding="utf-8")
     env = {**os.environ, "OLLAMA_HOST": url.removeprefix("http://"), "HOME": str(folder)}
     result = subprocess.run(
