@@ -591,8 +591,6 @@ OPERATOR_OWNED_SIDECAR_FIELDS: Mapping[str, str] = {
 
 # --- status -----------------------------------------------------------------------------
 
-CONDITION_TYPES: tuple[str, ...] = ("Ready", "FastReady", "DeepReady", "Progressing", "Degraded")
-
 
 class TierStatus(SpecModel):
     """What a tier has: ready and desired pods, its model and where sidecars reach it."""

@@ -46,8 +46,6 @@ from typing import Any
 
 from voicelane.operator.render import ANNOTATION_SPEC_HASH
 
-LANE_LABEL = "voicelane.dev/lane"
-TIER_LABEL = "voicelane.dev/tier"
 FIELD_MANAGER = "voicelane-operator"
 LEGACY_APPLIED_FIELDS_ANNOTATION = "voicelane.dev/applied-fields"
 LEGACY_FIELD_MANAGER = "OpenAPI-Generator"  # the API server's name for the kubernetes client's writes

@@ -34,7 +34,6 @@ from voicelane.operator.api import SpecError
 from voicelane.operator.apply import (
     CHILD_RESOURCES,
     FIELD_MANAGER,
-    LANE_LABEL,
     LANE_RESOURCE,
     ApiResource,
     Applied,
@@ -412,7 +411,7 @@ class LaneReconciler:
 
     async def _live_children(self, lane: Mapping[str, Any]) -> list[Body]:
         namespace, name = lane["metadata"]["namespace"], lane["metadata"]["name"]
-        selector = f"{LANE_LABEL}={name}"
+        selector = f"{render.LABEL_LANE}={name}"
         listed = await asyncio.gather(
             *(
                 self.api.list_objects(resource.collection_path(namespace), label_selector=selector)
@@ -557,7 +556,7 @@ async def child_event(
         memo.reconciler.forget(body)
     elif memo.reconciler.is_echo(body):
         return
-    await memo.reconciler.kick((namespace or "", labels[LANE_LABEL]))
+    await memo.reconciler.kick((namespace or "", labels[render.LABEL_LANE]))
 
 
 def _watch_children(resources: Sequence[ApiResource]) -> None:
@@ -567,7 +566,7 @@ def _watch_children(resources: Sequence[ApiResource]) -> None:
             resource.version,
             resource.plural,
             id=f"child_event/{resource.plural}",
-            labels={LANE_LABEL: kopf.PRESENT},
+            labels={render.LABEL_LANE: kopf.PRESENT},
             registry=registry,
         )(child_event)
 

@@ -173,8 +173,9 @@ async def operate(
     from kubernetes.client import ApiClient
 
     from voicelane.operator import handlers
-    from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL
+    from voicelane.operator.apply import CHILD_RESOURCES
     from voicelane.operator.metrics import OperatorMetrics, start_server
+    from voicelane.operator.render import LABEL_LANE
 
     def login() -> kopf.ConnectionInfo:
         # Re-read on every (re-)login so rotated tokens and edited kubeconfigs are picked up.
@@ -202,7 +203,7 @@ async def operate(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
 
     for resource in CHILD_RESOURCES:  # watch only the lanes' children, filtered by the API server
-        settings.watching.label_selectors[resource.group, resource.version, resource.plural] = LANE_LABEL
+        settings.watching.label_selectors[resource.group, resource.version, resource.plural] = LABEL_LANE
 
     if webhook_options is not None:  # the sidecar-injection webhook (webhook.py)
         from voicelane.operator import webhook

@@ -168,8 +168,12 @@ def network_policy_name(lane_name: str) -> str:
 
 
 def service_endpoint(lane_name: str, namespace: str, tier: TierName) -> str:
-    """Base URL of a tier as sidecars reach it (also the status `endpoint`)."""
-    return f"http://{tier_name(lane_name, tier)}.{namespace}.svc.cluster.local:{TIER_SERVICE_PORTS[tier]}"
+    """Base URL of a tier as sidecars reach it (also the status `endpoint`).
+
+    `<service>.<namespace>.svc`, not `...svc.cluster.local`: the pods' DNS search list completes it,
+    and a cluster whose domain is not cluster.local resolves it too.
+    """
+    return f"http://{tier_name(lane_name, tier)}.{namespace}.svc:{TIER_SERVICE_PORTS[tier]}"
 
 
 def selector_labels(lane_name: str, tier: TierName) -> dict[str, str]:

@@ -15,9 +15,9 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from voicelane.operator.apply import TIER_LABEL
+from voicelane.operator.api import TIERS
+from voicelane.operator.render import LABEL_TIER, service_endpoint
 
-TIERS: tuple[str, ...] = ("fast", "deep")
 CONDITION_TYPES: tuple[str, ...] = ("Ready", "FastReady", "DeepReady", "Progressing", "Degraded")
 # The status keys this module owns (those of api.VoiceLaneStatus); others are left alone.
 STATUS_KEYS: tuple[str, ...] = ("observedGeneration", *TIERS, "conditions")
@@ -131,7 +131,9 @@ def tier_state(lane: Body, tier: str, children: Sequence[Body]) -> TierState:
     deployment = _child(children, "Deployment", tier)
     service = _child(children, "Service", tier)
     model = str(spec.get("model") or "")
-    endpoint = _endpoint(service) if service is not None else ""
+    name = (lane.get("metadata") or {}).get("name") or ""
+    namespace = (lane.get("metadata") or {}).get("namespace") or ""
+    endpoint = service_endpoint(name, namespace, tier) if service is not None else ""  # type: ignore[arg-type]
     if deployment is None:
         replicas = int(spec.get("replicas") or 1)
         return TierState(0, replicas, model, endpoint, False, False, "no Deployment yet")
@@ -172,13 +174,6 @@ def owned_part(status: Body | None) -> dict[str, Any]:
 def _child(children: Sequence[Body], kind: str, tier: str) -> Body | None:
     for child in children:
         labels = (child.get("metadata") or {}).get("labels") or {}
-        if child.get("kind") == kind and labels.get(TIER_LABEL) == tier:
+        if child.get("kind") == kind and labels.get(LABEL_TIER) == tier:
             return child
     return None
-
-
-def _endpoint(service: Body) -> str:
-    metadata = service.get("metadata") or {}
-    ports = (service.get("spec") or {}).get("ports") or []
-    host = f"{metadata.get('name')}.{metadata.get('namespace')}.svc"
-    return f"http://{host}:{ports[0]['port']}" if ports and "port" in ports[0] else f"http://{host}"

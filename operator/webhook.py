@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voicelane.operator.api import SpecError, parse_spec
-from voicelane.operator.apply import LANE_LABEL, LANE_RESOURCE
+from voicelane.operator.apply import LANE_RESOURCE
 from voicelane.operator.handlers import KubeApi, TransientApiError
 from voicelane.operator.injection import (
     DEFAULT_API_LISTEN,
@@ -45,6 +45,7 @@ from voicelane.operator.injection import (
     skip_reason,
 )
 from voicelane.operator.main import host_port
+from voicelane.operator.render import LABEL_LANE
 
 # The handler id is the URL path kopf's server routes to it: the chart's webhook calls /mutate-pods.
 WEBHOOK_ID = "mutate-pods"
@@ -120,7 +121,7 @@ async def admit_pod(
     served_namespaces: Collection[str] = (),
 ) -> Admission:
     """Decide what becomes of a pod being created: with the sidecar of its lane, or as it is."""
-    lane_name = ((pod.get("metadata") or {}).get("labels") or {}).get(LANE_LABEL)
+    lane_name = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_LANE)
     if not isinstance(lane_name, str) or not lane_name or skip_reason(pod) is not None:
         return Admission(None)
     if served_namespaces and namespace not in served_namespaces:
@@ -360,7 +361,7 @@ def enable(
         "pods",
         id=WEBHOOK_ID,
         operations=["CREATE"],
-        labels={LANE_LABEL: kopf.PRESENT},
+        labels={LABEL_LANE: kopf.PRESENT},
         side_effects=False,
         ignore_failures=True,
         registry=registry,
@@ -394,7 +395,7 @@ def mutate_handler(
             logger.warning("Pod %s: %s", who, warning)
             warnings.append(WARNING_PREFIX + warning)
         if admission.pod is not None:
-            lane = admission.pod["metadata"]["labels"][LANE_LABEL]
+            lane = admission.pod["metadata"]["labels"][LABEL_LANE]
             logger.info("Injected the sidecar of lane %s into pod %s.", lane, who)
             patch.fns.append(functools.partial(_become, admission.pod))
 

@@ -1,4 +1,4 @@
-"""Request classes: parsing what the app says a text is, and the priority that follows.
+"""Request classes: the priority that follows from what the app says a text is, and its length.
 
 Priorities (0 is served first): a short chat or notification is 0; a longer one, an
 email TL;DR and a whole email (whose TL;DR is spoken first) are 1; an email segment is
@@ -10,31 +10,6 @@ from __future__ import annotations
 import unicodedata
 
 from voicelane.sidecar.config import ClassesConfig, RequestClass
-
-VALID_CLASSES: tuple[str, ...] = tuple(c.value for c in RequestClass)
-
-
-class InvalidRequestClass(ValueError):
-    """The value does not name a request class; the message lists the valid ones."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-        super().__init__(f"unknown source {value!r}; valid sources are: {', '.join(VALID_CLASSES)}")
-
-
-def parse_request_class(value: object) -> RequestClass:
-    """The class named by `value` (case and surrounding whitespace ignored).
-
-    Raises InvalidRequestClass for anything else, including non-strings.
-    """
-    if isinstance(value, RequestClass):
-        return value
-    if isinstance(value, str):
-        try:
-            return RequestClass(value.strip().lower())
-        except ValueError:
-            pass
-    raise InvalidRequestClass(value)
 
 
 def text_length(text: str) -> int:

@@ -32,9 +32,9 @@ from voicelane.bench.envelope import SuiteOutcome
 from voicelane.bench.procs import ProcessMeter
 from voicelane.bench.stats import per_item, ratio, summarize
 from voicelane.cluster.control_plane import ControlPlane, NodeShape
-from voicelane.operator.apply import CHILD_RESOURCES, LANE_LABEL, LANE_RESOURCE, resource_of
+from voicelane.operator.apply import CHILD_RESOURCES, LANE_RESOURCE, resource_of
 from voicelane.operator.crd import build_crd
-from voicelane.operator.render import render_children
+from voicelane.operator.render import LABEL_LANE, render_children
 from voicelane.operator.status import lane_status
 from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 
@@ -198,10 +198,10 @@ def poll(session: requests.Session, api: AdminApi, expected: int, at_s: float) -
     counts: dict[str, int] = {}
     for resource in CHILD_RESOURCES:
         listing = session.get(
-            api.url + resource.collection_path(NAMESPACE), params={"labelSelector": LANE_LABEL}, timeout=60
+            api.url + resource.collection_path(NAMESPACE), params={"labelSelector": LABEL_LANE}, timeout=60
         ).json()
         for item in listing.get("items") or []:
-            owner = item["metadata"].get("labels", {}).get(LANE_LABEL)
+            owner = item["metadata"].get("labels", {}).get(LABEL_LANE)
             counts[owner] = counts.get(owner, 0) + 1
     lanes = session.get(api.url + LANE_RESOURCE.collection_path(NAMESPACE), timeout=60).json().get("items") or []
     observed, ready = set(), set()

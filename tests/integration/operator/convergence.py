@@ -14,7 +14,7 @@ import collections
 import time
 from typing import Any
 
-from tests.integration.operator.harness import CHILD_KINDS, LANE_LABEL, Cluster, Lane, condition
+from tests.integration.operator.harness import CHILD_KINDS, LABEL_LANE, Cluster, Lane, condition
 from voicelane.operator.render import ANNOTATION_SPEC_HASH, render_children
 
 OPERATOR_AGENTS = frozenset({"kopf", "OpenAPI-Generator"})  # kopf itself; the kubernetes client for children
@@ -78,8 +78,8 @@ def wait_converged(lane: Lane, timeout_s: float, *, context: str = "") -> Body:
 def children_by_lane(cluster: Cluster) -> dict[str, list[Body]]:
     """Every object carrying the lane label in the namespace, by the lane it names."""
     by_lane: dict[str, list[Body]] = collections.defaultdict(list)
-    for child in cluster.select(CHILD_KINDS, LANE_LABEL):
-        by_lane[child["metadata"]["labels"][LANE_LABEL]].append(child)
+    for child in cluster.select(CHILD_KINDS, LABEL_LANE):
+        by_lane[child["metadata"]["labels"][LABEL_LANE]].append(child)
     return dict(by_lane)
 
 

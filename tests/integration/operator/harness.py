@@ -32,7 +32,7 @@ CRD_DIR = REPO / "manifests/crd"
 ROLE = REPO / "manifests/rbac/role.yaml"
 FAULT_PROXY = REPO / "tests/support/fault_proxy.py"
 CHILD_KINDS = "deployments,services,configmaps,persistentvolumeclaims,poddisruptionbudgets,networkpolicies"
-LANE_LABEL = "voicelane.dev/lane"
+LABEL_LANE = "voicelane.dev/lane"
 SESSION_LABEL = "voicelane.dev/test-namespace"  # on the cluster-scoped objects a test session makes
 OPERATOR_ACCOUNT = "voicelane-operator"
 TOKEN_DURATION = "6h"  # outlasts any test session; the API server may shorten it, never below 10 min
@@ -262,7 +262,7 @@ class Lane:
     def children(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {
             (child["kind"], child["metadata"]["name"]): child
-            for child in self.cluster.select(CHILD_KINDS, f"{LANE_LABEL}={self.name}")
+            for child in self.cluster.select(CHILD_KINDS, f"{LABEL_LANE}={self.name}")
         }
 
     def condition(self, kind: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.operator.convergence import OPERATOR_AGENTS, wait_converged
-from tests.integration.operator.harness import LANE_LABEL, OPERATOR_ACCOUNT, Cluster, Lane, wait_until
+from tests.integration.operator.harness import LABEL_LANE, OPERATOR_ACCOUNT, Cluster, Lane, wait_until
 from voicelane.operator.apply import CHILD_RESOURCES
 from voicelane.operator.cli import PLACEHOLDER_UID
 from voicelane.operator.render import owner_reference, render_children
@@ -87,7 +87,7 @@ def test_every_request_of_a_lane_s_whole_life_is_granted_by_the_role(cluster: Cl
             **in_the_way(one_of_each[resource.kind]),
             "metadata": {
                 "name": f"{lane.name}-stale-{resource.plural}",
-                "labels": {LANE_LABEL: lane.name},
+                "labels": {LABEL_LANE: lane.name},
                 "ownerReferences": [owner],
             },
         }

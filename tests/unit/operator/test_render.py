@@ -311,8 +311,8 @@ def test_sidecar_configmap_loads_with_the_sidecar_loader(sample_lane: dict, tmp_
     path = tmp_path / "sidecar.yaml"
     path.write_text(configmap["data"]["sidecar.yaml"], encoding="utf-8")
     config = load_config(path, environ={})
-    assert config.upstreams.fast.url == "http://voice-fast.default.svc.cluster.local:11435"
-    assert config.upstreams.deep.url == "http://voice-deep.default.svc.cluster.local:11434"
+    assert config.upstreams.fast.url == "http://voice-fast.default.svc:11435"
+    assert config.upstreams.deep.url == "http://voice-deep.default.svc:11434"
     assert (config.upstreams.fast.model, config.upstreams.deep.model) == ("llama3.2:1b", "llama3.1:8b")
     assert config.upstreams.deep.first_token_timeout_s == 15
     assert config.server.metrics_listen == "0.0.0.0:9464"

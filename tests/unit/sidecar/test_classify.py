@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voicelane.sidecar.classify import (
-    InvalidRequestClass,
     default_class_for_text,
-    parse_request_class,
     priority_for,
 )
 from voicelane.sidecar.config import ClassesConfig, RequestClass
@@ -15,30 +13,6 @@ from voicelane.sidecar.config import ClassesConfig, RequestClass
 CLASSES = ClassesConfig()
 SHORT = "Hej! Ses vi kl. 15.30?"
 LONG = "Det här är ett längre meddelande. " * 5  # 170 characters
-
-
-@pytest.mark.parametrize("value", ["chat", "notification", "email", "email_tldr", "email_segment"])
-def test_every_class_name_parses(value: str) -> None:
-    assert parse_request_class(value).value == value
-
-
-def test_parsing_ignores_case_and_surrounding_whitespace() -> None:
-    assert parse_request_class(" Chat ") is RequestClass.CHAT
-    assert parse_request_class("EMAIL_TLDR") is RequestClass.EMAIL_TLDR
-
-
-@pytest.mark.parametrize("value", ["sms", "", None, 3, ["chat"]])
-def test_unknown_class_is_refused_with_the_valid_ones_listed(value: object) -> None:
-    with pytest.raises(InvalidRequestClass) as caught:
-        parse_request_class(value)
-    message = str(caught.value)
-    for name in ("chat", "notification", "email", "email_tldr", "email_segment"):
-        assert name in message
-
-
-def test_invalid_request_class_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="valid sources"):
-        parse_request_class("fax")
 
 
 @pytest.mark.parametrize("request_class", [RequestClass.CHAT, RequestClass.NOTIFICATION])
