@@ -76,6 +76,11 @@ class SchedulerConfig(_Model):
     max_waiting: int = Field(3, ge=0, le=10_000, description="Requests waiting in total; beyond that 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a queue-full 429.")
     priorities: bool = Field(True, description="False: one FIFO queue for every class (the baseline).")
+    tiers_share_cpus: bool = Field(
+        False,
+        description="The tiers' model servers share CPUs (one machine): calls run on one tier at a time, since two "
+        "CPU-bound servers side by side slow each other down far more than taking turns.",
+    )
 
 
 class RateLimitConfig(_Model):
@@ -211,6 +216,14 @@ class UpstreamConfig(_Model):
     circuit_successes_to_close: int = Field(1, ge=1, le=1000)
     max_connections: int = Field(16, ge=1, le=10_000)
     api_key: str | None = Field(None, description="Bearer token for OpenAI-compatible servers.")
+    parallel_slots: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Calls the tier's servers run at once (OLLAMA_NUM_PARALLEL times replicas). When set, the lane "
+        "never has more calls on the tier at once, and priority-0 work whose own tier is full may take a free slot "
+        "of this one; unset, the lane does not bound the tier.",
+    )
 
 
 class UpstreamsConfig(_Model):

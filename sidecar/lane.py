@@ -31,7 +31,8 @@ from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.pressure import LocalPressureSource, PressureSource, UpstreamSaturation
 from voicelane.sidecar.prompts import build_messages
 from voicelane.sidecar.routing import RouteDecision, Router
-from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull
+from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull, Ticket
+from voicelane.sidecar.segmenter import Segmenter
 from voicelane.sidecar.singleflight import Flight, SingleFlight
 from voicelane.sidecar.ttfa import StageClock
 from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError, make_client
@@ -140,7 +141,7 @@ class Lane:
         self.guardian = Guardian(
             config.guardian, config.rate_limit, local=self.local_pressure, upstream=self.saturation, clock=clock
         )
-        self.scheduler = PriorityScheduler(config.scheduler, clock=clock)
+        self.scheduler = PriorityScheduler(config.scheduler, tier_slots=self._tier_slots(config), clock=clock)
         self.router = Router(config.routing)
         self.clients: dict[Tier, UpstreamClient] = {
             tier: client_factory(config.upstreams.for_tier(tier)) for tier in Tier
@@ -156,6 +157,13 @@ class Lane:
         self.dispatched_at: dict[str, float] = {}
 
     # ----- configuration -------------------------------------------------------------------------
+
+    @staticmethod
+    def _tier_slots(config: SidecarConfig) -> dict[str, int]:
+        """The parallel slots of each tier whose count is configured; the others are not bounded."""
+        return {
+            tier.value: slots for tier in Tier if (slots := config.upstreams.for_tier(tier).parallel_slots) is not None
+        }
 
     @staticmethod
     def _window(config: SidecarConfig) -> float:
@@ -176,7 +184,7 @@ class Lane:
         self.cache.reconfigure(config.cache)
         self.flights.window_s = self._window(config)
         self.guardian.reconfigure(config.guardian, config.rate_limit)
-        self.scheduler.reconfigure(config.scheduler)
+        self.scheduler.reconfigure(config.scheduler, tier_slots=self._tier_slots(config))
         self.router = Router(config.routing)
         for tier in Tier:
             if old.upstreams.for_tier(tier) != config.upstreams.for_tier(tier):
@@ -391,34 +399,60 @@ class Lane:
 
     async def _run_model(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
         try:
-            slot = self.scheduler.slot(job.priority)
+            # A tier forced by the routing mode is kept; only automatic routing lends another tier's slot.
+            slot = self.scheduler.slot(
+                job.priority, job.route.tier.value, may_borrow=self.config.routing.mode == "auto"
+            )
             async with slot as ticket:
                 timeline.mark("dispatched", self.clock())
                 self.dispatched_at[job.key] = self.clock()
                 self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
-                return await self._call_tiers(job, out, timeline)
+                return await self._call_tiers(job, out, timeline, ticket)
         except QueueFull as exc:
             self.metrics.admissions.labels("rejected", "queue_full").inc()
             raise ApiError(
                 429, "queue_full", "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
             ) from None
 
-    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
+    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: StageClock, ticket: Ticket) -> TextResult:
         open_tiers = {tier for tier, circuit in self.circuits.items() if circuit.is_open}
-        order = self.router.order(job.route, open_tiers)
+        route = job.route
+        if ticket.runs_on is not None and ticket.runs_on != route.tier.value:
+            route = RouteDecision(Tier(ticket.runs_on), (*route.reasons, "borrowed_slot"))
+        order = self.router.order(route, open_tiers)
+        first_audio = self._first_segment_watch(ticket)
         last_error: UpstreamError | None = None
         for attempt, tier in enumerate(order):
             if attempt:
                 self.metrics.failovers.labels(order[attempt - 1].value, tier.value).inc()
             try:
-                return await self._call_tier(tier, job, out, timeline)
+                return await self._call_tier(tier, job, out, timeline, first_audio)
             except UpstreamError as exc:
                 last_error = exc
                 if not exc.before_first_token:
                     break
         raise self._upstream_failure(last_error, open_tiers)
 
-    async def _call_tier(self, tier: Tier, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
+    def _first_segment_watch(self, ticket: Ticket) -> Callable[[str], None]:
+        """Feeds the model's tokens to a segmenter and settles the ticket at the first complete segment.
+
+        The first segment is what the speech path sends to TTS at once, so from then on the call is
+        no longer what a listener waits for: its level's place goes to the next request.
+        """
+        if not self.config.scheduler.priorities:
+            # One plain FIFO queue (the baseline): each request keeps its place until it ends.
+            return lambda token: None
+        segmenter = Segmenter(lang=self.config.default_lang)
+
+        def feed(token: str) -> None:
+            if not ticket.settled and segmenter.feed(token):
+                self.scheduler.settle(ticket)
+
+        return feed
+
+    async def _call_tier(
+        self, tier: Tier, job: Job, out: Broadcast[str], timeline: StageClock, on_token: Callable[[str], None]
+    ) -> TextResult:
         upstream = self.config.upstreams.for_tier(tier)
         request = ChatRequest(
             messages=job.messages,
@@ -440,6 +474,7 @@ class Lane:
                     self.saturation.record_ttft(tier.value, ttft)
                 pieces.append(token)
                 out.publish(token)
+                on_token(token)
         except UpstreamError as exc:
             self._record_failure(tier, exc)
             raise

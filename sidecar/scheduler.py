@@ -1,14 +1,22 @@
-"""Priority scheduling of model work: who runs now, who waits, who is refused.
+"""Priority scheduling of model work: who runs now, on which tier's slot, who waits, who is refused.
 
-Priorities are small ints, 0 highest. Each level runs at most
-`max_running_per_priority` at a time; at most `max_waiting` wait across all levels,
-and an arrival beyond that is refused at once (the caller answers 429). Waiting work
-is dispatched highest priority first and first come first served within a level.
-Levels in `idle_only` (email segments) are dispatched only while every higher level
-has nothing running and nothing waiting; work already running is never preempted.
+Priorities are small ints, 0 highest. A request is latency-critical until its first
+audio is under way (the lane then `settle`s its ticket): each level has at most
+`max_running_per_priority` of those at a time, and a settled request finishes its
+generation without holding its level's place, so the next chat can start. What a
+model server can run at once is bounded separately: a tier with a known number of
+parallel slots is never sent more calls than that, whatever their priority or stage,
+and priority-0 work whose own tier is full may take a free slot of another tier.
+Tiers that share CPUs (`exclusive_tiers`) run calls on one tier at a time, so a chat
+joins the busy tier's free slot instead of starting a second server beside it.
+At most `max_waiting` wait across all levels; an arrival beyond that is refused at
+once (the caller answers 429). Waiting work is dispatched highest priority first and
+first come first served within a level. Levels in `idle_only` (email segments) are
+dispatched only while every higher level has nothing running (settled or not) and
+nothing waiting; work already running is never preempted.
 
 `SchedulerCore` is the policy, pure and synchronous; `PriorityScheduler` puts it
-behind an `async with scheduler.slot(priority)` for the request path.
+behind an `async with scheduler.slot(priority, tier)` for the request path.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,6 +35,8 @@ from voicelane.sidecar.config import SchedulerConfig
 
 DEFAULT_LEVELS = (0, 1, 2)
 DEFAULT_IDLE_ONLY = frozenset({2})
+# Levels whose work may run on another tier's free slot when its own tier has none.
+DEFAULT_BORROWING = frozenset({0})
 
 
 class TicketState(StrEnum):
@@ -53,13 +63,21 @@ class Ticket:
     priority: int
     seq: int
     enqueued_at: float
+    tier: str | None = None  # the tier it was routed to; None: no tier's slots apply
+    may_borrow: bool = True
     state: TicketState = TicketState.WAITING
     started_at: float | None = None
+    runs_on: str | None = None  # the tier whose slot it holds: its own, or one it borrowed
+    settled: bool = False  # past its first audio: no longer holds its level's place
 
     @property
     def waited_s(self) -> float:
         """How long it waited before it started running (0.0 if it started at once or never)."""
         return 0.0 if self.started_at is None else self.started_at - self.enqueued_at
+
+    @property
+    def borrowed(self) -> bool:
+        return self.runs_on != self.tier
 
 
 class SchedulerCore:
@@ -71,39 +89,70 @@ class SchedulerCore:
         max_running_per_priority: int = 1,
         max_waiting: int = 3,
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
+        tier_slots: Mapping[str, int] | None = None,
+        exclusive_tiers: bool = False,
+        borrowing: Iterable[int] = DEFAULT_BORROWING,
         retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_only = frozenset(idle_only)
+        self.exclusive_tiers = exclusive_tiers
+        self.borrowing = frozenset(borrowing)
         self.max_running_per_priority = max_running_per_priority
         self.max_waiting = max_waiting
+        self.tier_slots = self._checked_slots(tier_slots)
         self.retry_after_s = retry_after_s
         self._clock = clock
         self._seq = itertools.count()
         self._queues: dict[int, deque[Ticket]] = {}
-        self._running: dict[int, int] = {}
+        self._running: dict[int, int] = {}  # every running ticket, settled or not
+        self._starting: dict[int, int] = {}  # running tickets not yet settled
+        self._on_tier: dict[str, int] = {}
         self.started_total = 0
+        self.borrowed_total = 0
         self.refused_total = 0
         self.cancelled_total = 0
 
+    @staticmethod
+    def _checked_slots(tier_slots: Mapping[str, int] | None) -> dict[str, int]:
+        slots = dict(tier_slots or {})
+        for tier, count in slots.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"tier {tier!r} needs at least one slot, got {count!r}")
+        return slots
+
     # ----- the policy ----------------------------------------------------------------------------
 
-    def offer(self, priority: int) -> Ticket:
-        """A new arrival: a running ticket if it can start now, else a waiting one; QueueFull if no room."""
+    def offer(self, priority: int, tier: str | None = None, *, may_borrow: bool = True) -> Ticket:
+        """A new arrival: a running ticket if it can start now, else a waiting one; QueueFull if no room.
+
+        `may_borrow` False keeps the work on its own tier even at a borrowing level.
+        """
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
             raise ValueError(f"priority must be a non-negative int, got {priority!r}")
         now = self._clock()
-        ticket = Ticket(priority=priority, seq=next(self._seq), enqueued_at=now)
+        ticket = Ticket(priority=priority, seq=next(self._seq), enqueued_at=now, tier=tier, may_borrow=may_borrow)
         queue = self._queues.setdefault(priority, deque())
         self._running.setdefault(priority, 0)
-        if not queue and self._can_start(priority):
-            self._start(ticket, now)
-        elif self.waiting_total >= self.max_waiting:
+        if not queue and self._try_start(ticket, now):
+            return ticket
+        if self.waiting_total >= self.max_waiting:
             self.refused_total += 1
             raise QueueFull(priority, self.waiting_total, self.retry_after_s)
-        else:
-            queue.append(ticket)
+        queue.append(ticket)
         return ticket
+
+    def settle(self, ticket: Ticket) -> list[Ticket]:
+        """A running ticket is past its first audio: its level's place goes to the next in line.
+
+        It keeps its tier slot until it is released. Idempotent; returns the tickets that
+        started because of it.
+        """
+        if ticket.state is not TicketState.RUNNING or ticket.settled:
+            return []
+        ticket.settled = True
+        self._starting[ticket.priority] -= 1
+        return self._dispatch()
 
     def release(self, ticket: Ticket) -> list[Ticket]:
         """A running ticket finished; returns the tickets that started because of it."""
@@ -111,6 +160,10 @@ class SchedulerCore:
             raise ValueError(f"only a running ticket can be released, this one is {ticket.state}")
         ticket.state = TicketState.DONE
         self._running[ticket.priority] -= 1
+        if not ticket.settled:
+            self._starting[ticket.priority] -= 1
+        if ticket.runs_on is not None:
+            self._on_tier[ticket.runs_on] -= 1
         return self._dispatch()
 
     def cancel(self, ticket: Ticket) -> list[Ticket]:
@@ -129,18 +182,49 @@ class SchedulerCore:
         return self._dispatch()
 
     def reconfigure(
-        self, *, max_running_per_priority: int, max_waiting: int, retry_after_s: int | None = None
+        self,
+        *,
+        max_running_per_priority: int,
+        max_waiting: int,
+        retry_after_s: int | None = None,
+        tier_slots: Mapping[str, int] | None = None,
+        exclusive_tiers: bool | None = None,
     ) -> list[Ticket]:
-        """Change the caps live; queued work stays queued. Returns tickets started by a raised cap."""
+        """Change the caps live; queued work stays queued. Returns tickets started by a raised cap.
+
+        Running work is never stopped: a tier whose slots were lowered below what runs on it
+        takes nothing new until enough of it has finished.
+        """
         self.max_running_per_priority = max_running_per_priority
         # A lowered waiting cap refuses new arrivals until the queue drains below it.
         self.max_waiting = max_waiting
         if retry_after_s is not None:
             self.retry_after_s = retry_after_s
+        if tier_slots is not None:
+            self.tier_slots = self._checked_slots(tier_slots)
+        if exclusive_tiers is not None:
+            self.exclusive_tiers = exclusive_tiers
         return self._dispatch()
 
-    def _can_start(self, priority: int) -> bool:
-        if self._running.get(priority, 0) >= self.max_running_per_priority:
+    def _tier_open(self, tier: str) -> bool:
+        """A call may start on the tier now: a slot is free, and no other tier runs if they share CPUs."""
+        if tier in self.tier_slots and self._on_tier.get(tier, 0) >= self.tier_slots[tier]:
+            return False
+        return not (self.exclusive_tiers and any(n for other, n in self._on_tier.items() if other != tier))
+
+    def _free_tier(self, ticket: Ticket) -> tuple[bool, str | None]:
+        """Whether a tier slot is free for the ticket, and which tier: its own first."""
+        own = ticket.tier
+        if own is None or self._tier_open(own):
+            return True, own
+        if ticket.may_borrow and ticket.priority in self.borrowing:
+            for other in sorted(self.tier_slots):
+                if other != own and self._tier_open(other):
+                    return True, other
+        return False, None
+
+    def _level_allows(self, priority: int) -> bool:
+        if self._starting.get(priority, 0) >= self.max_running_per_priority:
             return False
         if priority in self.idle_only:
             return not any(
@@ -148,22 +232,32 @@ class SchedulerCore:
             )
         return True
 
-    def _start(self, ticket: Ticket, now: float) -> None:
+    def _try_start(self, ticket: Ticket, now: float) -> bool:
+        if not self._level_allows(ticket.priority):
+            return False
+        free, tier = self._free_tier(ticket)
+        if not free:
+            return False
         ticket.state = TicketState.RUNNING
         ticket.started_at = now
+        ticket.runs_on = tier
         self._running[ticket.priority] = self._running.get(ticket.priority, 0) + 1
+        self._starting[ticket.priority] = self._starting.get(ticket.priority, 0) + 1
+        if tier is not None:
+            self._on_tier[tier] = self._on_tier.get(tier, 0) + 1
         self.started_total += 1
+        self.borrowed_total += ticket.borrowed
+        return True
 
     def _dispatch(self) -> list[Ticket]:
-        # Ascending order is enough: starting work at one level only affects levels below it.
+        # Ascending order: starting work at one level only affects the levels below it. Within a
+        # level the head waits for its turn, so nothing overtakes it there.
         started: list[Ticket] = []
         now = self._clock()
         for level in self.levels:
             queue = self._queues.get(level)
-            while queue and self._can_start(level):
-                ticket = queue.popleft()
-                self._start(ticket, now)
-                started.append(ticket)
+            while queue and self._try_start(queue[0], now):
+                started.append(queue.popleft())
         return started
 
     # ----- observation ---------------------------------------------------------------------------
@@ -174,7 +268,15 @@ class SchedulerCore:
         return sorted(self._queues.keys() | self._running.keys())
 
     def running(self, priority: int) -> int:
+        """Running at one level, settled or not."""
         return self._running.get(priority, 0)
+
+    def starting(self, priority: int) -> int:
+        """Running at one level and not yet settled: what counts against the level's cap."""
+        return self._starting.get(priority, 0)
+
+    def on_tier(self, tier: str) -> int:
+        return self._on_tier.get(tier, 0)
 
     def waiting(self, priority: int) -> tuple[Ticket, ...]:
         """The tickets waiting at one level, in the order they will start."""
@@ -190,12 +292,13 @@ class SchedulerCore:
 
 
 class PriorityScheduler:
-    """The scheduler for the request path: `async with scheduler.slot(priority) as ticket:`."""
+    """The scheduler for the request path: `async with scheduler.slot(priority, tier) as ticket:`."""
 
     def __init__(
         self,
         config: SchedulerConfig,
         *,
+        tier_slots: Mapping[str, int] | None = None,
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -204,19 +307,22 @@ class PriorityScheduler:
             max_running_per_priority=config.max_running_per_priority,
             max_waiting=config.max_waiting,
             idle_only=idle_only,
+            tier_slots=tier_slots,
+            exclusive_tiers=config.tiers_share_cpus,
             retry_after_s=config.retry_after_s,
             clock=clock,
         )
         self._wakeups: dict[Ticket, asyncio.Future[None]] = {}
 
     @contextlib.asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[Ticket]:
+    async def slot(self, priority: int, tier: str | None = None, *, may_borrow: bool = True) -> AsyncIterator[Ticket]:
         """Hold a running slot for the body; raises QueueFull at once when there is no room.
 
-        The slot is given back however the body ends; a waiter that is cancelled
-        (its client disconnected) leaves the queue and frees its place.
+        The ticket's `runs_on` names the tier whose slot it holds. The slot is given back
+        however the body ends; a waiter that is cancelled (its client disconnected) leaves
+        the queue and frees its place.
         """
-        ticket = self._core.offer(priority)
+        ticket = self._core.offer(priority, tier, may_borrow=may_borrow)
         try:
             if ticket.state is TicketState.WAITING:
                 wakeup = asyncio.get_running_loop().create_future()
@@ -228,13 +334,19 @@ class PriorityScheduler:
             # cancel() also releases a ticket that started just as its waiter was cancelled.
             self._wake(self._core.cancel(ticket))
 
-    def reconfigure(self, config: SchedulerConfig) -> None:
+    def settle(self, ticket: Ticket) -> None:
+        """The ticket's first audio is under way: let the next of its level start."""
+        self._wake(self._core.settle(ticket))
+
+    def reconfigure(self, config: SchedulerConfig, *, tier_slots: Mapping[str, int] | None = None) -> None:
         """Apply new caps live (config hot reload) without losing queued work."""
         self._wake(
             self._core.reconfigure(
                 max_running_per_priority=config.max_running_per_priority,
                 max_waiting=config.max_waiting,
                 retry_after_s=config.retry_after_s,
+                tier_slots=tier_slots if tier_slots is not None else {},
+                exclusive_tiers=config.tiers_share_cpus,
             )
         )
 
@@ -245,22 +357,26 @@ class PriorityScheduler:
                 wakeup.set_result(None)
 
     def snapshot(self) -> dict[str, Any]:
-        """Running and waiting counts per priority and in total, caps and lifetime counters."""
+        """Running (and of those, not yet settled) and waiting counts, tier slots in use, caps, counters."""
         core = self._core
         levels = sorted(set(DEFAULT_LEVELS) | set(core.levels))
         now = self._clock()
         return {
             "running": {level: core.running(level) for level in levels},
+            "starting": {level: core.starting(level) for level in levels},
             "waiting": {level: len(core.waiting(level)) for level in levels},
             "running_total": core.running_total,
             "waiting_total": core.waiting_total,
             "oldest_wait_s": {
                 level: round(now - queue[0].enqueued_at, 3) for level in levels if (queue := core.waiting(level))
             },
+            "tiers": {tier: {"running": core.on_tier(tier), "slots": slots} for tier, slots in core.tier_slots.items()},
+            "tiers_share_cpus": core.exclusive_tiers,
             "max_running_per_priority": core.max_running_per_priority,
             "max_waiting": core.max_waiting,
             "idle_only": sorted(core.idle_only),
             "started_total": core.started_total,
+            "borrowed_total": core.borrowed_total,
             "refused_total": core.refused_total,
             "cancelled_total": core.cancelled_total,
         }

@@ -1,6 +1,6 @@
 """`voicelane demo`: the fast lane against its baseline, measured on this machine.
 
-It starts the model tiers (the local llama-server with the shipped small model, the
+It starts the model tiers (two local Ollama servers with the shipped small model, the
 bundled simulator, or URLs you give), then for each variant — the full lane and the
 baseline with the lane's features off — a sidecar with embedded espeak speech, replays
 the same mixed workload, and prints the before/after TTFA table, what the guardian,
@@ -16,7 +16,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +36,12 @@ SIM_FAST = ("--ttft-ms", "250", "--tokens-per-s", "30", "--parallel", "2")
 SIM_DEEP = ("--ttft-ms", "900", "--tokens-per-s", "15", "--parallel", "1")
 
 
+def parallel_of(sim_flags: Sequence[str]) -> int | None:
+    """The `--parallel` a simulator was started with: the requests it serves at once."""
+    flags = list(sim_flags)
+    return int(flags[flags.index("--parallel") + 1]) if "--parallel" in flags else None
+
+
 @dataclass(frozen=True)
 class Tiers:
     fast_url: str
@@ -43,6 +49,10 @@ class Tiers:
     protocol: str
     fast_model: str
     deep_model: str
+    # What each tier's server runs at once, where known: the lane then never sends it more.
+    fast_slots: int | None = None
+    deep_slots: int | None = None
+    share_cpus: bool = False  # both servers run on the same CPUs (one machine)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,12 +63,29 @@ def add_parser(subparsers: Any) -> None:
         "through the baseline (one FIFO queue, deep tier only, no coalescing, no cache, no sentence streaming), "
         "and prints the before/after TTFA table.",
     )
-    parser.add_argument("--backend", choices=("llama", "sim", "urls"), default="llama")
+    parser.add_argument(
+        "--backend",
+        choices=("ollama", "sim", "urls"),
+        default="ollama",
+        help="ollama: the local stack of `voicelane stack` (built on first use); sim: the bundled simulator; "
+        "urls: servers of your own.",
+    )
     parser.add_argument("--fast-url", help="Fast tier URL (with --backend urls).")
     parser.add_argument("--deep-url", help="Deep tier URL (with --backend urls).")
     parser.add_argument("--protocol", choices=("ollama", "openai"), default="ollama", help="With --backend urls.")
     parser.add_argument("--fast-model", default="llama3.2:1b")
     parser.add_argument("--deep-model", default="llama3.1:8b")
+    parser.add_argument(
+        "--fast-slots", type=int, default=None, help="Requests the fast server runs at once (with --backend urls)."
+    )
+    parser.add_argument(
+        "--deep-slots", type=int, default=None, help="Requests the deep server runs at once (with --backend urls)."
+    )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="Both servers run on the same CPUs (with --backend urls): the lane runs one tier at a time.",
+    )
     parser.add_argument("--duration", type=float, default=None, help="Workload length in seconds.")
     parser.add_argument("--report-dir", type=Path, default=None)
     parser.add_argument(
@@ -72,15 +99,30 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+# A spoken rewrite of a short text is one paragraph about as long as the text: the fast tier only
+# gets texts of at most 130 characters, so 64 tokens is room enough, and a blank line ends the reply
+# (what a small model writes after one is commentary, not something to read aloud).
+FAST_REPLY = {"num_predict": 64, "stop": ["\n\n", "<|im_end|>", "<|eot_id|>"]}
+DEEP_REPLY = {"num_predict": 160}
+
+
 def sidecar_config(tiers: Tiers, *, enabled: set[str]) -> dict[str, Any]:
     """The lane with the given features on; with none on, this is the baseline."""
     lane_on = bool(enabled)
+    upstreams: dict[str, dict[str, Any]] = {
+        "fast": {"url": tiers.fast_url, "protocol": tiers.protocol, "model": tiers.fast_model, **FAST_REPLY},
+        "deep": {"url": tiers.deep_url, "protocol": tiers.protocol, "model": tiers.deep_model, **DEEP_REPLY},
+    }
+    for tier, slots in (("fast", tiers.fast_slots), ("deep", tiers.deep_slots)):
+        if slots is not None:
+            upstreams[tier]["parallel_slots"] = slots
     return {
-        "upstreams": {
-            "fast": {"url": tiers.fast_url, "protocol": tiers.protocol, "model": tiers.fast_model, "num_predict": 160},
-            "deep": {"url": tiers.deep_url, "protocol": tiers.protocol, "model": tiers.deep_model, "num_predict": 160},
+        "upstreams": upstreams,
+        "scheduler": {
+            "priorities": "priorities" in enabled,
+            "max_waiting": 3 if lane_on else 1000,
+            "tiers_share_cpus": tiers.share_cpus,
         },
-        "scheduler": {"priorities": "priorities" in enabled, "max_waiting": 3 if lane_on else 1000},
         "routing": {"mode": "auto" if "routing" in enabled else "deep_only"},
         "single_flight": {"enabled": "coalescing" in enabled},
         "cache": {"enabled": "cache" in enabled},
@@ -98,7 +140,16 @@ def start_tiers(args: argparse.Namespace, logs: Path, *, name: str) -> Iterator[
     if args.backend == "urls":
         if not (args.fast_url and args.deep_url):
             raise SystemExit("voicelane demo --backend urls needs --fast-url and --deep-url")
-        yield Tiers(args.fast_url, args.deep_url, args.protocol, args.fast_model, args.deep_model)
+        yield Tiers(
+            args.fast_url,
+            args.deep_url,
+            args.protocol,
+            args.fast_model,
+            args.deep_model,
+            args.fast_slots,
+            args.deep_slots,
+            args.shared_cpus,
+        )
         return
     with contextlib.ExitStack() as stack:
         if args.backend == "sim":
@@ -116,24 +167,43 @@ def start_tiers(args: argparse.Namespace, logs: Path, *, name: str) -> Iterator[
                 )
                 urls.append(url)
             print(f"==> {name}: simulated tiers fast ({' '.join(SIM_FAST)}), deep ({' '.join(SIM_DEEP)})")
-            yield Tiers(urls[0], urls[1], "ollama", "sim-fast", "sim-deep")
+            yield Tiers(
+                urls[0],
+                urls[1],
+                "ollama",
+                "sim-fast",
+                "sim-deep",
+                fast_slots=parallel_of(SIM_FAST),
+                deep_slots=parallel_of(SIM_DEEP),
+            )
             return
-        from voicelane.localstack import ensure_stack, llama_server_argv
+        from voicelane.stack.ollama import running_stack, sample_lane_environment
 
-        server, model = ensure_stack()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        print(f"==> starting llama-server with {model.name} on {url} (serves both tiers)")
-        stack.enter_context(
-            running(
-                llama_server_argv(server, model, port=port),
-                ready_url=url + "/health",
-                log_dir=logs,
-                name="llama-server",
-                ready_timeout_s=180,
+        print("==> starting the local Ollama stack (fast and deep tier, the shipped small model)")
+        ollama = stack.enter_context(
+            running_stack(
+                logs / f"ollama-{name}",
+                fast_listen=f"127.0.0.1:{free_port()}",
+                deep_listen=f"127.0.0.1:{free_port()}",
             )
         )
-        yield Tiers(url, url, "openai", model.stem, model.stem)
+        print(f"    {ollama.ready_line()}")
+        yield ollama_tiers(ollama, sample_lane_environment)
+
+
+def ollama_tiers(stack: Any, environment: Callable[[str], dict[str, str]]) -> Tiers:
+    """The tiers of a running local Ollama stack, with the parallel slots each server was given."""
+    slots = {tier: int(environment(tier)["OLLAMA_NUM_PARALLEL"]) for tier in ("fast", "deep")}
+    return Tiers(
+        stack.fast.url,
+        stack.deep.url,
+        "ollama",
+        stack.fast.model,
+        stack.deep.model,
+        fast_slots=slots["fast"],
+        deep_slots=slots["deep"],
+        share_cpus=True,  # both servers run on this machine
+    )
 
 
 def _run_with_own_tiers(

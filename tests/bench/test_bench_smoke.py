@@ -3,7 +3,7 @@
 Each test runs `voicelane bench SUITE --size smoke` as a user would and checks the JSON it
 writes: the envelope (machine, command, timestamps), counts that match what was sent, and
 ratios that are finite numbers. Performance targets are deliberately not asserted here; the
-figures of a smoke run mean nothing. The llama variants run only where the local model stack
+figures of a smoke run mean nothing. The Ollama variants run only where the local model stack
 is already built (they are marked `realstack`).
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from voicelane.localstack import find_llama_server, find_model
+from voicelane.gobuild import is_built
 from voicelane.processes import voicelane_argv
+from voicelane.stack.build import OLLAMA, find_model
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -171,25 +172,27 @@ def check_real(doc: dict[str, Any]) -> None:
 
 
 def test_a_suite_refuses_a_backend_it_cannot_use(tmp_path: Path) -> None:
-    argv = voicelane_argv("bench", "overhead", "--backend", "llama", "--out", str(tmp_path / "x.json"))
+    argv = voicelane_argv("bench", "overhead", "--backend", "ollama", "--out", str(tmp_path / "x.json"))
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
-    assert "--backend llama is not supported" in result.stderr
+    assert "--backend ollama is not supported" in result.stderr
     assert not (tmp_path / "x.json").exists()
 
 
 def _stack_built() -> bool:
-    return find_llama_server() is not None and find_model() is not None
+    return is_built(OLLAMA) and find_model() is not None
 
 
-needs_stack = pytest.mark.skipif(not _stack_built(), reason="the local llama-server stack is not built")
+needs_stack = pytest.mark.skipif(
+    not _stack_built(), reason="the local Ollama stack is not built (voicelane stack --build)"
+)
 
 
 @pytest.mark.realstack
 @needs_stack
 def test_streaming_on_the_local_model(tmp_path: Path) -> None:
-    doc = run_bench(tmp_path, "streaming", "--backend", "llama")
-    check_envelope(doc, "streaming", "llama")
+    doc = run_bench(tmp_path, "streaming", "--backend", "ollama")
+    check_envelope(doc, "streaming", "ollama")
     for variant in ("streaming", "full_text"):
         assert doc["results"][variant]["sent"] == doc["settings"]["messages"] * doc["settings"]["rounds"]
     finite_ratios(doc)  # a busy machine may leave the tiny model's smoke run without answers
@@ -198,6 +201,6 @@ def test_streaming_on_the_local_model(tmp_path: Path) -> None:
 @pytest.mark.realstack
 @needs_stack
 def test_real_workload_on_the_local_model(tmp_path: Path) -> None:
-    doc = run_bench(tmp_path, "real", "--backend", "llama")
-    check_envelope(doc, "real", "llama")
+    doc = run_bench(tmp_path, "real", "--backend", "ollama")
+    check_envelope(doc, "real", "ollama")
     check_real(doc)

@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> None:
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="Model tiers: the simulator or the local llama-server (default: the suite's own).",
+        help="Model tiers: the simulator or the local Ollama stack (default: the suite's own).",
     )
     parser.add_argument("--out", type=Path, default=None, help="Results file (default reports/bench/SUITE-TIME.json).")
     parser.add_argument(

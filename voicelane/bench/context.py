@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SIZES = ("smoke", "full")
-BACKENDS = ("sim", "llama")
+BACKENDS = ("sim", "ollama")
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,13 @@ SUITES: dict[str, SuiteSpec] = {
         "voicelane.bench.coalescing", ("sim",), "sim", "100 identical requests: upstream and TTS calls, TTFA"
     ),
     "streaming": SuiteSpec(
-        "voicelane.bench.streaming", ("llama", "sim"), "llama", "TTFA with sentence streaming vs full text"
+        "voicelane.bench.streaming", ("ollama", "sim"), "ollama", "TTFA with sentence streaming vs full text"
     ),
     "operator": SuiteSpec(
         "voicelane.bench.operator_scale", (), "none", "200 VoiceLanes at once against a local control plane"
     ),
     "real": SuiteSpec(
-        "voicelane.bench.real", ("llama", "sim"), "llama", "the demo workload per class against its TTFA targets"
+        "voicelane.bench.real", ("ollama", "sim"), "ollama", "the demo workload per class against its TTFA targets"
     ),
 }
 

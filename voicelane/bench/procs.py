@@ -1,4 +1,4 @@
-"""The processes a suite measures: simulator, sidecar and llama-server, started and metered.
+"""The processes a suite measures: simulator and sidecar, started and metered.
 
 Each `start_*` enters a `running()` context on the given ExitStack, so whatever a suite
 started is stopped when it ends, however it ends. `ProcessMeter` reads a process's CPU
@@ -8,7 +8,6 @@ seconds and resident memory from /proc (through psutil) and keeps the peak RSS s
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import psutil
 import requests
 import yaml
 
-from voicelane.demo import Tiers
+from voicelane.demo import Tiers, parallel_of
 from voicelane.processes import ManagedProcess, ProcessFailed, free_port, running, voicelane_argv
 
 
@@ -79,7 +78,16 @@ def start_sim_tiers(
     """A fast and a deep simulated tier, each its own simulator process, as the demo runs them."""
     fast = start_sim(stack, fast_flags, logs, f"{prefix}-sim-fast")
     deep = start_sim(stack, deep_flags, logs, f"{prefix}-sim-deep")
-    return Tiers(fast.url, deep.url, "ollama", "sim-fast", "sim-deep"), fast, deep
+    tiers = Tiers(
+        fast.url,
+        deep.url,
+        "ollama",
+        "sim-fast",
+        "sim-deep",
+        fast_slots=parallel_of(fast_flags),
+        deep_slots=parallel_of(deep_flags),
+    )
+    return tiers, fast, deep
 
 
 def start_sidecar(stack: contextlib.ExitStack, config: dict[str, Any], logs: Path, name: str) -> Service:
@@ -127,43 +135,3 @@ def wait_sidecar_idle(sidecar: Service, timeout_s: float = 300.0) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-@dataclass(frozen=True)
-class LlamaServer:
-    url: str
-    model: str
-    extra_flags: tuple[str, ...]
-    first_attempt_signal: str | None  # how a start with default flags died, if it did
-
-
-# Weight repacking puts this llama.cpp build on its AMX code path where the CPU advertises AMX;
-# where the OS or hypervisor has not enabled AMX state, that path dies at warm-up (SIGILL on
-# `tilezero`, sometimes SIGSEGV), so a start killed by a signal is retried without repacking.
-NO_REPACK = ("--no-repack",)
-
-
-def start_llama(stack: contextlib.ExitStack, logs: Path) -> LlamaServer:
-    """llama-server with the shipped small model, serving on loopback until `stack` closes."""
-    from voicelane.localstack import ensure_stack, llama_server_argv
-
-    server, model = ensure_stack()
-    died_of: str | None = None
-    for extra in ((), NO_REPACK):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [*llama_server_argv(server, model, port=port), *extra]
-        name = "llama-server" + ("-no-repack" if extra else "")
-        process = ManagedProcess(argv, logs / f"{name}.log").start()
-        try:
-            process.wait_http(url + "/health", timeout_s=240)
-        except ProcessFailed:
-            code = process.popen.returncode if process.popen is not None else None
-            process.stop()
-            if extra or code is None or code >= 0:
-                raise
-            died_of = signal.Signals(-code).name
-            continue
-        stack.callback(process.stop)
-        return LlamaServer(url, model.stem, extra, died_of)
-    raise AssertionError("unreachable")  # pragma: no cover

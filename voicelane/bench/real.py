@@ -2,8 +2,8 @@
 
 The workload of `voicelane demo` (chats, notifications, emails with a TL;DR and segments,
 duplicates within 2 s, a burst beyond the rate limit) is replayed through the lane and,
-in the same run, through the baseline with every lane feature off, both in front of
-llama-server with the shipped small model (`--backend sim`: the simulated tiers instead).
+in the same run, through the baseline with every lane feature off, both in front of the
+local Ollama stack with the shipped small model (`--backend sim`: the simulated tiers instead).
 Reported per label: TTFA p50/p95 of the answered requests, how many were refused or spoken
 from the fallback, the class target, the share within it, and baseline/lane ratios.
 """

@@ -3,7 +3,7 @@
 Multi-sentence chat messages are spoken one at a time through two sidecars in front of the
 same model tiers: one speaks each sentence as soon as the model completes it (the lane), the
 other waits for the whole rewrite before speaking (`tts.sentence_streaming: false`, the
-baseline's behaviour); the order alternates per message. On `--backend llama` the model is
+baseline's behaviour); the order alternates per message. On `--backend ollama` the model is
 the real local one; on `--backend sim` the simulated tiers. Both sidecars get TTFA targets of
 60 s, so no answer is replaced by the deadline fallback and the pipeline itself is measured.
 """
@@ -127,7 +127,7 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "(no queueing); per round, the variant that goes first alternates per message, and across rounds "
         "every message goes first once for each variant.",
     ]
-    if ctx.backend == "llama":
+    if ctx.backend == "ollama":
         notes.append("The model's wording varies per message; both variants receive the same rewrite prompt.")
     if ctx.smoke:
         notes.append("Smoke size: one message; the figures check the harness.")

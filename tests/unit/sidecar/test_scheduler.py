@@ -1,4 +1,5 @@
-"""The priority scheduler: caps, refusal, priority and FIFO order, idle-only levels, cancellation."""
+"""The priority scheduler: caps, refusal, priority and FIFO order, idle-only levels, cancellation,
+settling after first audio, tier slots and borrowing a free slot of another tier."""
 
 from __future__ import annotations
 
@@ -145,9 +146,102 @@ def test_wait_time_is_measured_with_the_clock() -> None:
     assert waiter.waited_s == pytest.approx(2.5)
 
 
+# ----- settling after first audio, tier slots, borrowing ----------------------------------------
+
+
+def test_a_settled_chat_lets_the_next_chat_start_while_it_finishes() -> None:
+    core = SchedulerCore()
+    first = core.offer(0)
+    second = core.offer(0)
+    assert second.state is WAITING
+    assert core.settle(first) == [second]
+    assert (first.state, core.running(0), core.starting(0)) == (RUNNING, 2, 1)
+    assert core.settle(first) == []  # idempotent
+    assert core.release(first) == []
+    assert core.running(0) == 1
+
+
+def test_a_settled_chat_still_keeps_segments_waiting() -> None:
+    core = SchedulerCore()
+    chat = core.offer(0)
+    segment = core.offer(2)
+    assert core.settle(chat) == []
+    assert segment.state is WAITING
+    assert core.release(chat) == [segment]
+
+
+def test_a_tier_never_runs_more_than_its_slots_whatever_the_priority() -> None:
+    core = SchedulerCore(tier_slots={"fast": 1, "deep": 1}, borrowing=(), idle_only=())
+    chat = core.offer(0, "fast")
+    core.settle(chat)
+    later_chat = core.offer(0, "fast")
+    tldr = core.offer(1, "fast")
+    assert (later_chat.state, tldr.state) == (WAITING, WAITING)
+    assert core.on_tier("fast") == 1
+    # The slot goes to the highest priority waiting for it.
+    assert core.release(chat) == [later_chat]
+    assert core.release(later_chat) == [tldr]
+
+
+def test_priority_zero_borrows_a_free_slot_of_another_tier_and_lower_levels_do_not() -> None:
+    core = SchedulerCore(tier_slots={"fast": 1, "deep": 2}, idle_only=())
+    first = core.offer(0, "fast")
+    core.settle(first)
+    second = core.offer(0, "fast")
+    assert (second.state, second.runs_on, second.borrowed) == (RUNNING, "deep", True)
+    tldr = core.offer(1, "fast")
+    assert tldr.state is WAITING  # deep still has a slot, but a TL;DR keeps to its own tier
+    assert core.borrowed_total == 1
+    assert core.release(first) == [tldr]
+    assert tldr.runs_on == "fast"
+
+
+def test_work_kept_on_its_tier_does_not_borrow() -> None:
+    core = SchedulerCore(tier_slots={"fast": 1, "deep": 2})
+    core.settle(core.offer(0, "fast"))
+    kept = core.offer(0, "fast", may_borrow=False)
+    assert kept.state is WAITING
+    assert core.on_tier("deep") == 0
+
+
+def test_no_borrowing_from_a_tier_without_a_known_slot_count() -> None:
+    core = SchedulerCore(tier_slots={"fast": 1})
+    core.settle(core.offer(0, "fast"))
+    assert core.offer(0, "fast").state is WAITING
+    # Unknown slots bound nothing: work routed to that tier runs as before.
+    assert [core.offer(1, "deep").state, core.offer(1, "deep").state] == [RUNNING, WAITING]
+
+
+def test_waiting_for_a_tier_slot_counts_against_the_waiting_room() -> None:
+    core = SchedulerCore(tier_slots={"fast": 1}, max_waiting=1, retry_after_s=4)
+    core.settle(core.offer(0, "fast"))
+    core.offer(0, "fast")
+    with pytest.raises(QueueFull) as refused:
+        core.offer(0, "fast")
+    assert refused.value.retry_after_s == 4
+
+
+def test_lowered_tier_slots_stop_nothing_that_runs_and_start_nothing_new() -> None:
+    core = SchedulerCore(tier_slots={"deep": 2}, idle_only=())
+    running = [core.offer(1, "deep"), core.offer(2, "deep")]
+    core.reconfigure(max_running_per_priority=1, max_waiting=3, tier_slots={"deep": 1})
+    waiter = core.offer(1, "deep")
+    assert [t.state for t in running] == [RUNNING, RUNNING]
+    assert core.settle(running[0]) == []
+    assert core.release(running[0]) == []  # one still runs on the single slot left
+    assert core.release(running[1]) == [waiter]
+
+
+@pytest.mark.parametrize("slots", [0, -1, True, 1.5])
+def test_a_tier_needs_a_whole_positive_number_of_slots(slots: object) -> None:
+    with pytest.raises(ValueError, match="slot"):
+        SchedulerCore(tier_slots={"fast": slots})  # type: ignore[dict-item]
+
+
 # ----- invariants under random offer/release/cancel sequences -----------------------------------
 
 LEVELS = (0, 1, 2)
+TIERS = ("fast", "deep")
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -157,12 +251,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         cap=st.integers(1, 3),
         max_waiting=st.integers(0, 4),
         idle_only=st.sampled_from([frozenset(), frozenset({2}), frozenset({1, 2})]),
+        tier_slots=st.dictionaries(st.sampled_from(TIERS), st.integers(1, 3)),
     )
-    def setup(self, cap: int, max_waiting: int, idle_only: frozenset[int]) -> None:
+    def setup(self, cap: int, max_waiting: int, idle_only: frozenset[int], tier_slots: dict[str, int]) -> None:
         self.clock = FakeClock()
-        self.cap, self.max_waiting, self.idle_only = cap, max_waiting, idle_only
+        self.cap, self.max_waiting, self.idle_only, self.tier_slots = cap, max_waiting, idle_only, tier_slots
         self.core = SchedulerCore(
-            max_running_per_priority=cap, max_waiting=max_waiting, idle_only=idle_only, clock=self.clock
+            max_running_per_priority=cap,
+            max_waiting=max_waiting,
+            idle_only=idle_only,
+            tier_slots=tier_slots,
+            clock=self.clock,
         )
         self.offered = 0
         self.refused = 0
@@ -182,13 +281,13 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert not any(self.busy(level) for level in LEVELS if level < ticket.priority)
             self.start_order[ticket.priority].append(ticket.seq)
 
-    @rule(priority=st.sampled_from(LEVELS))
-    def offer(self, priority: int) -> None:
+    @rule(priority=st.sampled_from(LEVELS), tier=st.sampled_from((*TIERS, None)))
+    def offer(self, priority: int, tier: str | None) -> None:
         self.clock.advance(0.1)
         self.offered += 1
         waiting_before = self.core.waiting_total
         try:
-            ticket = self.core.offer(priority)
+            ticket = self.core.offer(priority, tier)
         except QueueFull:
             self.refused += 1
             assert waiting_before >= self.max_waiting
@@ -203,6 +302,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clock.advance(0.1)
         self.record_started(self.core.release(data.draw(st.sampled_from(self.in_state(RUNNING)))))
 
+    @precondition(lambda self: any(t.state is RUNNING for t in self.accepted))
+    @rule(data=st.data())
+    def settle(self, data: st.DataObject) -> None:
+        self.clock.advance(0.1)
+        self.record_started(self.core.settle(data.draw(st.sampled_from(self.in_state(RUNNING)))))
+
     @precondition(lambda self: any(t.state in (RUNNING, WAITING) for t in self.accepted))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
@@ -210,16 +315,33 @@ class SchedulerMachine(RuleBasedStateMachine):
         live = self.in_state(WAITING) + self.in_state(RUNNING)
         self.record_started(self.core.cancel(data.draw(st.sampled_from(live))))
 
+    def slot_free_for(self, ticket: Ticket) -> bool:
+        def free(tier: str) -> bool:
+            return self.core.on_tier(tier) < self.tier_slots[tier]
+
+        if ticket.tier is None or ticket.tier not in self.tier_slots or free(ticket.tier):
+            return True
+        return ticket.priority == 0 and any(free(t) for t in self.tier_slots if t != ticket.tier)
+
     @invariant()
     def caps_hold(self) -> None:
-        assert all(self.core.running(level) <= self.cap for level in LEVELS)
+        assert all(self.core.starting(level) <= self.cap for level in LEVELS)
         assert self.core.waiting_total <= self.max_waiting
+        for tier, slots in self.tier_slots.items():
+            assert self.core.on_tier(tier) == sum(t.runs_on == tier for t in self.in_state(RUNNING)) <= slots
+
+    @invariant()
+    def only_priority_zero_runs_on_another_tier(self) -> None:
+        for ticket in self.in_state(RUNNING):
+            assert ticket.runs_on == ticket.tier or (ticket.priority == 0 and ticket.runs_on in self.tier_slots)
 
     @invariant()
     def every_ticket_is_accounted_for(self) -> None:
         assert self.offered == self.refused + len(self.accepted)
         for level in LEVELS:
             assert self.core.running(level) == sum(t.priority == level for t in self.in_state(RUNNING))
+            unsettled = [t for t in self.in_state(RUNNING) if t.priority == level and not t.settled]
+            assert self.core.starting(level) == len(unsettled)
             queued = self.core.waiting(level)
             assert list(queued) == [t for t in self.in_state(WAITING) if t.priority == level]
 
@@ -238,9 +360,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         for level in LEVELS:
             if not self.core.waiting(level):
                 continue
-            full = self.core.running(level) >= self.cap
+            full = self.core.starting(level) >= self.cap
             held_for_idle = level in self.idle_only and any(self.busy(higher) for higher in LEVELS if higher < level)
-            assert full or held_for_idle
+            no_slot = not self.slot_free_for(self.core.waiting(level)[0])
+            assert full or held_for_idle or no_slot
 
     def teardown(self) -> None:
         # Drain: with everything finished, every accepted ticket must have run or been cancelled.
