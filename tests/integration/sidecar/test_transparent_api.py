@@ -65,3 +65,31 @@ def test_openai_chat_completions_streams_sse(start_sim, start_sidecar) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     plain = requests.post(sidecar.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=10).json()
     assert plain["choices"][0]["message"]["content"].strip() == "Stream me please."
+
+
+def test_an_upstream_503_is_passed_on_when_forwarded_and_failed_over_on_the_lanes_path(
+    start_sim, start_sidecar
+) -> None:
+    fast, deep = start_sim("--ttft-ms", "5", name="fast"), start_sim("--ttft-ms", "5", name="deep")
+    sidecar = start_sidecar(fast.url, deep.url)
+    busy = {"fault": "http_503", "count": 1, "paths": ["/api/chat"]}
+    fast.post("/sim/faults", json=busy)
+    # A call with a seed is forwarded as it is: the model server's own 503 comes back unchanged.
+    body = {"model": "fast-model", "messages": [{"role": "user", "content": "Hi."}], "stream": False}
+    forwarded = requests.post(sidecar.url + "/api/chat", json={**body, "options": {"seed": 1}}, timeout=10)
+    assert forwarded.status_code == 503
+    assert forwarded.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+    # On the lane's own path the 503 is a routing failure: the deep tier answers, and says so.
+    fast.post("/sim/faults", json=busy)
+    answered = requests.post(sidecar.url + "/api/chat", json=body, timeout=10)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["model"] == "deep-model"
+
+
+def test_an_unknown_model_gets_the_servers_own_404(start_sim, start_sidecar) -> None:
+    sim = start_sim("--ttft-ms", "5", "--model", "fast-model", "--model", "deep-model")
+    sidecar = start_sidecar(sim.url)
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama.Client(host=sidecar.url).chat(model="does-not-exist:7b", messages=[{"role": "user", "content": "Hi"}])
+    assert (caught.value.status_code, caught.value.error) == (404, "model 'does-not-exist:7b' not found")
+    assert sim.get("/sim/stats").json()["calls"]["/api/chat"] == 1
