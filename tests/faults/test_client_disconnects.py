@@ -44,8 +44,8 @@ async def wait_for_upstream_work(sim_url: str) -> None:
         ("/v1/text", {"source": "chat"}),
         ("/v1/text", {"source": "chat", "stream": True}),
         ("/v1/speak", {"source": "chat"}),
-        ("/api/chat", {"model": "m"}),
-        ("/v1/chat/completions", {"model": "m", "stream": True}),
+        ("/api/chat", {"model": "voicelane"}),
+        ("/v1/chat/completions", {"model": "voicelane", "stream": True}),
     ],
     ids=["text", "text_stream", "speak", "ollama_chat", "openai_stream"],
 )

@@ -61,7 +61,7 @@ SCHEDULE = [kind for kind in MIX for _ in range(kind.share)]
 def body_for(kind: Kind, index: int) -> dict[str, Any]:
     text = f"{EMAIL} (nr {index})" if kind.source == "email" else f"Meddelande nummer {index} om mötet i morgon."
     if kind.path == "/api/chat":
-        return {"model": "m", "stream": False, "messages": [{"role": "user", "content": text}]}
+        return {"model": "voicelane", "stream": False, "messages": [{"role": "user", "content": text}]}
     return {"text": text, "source": kind.source}
 
 

@@ -60,16 +60,16 @@ ASKS = (
     Ask("text", "/v1/text", lambda t: {"text": t, "source": "chat"}),
     Ask("text_stream", "/v1/text", lambda t: {"text": t, "source": "chat", "stream": True}),
     Ask("speak", "/v1/speak", lambda t: {"text": t, "source": "chat"}),
-    Ask("ollama_chat", "/api/chat", lambda t: {"model": "m", "messages": [{"role": "user", "content": t}]}),
+    Ask("ollama_chat", "/api/chat", lambda t: {"model": "voicelane", "messages": [{"role": "user", "content": t}]}),
     Ask(
         "ollama_whole",
         "/api/chat",
-        lambda t: {"model": "m", "stream": False, "messages": [{"role": "user", "content": t}]},
+        lambda t: {"model": "voicelane", "stream": False, "messages": [{"role": "user", "content": t}]},
     ),
     Ask(
         "openai_stream",
         "/v1/chat/completions",
-        lambda t: {"model": "m", "stream": True, "messages": [{"role": "user", "content": t}]},
+        lambda t: {"model": "voicelane", "stream": True, "messages": [{"role": "user", "content": t}]},
     ),
 )
 

@@ -67,7 +67,7 @@ def send_personal_data(url: str) -> set[str]:
         )
         assert spoken.status_code == 200
         assert spoken.content
-    chat: dict[str, Any] = {"model": "any", "messages": [{"role": "user", "content": PERSONAL}], "stream": False}
+    chat: dict[str, Any] = {"model": "voicelane", "messages": [{"role": "user", "content": PERSONAL}], "stream": False}
     answered = requests.post(url + "/api/chat", json=chat, headers={"X-Request-Id": "privacy-chat"}, timeout=30)
     assert answered.status_code == 200
     refused = requests.post(
