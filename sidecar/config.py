@@ -76,6 +76,13 @@ class SchedulerConfig(_Model):
     max_waiting: int = Field(3, ge=0, le=10_000, description="Requests waiting in total; beyond that 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a queue-full 429.")
     priorities: bool = Field(True, description="False: one FIFO queue for every class (the baseline).")
+    segments_after_quiet_s: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="Email segments start only once priorities 0 and 1 have had nothing running or waiting this "
+        "long, so the short pauses of a conversation are not filled with long background work.",
+    )
     tiers_share_cpus: bool = Field(
         False,
         description="The tiers' model servers share CPUs (one machine): calls run on one tier at a time, since two "

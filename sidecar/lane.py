@@ -426,7 +426,8 @@ class Lane:
             if attempt:
                 self.metrics.failovers.labels(order[attempt - 1].value, tier.value).inc()
             try:
-                return await self._call_tier(tier, job, out, timeline, first_audio)
+                borrowed = ticket.borrowed and tier.value == ticket.runs_on
+                return await self._call_tier(tier, job, out, timeline, first_audio, borrowed=borrowed)
             except UpstreamError as exc:
                 last_error = exc
                 if not exc.before_first_token:
@@ -451,15 +452,24 @@ class Lane:
         return feed
 
     async def _call_tier(
-        self, tier: Tier, job: Job, out: Broadcast[str], timeline: StageClock, on_token: Callable[[str], None]
+        self,
+        tier: Tier,
+        job: Job,
+        out: Broadcast[str],
+        timeline: StageClock,
+        on_token: Callable[[str], None],
+        *,
+        borrowed: bool = False,
     ) -> TextResult:
         upstream = self.config.upstreams.for_tier(tier)
+        # A call on a borrowed slot keeps the reply its own tier asks for (length, stop): only the server differs.
+        shape = self.config.upstreams.for_tier(job.route.tier) if borrowed else upstream
         request = ChatRequest(
             messages=job.messages,
             model=upstream.model,
-            num_predict=min(int(job.options.get("num_predict", upstream.num_predict)), upstream.num_predict),
-            temperature=float(job.options.get("temperature", upstream.temperature)),
-            stop=tuple(job.options.get("stop", upstream.stop)),
+            num_predict=min(int(job.options.get("num_predict", shape.num_predict)), shape.num_predict),
+            temperature=float(job.options.get("temperature", shape.temperature)),
+            stop=tuple(job.options.get("stop", shape.stop)),
             keep_alive=upstream.keep_alive,
         )
         started = self.clock()

@@ -13,7 +13,8 @@ At most `max_waiting` wait across all levels; an arrival beyond that is refused 
 once (the caller answers 429). Waiting work is dispatched highest priority first and
 first come first served within a level. Levels in `idle_only` (email segments) are
 dispatched only while every higher level has nothing running (settled or not) and
-nothing waiting; work already running is never preempted.
+nothing waiting, and has had nothing for `idle_only_quiet_s`; work already running is
+never preempted.
 
 `SchedulerCore` is the policy, pure and synchronous; `PriorityScheduler` puts it
 behind an `async with scheduler.slot(priority, tier)` for the request path.
@@ -91,11 +92,13 @@ class SchedulerCore:
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
         tier_slots: Mapping[str, int] | None = None,
         exclusive_tiers: bool = False,
+        idle_only_quiet_s: float = 0.0,
         borrowing: Iterable[int] = DEFAULT_BORROWING,
         retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_only = frozenset(idle_only)
+        self.idle_only_quiet_s = idle_only_quiet_s
         self.exclusive_tiers = exclusive_tiers
         self.borrowing = frozenset(borrowing)
         self.max_running_per_priority = max_running_per_priority
@@ -108,6 +111,7 @@ class SchedulerCore:
         self._running: dict[int, int] = {}  # every running ticket, settled or not
         self._starting: dict[int, int] = {}  # running tickets not yet settled
         self._on_tier: dict[str, int] = {}
+        self._last_busy_at: dict[int, float] = {}  # when each level last had work running or waiting
         self.started_total = 0
         self.borrowed_total = 0
         self.refused_total = 0
@@ -132,6 +136,7 @@ class SchedulerCore:
             raise ValueError(f"priority must be a non-negative int, got {priority!r}")
         now = self._clock()
         ticket = Ticket(priority=priority, seq=next(self._seq), enqueued_at=now, tier=tier, may_borrow=may_borrow)
+        self._last_busy_at[priority] = now
         queue = self._queues.setdefault(priority, deque())
         self._running.setdefault(priority, 0)
         if not queue and self._try_start(ticket, now):
@@ -159,6 +164,7 @@ class SchedulerCore:
         if ticket.state is not TicketState.RUNNING:
             raise ValueError(f"only a running ticket can be released, this one is {ticket.state}")
         ticket.state = TicketState.DONE
+        self._last_busy_at[ticket.priority] = self._clock()
         self._running[ticket.priority] -= 1
         if not ticket.settled:
             self._starting[ticket.priority] -= 1
@@ -176,6 +182,7 @@ class SchedulerCore:
         if ticket.state is not TicketState.WAITING:
             return []
         self._queues[ticket.priority].remove(ticket)
+        self._last_busy_at[ticket.priority] = self._clock()
         ticket.state = TicketState.CANCELLED
         self.cancelled_total += 1
         # Its departure may leave a higher level idle, which lets idle-only work start.
@@ -189,6 +196,7 @@ class SchedulerCore:
         retry_after_s: int | None = None,
         tier_slots: Mapping[str, int] | None = None,
         exclusive_tiers: bool | None = None,
+        idle_only_quiet_s: float | None = None,
     ) -> list[Ticket]:
         """Change the caps live; queued work stays queued. Returns tickets started by a raised cap.
 
@@ -204,7 +212,31 @@ class SchedulerCore:
             self.tier_slots = self._checked_slots(tier_slots)
         if exclusive_tiers is not None:
             self.exclusive_tiers = exclusive_tiers
+        if idle_only_quiet_s is not None:
+            self.idle_only_quiet_s = idle_only_quiet_s
         return self._dispatch()
+
+    def poll(self) -> list[Ticket]:
+        """Start what time alone has made startable (a quiet period that ended); returns those tickets."""
+        return self._dispatch()
+
+    def quiet_remaining_s(self) -> float | None:
+        """How long waiting idle-only work is still held back by the quiet period alone, if it is."""
+        now = self._clock()
+        remaining = [
+            left
+            for level in self.levels
+            if level in self.idle_only and self._queues.get(level) and not self._higher_busy(level)
+            if (left := self._quiet_left(level, now)) > 0
+        ]
+        return min(remaining, default=None)
+
+    def _higher_busy(self, priority: int) -> bool:
+        return any(self._running.get(level, 0) or self._queues.get(level) for level in self.levels if level < priority)
+
+    def _quiet_left(self, priority: int, now: float) -> float:
+        higher = [self._last_busy_at[level] for level in self._last_busy_at if level < priority]
+        return self.idle_only_quiet_s - (now - max(higher)) if higher else 0.0
 
     def _tier_open(self, tier: str) -> bool:
         """A call may start on the tier now: a slot is free, and no other tier runs if they share CPUs."""
@@ -227,9 +259,7 @@ class SchedulerCore:
         if self._starting.get(priority, 0) >= self.max_running_per_priority:
             return False
         if priority in self.idle_only:
-            return not any(
-                self._running.get(level, 0) or self._queues.get(level) for level in self.levels if level < priority
-            )
+            return not self._higher_busy(priority) and self._quiet_left(priority, self._clock()) <= 0
         return True
 
     def _try_start(self, ticket: Ticket, now: float) -> bool:
@@ -309,10 +339,12 @@ class PriorityScheduler:
             idle_only=idle_only,
             tier_slots=tier_slots,
             exclusive_tiers=config.tiers_share_cpus,
+            idle_only_quiet_s=config.segments_after_quiet_s,
             retry_after_s=config.retry_after_s,
             clock=clock,
         )
         self._wakeups: dict[Ticket, asyncio.Future[None]] = {}
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, priority: int, tier: str | None = None, *, may_borrow: bool = True) -> AsyncIterator[Ticket]:
@@ -323,6 +355,7 @@ class PriorityScheduler:
         the queue and frees its place.
         """
         ticket = self._core.offer(priority, tier, may_borrow=may_borrow)
+        self._arm_quiet_timer()
         try:
             if ticket.state is TicketState.WAITING:
                 wakeup = asyncio.get_running_loop().create_future()
@@ -347,6 +380,7 @@ class PriorityScheduler:
                 retry_after_s=config.retry_after_s,
                 tier_slots=tier_slots if tier_slots is not None else {},
                 exclusive_tiers=config.tiers_share_cpus,
+                idle_only_quiet_s=config.segments_after_quiet_s,
             )
         )
 
@@ -355,6 +389,21 @@ class PriorityScheduler:
             wakeup = self._wakeups.pop(ticket, None)
             if wakeup is not None and not wakeup.done():
                 wakeup.set_result(None)
+        self._arm_quiet_timer()
+
+    def _arm_quiet_timer(self) -> None:
+        """Nothing else happens when a quiet period ends, so a timer looks again at that moment."""
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        remaining = self._core.quiet_remaining_s()
+        if remaining is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # reconfigured outside the loop: the next arrival or release looks again
+            return
+        self._quiet_timer = loop.call_later(remaining, lambda: self._wake(self._core.poll()))
 
     def snapshot(self) -> dict[str, Any]:
         """Running (and of those, not yet settled) and waiting counts, tier slots in use, caps, counters."""

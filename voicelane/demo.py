@@ -122,6 +122,8 @@ def sidecar_config(tiers: Tiers, *, enabled: set[str]) -> dict[str, Any]:
             "priorities": "priorities" in enabled,
             "max_waiting": 3 if lane_on else 1000,
             "tiers_share_cpus": tiers.share_cpus,
+            # Email segments wait for a pause in the conversation rather than filling its short gaps.
+            "segments_after_quiet_s": 2.0 if "priorities" in enabled else 0.0,
         },
         "routing": {"mode": "auto" if "routing" in enabled else "deep_only"},
         "single_flight": {"enabled": "coalescing" in enabled},

@@ -166,6 +166,8 @@ def check_real(doc: dict[str, Any]) -> None:
         assert {label: entry["sent"] for label, entry in per_label.items()} == by_label
         for entry in per_label.values():
             assert entry["target_s"] in (2.5, 3.0, 3.5)
+        unloaded = doc["results"][variant]["unloaded_chat"]
+        assert unloaded["sent"] == doc["settings"]["unloaded_chats"] == len(unloaded["raw"])
     # On a busy 2-core machine the tiny real model may answer no chat of the smoke run in time
     # (each is then refused or spoken from the fallback), so only the ratios present are checked.
     finite_ratios(doc)

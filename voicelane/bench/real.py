@@ -5,7 +5,9 @@ duplicates within 2 s, a burst beyond the rate limit) is replayed through the la
 in the same run, through the baseline with every lane feature off, both in front of the
 local Ollama stack with the shipped small model (`--backend sim`: the simulated tiers instead).
 Reported per label: TTFA p50/p95 of the answered requests, how many were refused or spoken
-from the fallback, the class target, the share within it, and baseline/lane ratios.
+from the fallback, the class target, the share within it, and baseline/lane ratios. After the
+workload (and its email segments) has drained, each variant also speaks chats one at a time on
+the idle machine: the unloaded chat TTFA.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from typing import Any
 from voicelane.bench.context import SuiteContext
 from voicelane.bench.envelope import SuiteOutcome
 from voicelane.bench.procs import start_sidecar, wait_sidecar_idle
-from voicelane.bench.speech import by_label, raw
+from voicelane.bench.speech import by_label, raw, speak_sequentially
 from voicelane.bench.stats import ratio
 from voicelane.bench.tiers import start_tiers
 from voicelane.demo import FEATURES, Tiers, sidecar_config
 from voicelane.sidecar.config import TTFATargets
-from voicelane.workload import Measurement, Step, mixed_workload, replay
+from voicelane.workload import CHATS, NAMES, Measurement, Step, mixed_workload, replay
 
 # Which class target each label of the workload is held to.
 TARGET_CLASS = {"chat": "chat", "burst": "chat", "notification": "notification", "duplicate": "notification"}
@@ -35,10 +37,12 @@ class Size:
     duration_s: float
     labels: tuple[str, ...] | None  # keep only the first request of each of these labels (smoke)
     drain: bool  # wait for email segments between the variants
+    unloaded_chats: int  # chats spoken one at a time after the workload
 
 
 # The smoke run skips the email and the burst: on the real model their long replies dominate it.
-SIZES = {"smoke": Size(3.0, ("chat", "notification", "duplicate"), False), "full": Size(30.0, None, True)}
+SIZES = {"smoke": Size(3.0, ("chat", "notification", "duplicate"), False, 1), "full": Size(30.0, None, True, 12)}
+UNLOADED = "unloaded_chat"
 
 
 def workload(size: Size) -> list[Step]:
@@ -50,6 +54,18 @@ def workload(size: Size) -> list[Step]:
         if step.label in size.labels:
             kept.setdefault(step.label, step)
     return sorted(kept.values(), key=lambda s: s.at_s)
+
+
+def unloaded_chats(count: int, workload_texts: set[str]) -> list[Step]:
+    """Chats in the workload's style whose texts the workload never sends (so none is a cache hit)."""
+    steps: list[Step] = []
+    for index in range(len(CHATS) * len(NAMES)):
+        text = CHATS[index % len(CHATS)].format(name=NAMES[index // len(CHATS)], hour=13, minutes=61 + index)
+        if text not in workload_texts:
+            steps.append(Step(0.0, UNLOADED, "chat", text))
+        if len(steps) == count:
+            break
+    return steps
 
 
 def target_for(label: str) -> float:
@@ -67,7 +83,10 @@ def _variant(
         measured: list[Measurement] = asyncio.run(replay(sidecar.url, steps, timeout_s=600.0))
         # The email segments still running would compete with the next variant for the model.
         drained = wait_sidecar_idle(sidecar, timeout_s=600.0) if size.drain else None
+        # Read before the unloaded chats, so the stage breakdown is the workload's alone.
         stats = sidecar.get("/v1/stats")
+        alone = unloaded_chats(size.unloaded_chats, {step.text for step in steps})
+        unloaded: list[Measurement] = asyncio.run(speak_sequentially(sidecar.url, alone, timeout_s=120.0))
     per_label = by_label(measured)
     for label, entry in per_label.items():
         target = target_for(label)
@@ -78,10 +97,16 @@ def _variant(
         entry["within_target_share_of_sent"] = ratio(within, entry["sent"])
         entry["p95_within_target"] = entry["ttfa_s"]["p95"] is not None and entry["ttfa_s"]["p95"] <= target
     chats = per_label.get("chat", {}).get("ttfa_s", {})
-    ctx.say(f"{name}: chat p50 {chats.get('p50')} s p95 {chats.get('p95')} s; drained afterwards: {drained}")
+    unloaded_summary = by_label(unloaded).get(UNLOADED, {})
+    alone_chats = unloaded_summary.get("ttfa_s", {})
+    ctx.say(
+        f"{name}: chat p50 {chats.get('p50')} s p95 {chats.get('p95')} s; drained afterwards: {drained}; "
+        f"unloaded chat p50 {alone_chats.get('p50')} s p95 {alone_chats.get('p95')} s"
+    )
     return {
         "features": sorted(enabled),
         "per_label": per_label,
+        "unloaded_chat": {**unloaded_summary, "raw": raw(unloaded)},
         "drained_after_replay": drained,
         "sidecar_stats": {
             key: stats.get(key) for key in ("guardian", "single_flight", "cache", "tts", "ttfa", "followups")
@@ -106,10 +131,15 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         ratios[f"lane_{label}_p95_vs_target"] = ratio(
             lane["per_label"].get(label, {}).get("ttfa_s", {}).get("p95"), target_for(label)
         )
+    for q in ("p50", "p95"):
+        ratios[f"baseline_vs_lane_{UNLOADED}_ttfa_{q}"] = ratio(
+            baseline["unloaded_chat"].get("ttfa_s", {}).get(q), lane["unloaded_chat"].get("ttfa_s", {}).get(q)
+        )
     settings = {
         "workload": f"voicelane.workload.mixed_workload(duration_s={size.duration_s})"
         + (f", only the first {', '.join(size.labels)}" if size.labels else ""),
         "requests": len(steps),
+        "unloaded_chats": size.unloaded_chats,
         "by_label": {label: sum(1 for s in steps if s.label == label) for label in sorted({s.label for s in steps})},
         "tiers": tier_description,
         "targets_s": TTFATargets().model_dump(),
@@ -121,7 +151,9 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "email is held to the email TL;DR target (3.5 s).",
         "TTFA statistics cover answered requests; refused ones (429/503) are counted separately. The lane speaks "
         "the original text when the model misses the deadline (fallbacks).",
-        "The lane runs first, then the baseline, one after the other on the same model server.",
+        "The lane runs first, then the baseline, one after the other on the same model servers.",
+        "Unloaded chats: after the workload and its email segments are done, chats in the workload's style "
+        "(texts it never sent) are spoken one at a time; the stage breakdown in sidecar_stats.ttfa leaves them out.",
     ]
     if ctx.smoke:
         notes.append("Smoke size: one chat, notification and duplicate, no drain; the figures check the harness.")

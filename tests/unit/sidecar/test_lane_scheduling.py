@@ -26,8 +26,9 @@ REPLY = ("Hej", " Anna", "!", " Vi", " ses", " snart", ".")
 class HeldCall:
     """One call to a stand-in model server: it sends a token each time the test says so."""
 
-    def __init__(self, tier: str, text: str) -> None:
-        self.tier, self.text = tier, text
+    def __init__(self, tier: str, request: ChatRequest) -> None:
+        self.tier, self.text = tier, request.messages[-1]["content"]
+        self.num_predict, self.stop = request.num_predict, request.stop
         self.allowed = 0
         self.sent = 0
         self.progress = asyncio.Event()
@@ -43,7 +44,7 @@ class StandInServer(UpstreamClient):
         self.calls = calls
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[str]:
-        call = HeldCall(self.config.model, request.messages[-1]["content"])
+        call = HeldCall(self.config.model, request)
         self.calls.append(call)
         while call.sent < len(REPLY):
             while call.sent >= call.allowed:
@@ -147,13 +148,16 @@ async def test_a_tier_is_never_sent_more_calls_than_its_slots() -> None:
 
 async def test_a_chat_whose_tier_is_full_is_answered_on_a_free_slot_of_the_other_tier() -> None:
     calls: list[HeldCall] = []
-    lane = make_lane(calls, upstreams={"fast": {"parallel_slots": 1}, "deep": {"parallel_slots": 2}})
+    short_replies = {"parallel_slots": 1, "num_predict": 64, "stop": ["\n\n"]}
+    lane = make_lane(calls, upstreams={"fast": short_replies, "deep": {"parallel_slots": 2, "num_predict": 400}})
     first = ask(lane, "Första meddelandet.")
     second = ask(lane, "Andra meddelandet.")
     await settle()
     call_for(calls, "Första").release(4)
     await settle()
     assert [(c.text, c.tier) for c in calls] == [("Första meddelandet.", "fast"), ("Andra meddelandet.", "deep")]
+    # The deep server answers, but the reply is as short as the chat's own tier asks.
+    assert (call_for(calls, "Andra").num_predict, call_for(calls, "Andra").stop) == (64, ("\n\n",))
     first_result, second_result = await finish(calls, first, second)
     assert (first_result.tier, second_result.tier) == ("fast", "deep")
     assert lane.scheduler.snapshot()["borrowed_total"] == 1

@@ -232,6 +232,40 @@ def test_lowered_tier_slots_stop_nothing_that_runs_and_start_nothing_new() -> No
     assert core.release(running[1]) == [waiter]
 
 
+def test_segments_wait_for_a_quiet_period_after_the_last_chat() -> None:
+    clock = FakeClock()
+    core = SchedulerCore(idle_only_quiet_s=2.0, clock=clock)
+    chat = core.offer(0)
+    segment = core.offer(2)
+    clock.advance(1.0)
+    assert core.release(chat) == []
+    assert core.quiet_remaining_s() == pytest.approx(2.0)
+    clock.advance(1.5)
+    later_chat = core.offer(0)  # the conversation goes on: the quiet period starts again after it
+    clock.advance(1.0)
+    assert core.release(later_chat) == []
+    clock.advance(1.9)
+    assert core.poll() == []
+    clock.advance(0.1)
+    assert core.poll() == [segment]
+    assert core.quiet_remaining_s() is None
+
+
+async def test_a_segment_held_for_quiet_starts_by_itself_when_the_quiet_period_ends() -> None:
+    scheduler = PriorityScheduler(SchedulerConfig(segments_after_quiet_s=0.05))
+    started: list[Ticket] = []
+    chat, finish_chat = spawn(scheduler, 0, started)
+    segment, finish_segment = spawn(scheduler, 2, started)
+    await settle()
+    finish_chat.set()
+    await settle()
+    assert [t.priority for t in started] == [0]
+    await asyncio.sleep(0.1)
+    assert [t.priority for t in started] == [0, 2]
+    finish_segment.set()
+    await asyncio.gather(chat, segment)
+
+
 @pytest.mark.parametrize("slots", [0, -1, True, 1.5])
 def test_a_tier_needs_a_whole_positive_number_of_slots(slots: object) -> None:
     with pytest.raises(ValueError, match="slot"):
