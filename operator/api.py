@@ -64,8 +64,9 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 TIERS: tuple[Literal["fast", "deep"], ...] = ("fast", "deep")
 TierName = Literal["fast", "deep"]
 
-# Pinned rather than `latest`, so a lane's pods do not change under it.
-DEFAULT_OLLAMA_IMAGE = "ollama/ollama:0.24.0"
+# Pinned rather than `latest`, so a lane's pods do not change under it: the release the real-stack
+# tests run (voicelane/gobuild/modules/ollama), so the scripts the pods run are proven on that binary.
+DEFAULT_OLLAMA_IMAGE = "ollama/ollama:0.17.4"
 
 # A lane's name prefixes Service names such as `<lane>-fast-models` (12 characters
 # of suffix), and Service names are DNS-1035 labels of at most 63 characters.
@@ -162,7 +163,12 @@ GO_DURATION_PATTERN = r"^-?([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Ollama model references: [registry/][namespace/]name[:tag]; no shell metacharacters.
-MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+# Ollama's model names: [registry[:port]/][namespace/]model[:tag]. A registry may carry a port (a
+# mirror at registry.local:5000); nothing a shell would read as syntax is allowed anywhere.
+MODEL_PATTERN = (
+    r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}/)?"
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+)
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
 
 

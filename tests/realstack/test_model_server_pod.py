@@ -32,10 +32,9 @@ from voicelane.stack.ollama import import_model
 
 pytestmark = [pytest.mark.realstack, pytest.mark.timeout(600)]
 
-# A registry on loopback: Ollama pulls it over https from 127.0.0.1:443, where no registry answers, so
-# the pull fails at once without leaving the machine. (The lane's model pattern allows no port in a
-# registry host, so a closed port of the test's choosing cannot be named.)
-MODEL = "127.0.0.1/library/smollm2:135m"
+# A registry on loopback, at a port nothing listens on (free when the module loads): the pull fails at
+# once without leaving the machine.
+MODEL = f"127.0.0.1:{free_port()}/library/smollm2:135m"
 LOAD_DEADLINE_S = 180.0
 
 
@@ -274,7 +273,8 @@ def test_a_failed_pull_falls_back_to_the_stored_model(ollama_binary: Path, store
     machine = make_machine(ollama_binary, tmp_path, copy_of(stored_models, tmp_path))
     result = run_init_container(rendered_containers(lane(keep_alive="5m"))["pull-model"], machine)
     assert result.returncode == 0, result.stderr
-    assert "https://127.0.0.1/v2/library/smollm2/manifests/135m" in result.stderr  # really tried, on loopback
+    registry = MODEL.split("/", 1)[0]
+    assert f"https://{registry}/v2/library/smollm2/manifests/135m" in result.stderr  # really tried, on loopback
     assert f"pulling {MODEL} failed; using the copy already in the model store" in result.stderr
 
 

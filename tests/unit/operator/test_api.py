@@ -117,3 +117,19 @@ def test_go_durations(text: str, seconds: float) -> None:
 def test_a_malformed_duration_is_refused() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         duration_seconds("15 minutes")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["llama3.2:1b", "library/llama3:8b", "registry.local:5000/library/llama3:8b", "hf.co/org/model:Q4_K_M"],
+)
+def test_model_names_ollama_accepts_are_accepted(minimal_lane: dict, name: str) -> None:
+    minimal_lane["spec"]["fast"]["model"] = name
+    assert parse_spec(minimal_lane["spec"]).fast.model == name
+
+
+@pytest.mark.parametrize("name", ["llama3;rm -rf /", "host:port/x", ":tag", "a b"])
+def test_model_names_with_shell_syntax_or_a_bad_registry_are_refused(minimal_lane: dict, name: str) -> None:
+    minimal_lane["spec"]["fast"]["model"] = name
+    with pytest.raises(SpecError):
+        parse_spec(minimal_lane["spec"])
