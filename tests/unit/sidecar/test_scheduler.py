@@ -286,15 +286,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         max_waiting=st.integers(0, 4),
         idle_only=st.sampled_from([frozenset(), frozenset({2}), frozenset({1, 2})]),
         tier_slots=st.dictionaries(st.sampled_from(TIERS), st.integers(1, 3)),
+        exclusive=st.booleans(),
     )
-    def setup(self, cap: int, max_waiting: int, idle_only: frozenset[int], tier_slots: dict[str, int]) -> None:
+    def setup(
+        self, cap: int, max_waiting: int, idle_only: frozenset[int], tier_slots: dict[str, int], exclusive: bool
+    ) -> None:
         self.clock = FakeClock()
         self.cap, self.max_waiting, self.idle_only, self.tier_slots = cap, max_waiting, idle_only, tier_slots
+        self.exclusive = exclusive
         self.core = SchedulerCore(
             max_running_per_priority=cap,
             max_waiting=max_waiting,
             idle_only=idle_only,
             tier_slots=tier_slots,
+            exclusive_tiers=exclusive,
             clock=self.clock,
         )
         self.offered = 0
@@ -351,9 +356,12 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def slot_free_for(self, ticket: Ticket) -> bool:
         def free(tier: str) -> bool:
-            return self.core.on_tier(tier) < self.tier_slots[tier]
+            others_busy = any(self.core.on_tier(other) for other in TIERS if other != tier)
+            if self.exclusive and others_busy:
+                return False
+            return tier not in self.tier_slots or self.core.on_tier(tier) < self.tier_slots[tier]
 
-        if ticket.tier is None or ticket.tier not in self.tier_slots or free(ticket.tier):
+        if ticket.tier is None or free(ticket.tier):
             return True
         return ticket.priority == 0 and any(free(t) for t in self.tier_slots if t != ticket.tier)
 
@@ -363,6 +371,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.core.waiting_total <= self.max_waiting
         for tier, slots in self.tier_slots.items():
             assert self.core.on_tier(tier) == sum(t.runs_on == tier for t in self.in_state(RUNNING)) <= slots
+
+    @invariant()
+    def tiers_that_share_cpus_take_turns(self) -> None:
+        if self.exclusive:
+            assert sum(1 for tier in TIERS if self.core.on_tier(tier)) <= 1
 
     @invariant()
     def only_priority_zero_runs_on_another_tier(self) -> None:
