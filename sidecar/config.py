@@ -72,7 +72,9 @@ class ClassesConfig(_Model):
 
 
 class SchedulerConfig(_Model):
-    max_running_per_priority: int = Field(1, ge=1, le=64, description="Concurrent model calls per priority level.")
+    max_running_per_priority: int = Field(
+        1, ge=1, le=64, description="Model calls per priority level that have not yet produced their first segment."
+    )
     max_waiting: int = Field(3, ge=0, le=10_000, description="Requests waiting in total; beyond that 429.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a queue-full 429.")
     priorities: bool = Field(True, description="False: one FIFO queue for every class (the baseline).")
