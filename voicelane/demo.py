@@ -99,10 +99,10 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-# A spoken rewrite of a short text is one paragraph about as long as the text: the fast tier only
-# gets texts of at most 130 characters, so 64 tokens is room enough, and a blank line ends the reply
-# (what a small model writes after one is commentary, not something to read aloud).
-FAST_REPLY = {"num_predict": 64, "stop": ["\n\n", "<|im_end|>", "<|eot_id|>"]}
+# A spoken rewrite of a short text is one line about as long as the text: the fast tier only gets
+# texts of at most 130 characters without lists, tables or code, so 64 tokens is room enough, and a
+# line break ends the reply (what a small model writes after one is commentary, not the rewrite).
+FAST_REPLY = {"num_predict": 64, "stop": ["\n", "<|im_end|>", "<|eot_id|>"]}
 DEEP_REPLY = {"num_predict": 160}
 
 
