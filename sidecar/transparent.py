@@ -581,7 +581,9 @@ async def _forward_call(
         _count(metrics, endpoint, call.request_class, code)
         return error(ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s), headers)
     try:
-        async with lane.scheduler.slot(priority):
+        # The call is pinned to its tier (it names that tier's model): it counts against that tier's slots
+        # and never borrows the other's.
+        async with lane.scheduler.slot(priority, tier.value, may_borrow=False):
             response = await _relay(
                 request, lane, tier, _UPSTREAM_PATHS[call.api], _policy_body(call, lane, tier), error, headers
             )

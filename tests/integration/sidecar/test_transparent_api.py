@@ -93,3 +93,29 @@ def test_an_unknown_model_gets_the_servers_own_404(start_sim, start_sidecar) -> 
         ollama.Client(host=sidecar.url).chat(model="does-not-exist:7b", messages=[{"role": "user", "content": "Hi"}])
     assert (caught.value.status_code, caught.value.error) == (404, "model 'does-not-exist:7b' not found")
     assert sim.get("/sim/stats").json()["calls"]["/api/chat"] == 1
+
+
+def test_forwarded_calls_count_against_their_tiers_slots(start_sim, start_sidecar) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fast = start_sim("--ttft-ms", "300", "--parallel", "4", name="fast")
+    deep = start_sim("--ttft-ms", "5", name="deep")
+    sidecar = start_sidecar(
+        fast.url,
+        deep.url,
+        # Three may run per priority level: only the tier's one slot keeps them apart.
+        config={"upstreams": {"fast": {"parallel_slots": 1}}, "scheduler": {"max_running_per_priority": 3}},
+    )
+    # Calls with a seed are forwarded as they are, pinned to the tier whose model they name.
+    body = {
+        "model": "fast-model",
+        "messages": [{"role": "user", "content": "Hi."}],
+        "stream": False,
+        "options": {"seed": 1},
+    }
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: requests.post(sidecar.url + "/api/chat", json=body, timeout=30), range(3)))
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    stats = fast.get("/sim/stats").json()
+    assert stats["max_concurrent_seen"] == 1  # the tier's one slot was never exceeded
+    assert deep.get("/sim/stats").json()["calls"].get("/api/chat", 0) == 0  # and nothing borrowed the deep tier
