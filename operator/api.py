@@ -346,6 +346,7 @@ class TierUpstreamSpec(SpecModel, UpstreamConfig):
         "protocol": "the operator runs Ollama",
         "model": "set the tier's model",
         "keepAlive": "set the tier's keepAlive",
+        "parallelSlots": "set the tier's numParallel and replicas: the operator gives sidecars their product",
         "apiKey": "secrets do not belong in a VoiceLane; "
         "give the sidecar VOICELANE_UPSTREAMS__<TIER>__API_KEY from a Secret",
     }
@@ -354,6 +355,7 @@ class TierUpstreamSpec(SpecModel, UpstreamConfig):
     protocol: SkipJsonSchema[Protocol] = Field(Protocol.OLLAMA, exclude=True)
     model: SkipJsonSchema[str] = Field("set-by-the-operator", exclude=True)
     keep_alive: SkipJsonSchema[str] = Field("15m", exclude=True)
+    parallel_slots: SkipJsonSchema[int | None] = Field(None, exclude=True)
     api_key: SkipJsonSchema[None] = Field(None, exclude=True)
 
 

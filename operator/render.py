@@ -231,10 +231,19 @@ def sidecar_layer(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> dic
             "protocol": "ollama",
             "model": spec.tier(tier).model,
             "keep_alive": spec.tier(tier).keep_alive,
+            "parallel_slots": tier_parallel_slots(spec.tier(tier)),
         }
         for tier in TIERS
     }
     return layer
+
+
+def tier_parallel_slots(tier_spec: TierSpec) -> int | None:
+    """Calls a tier runs at once: each pod's OLLAMA_NUM_PARALLEL times its pods. None while an autoscaler
+    owns the replica count, which the lane cannot know; the sidecars then leave the tier unbounded."""
+    if tier_spec.replicas is None:
+        return None
+    return tier_spec.num_parallel * tier_spec.replicas if tier_spec.replicas > 0 else None
 
 
 def render_sidecar_config(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> SidecarConfig:

@@ -102,7 +102,8 @@ def test_every_sidecar_field_is_reachable_from_a_voicelane(minimal_lane: dict) -
         reachable |= {
             f"upstreams.{tier}.model",
             f"upstreams.{tier}.keep_alive",
-        }  # the tier's model, keepAlive
+            f"upstreams.{tier}.parallel_slots",
+        }  # the tier's model, keepAlive, numParallel times replicas
     unreachable = leaf_paths(SidecarConfig) - reachable
     assert unreachable == set(OPERATOR_OWNED_SIDECAR_FIELDS)
 

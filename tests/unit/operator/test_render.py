@@ -404,3 +404,17 @@ def test_a_shared_single_node_claim_with_replicas_is_warned_about(minimal_lane: 
     lane = with_spec(minimal_lane, deep={"replicas": 2, "storage": {"size": "20Gi"}})
     [warning] = tier_warnings(lane["spec"])
     assert "spec.deep.storage is a ReadWriteOnce claim shared by 2 replicas" in warning
+
+
+def test_sidecars_are_told_each_tiers_parallel_slots(sample_lane: dict, tmp_path: Path) -> None:
+    lane = copy.deepcopy(sample_lane)
+    del lane["spec"]["deep"]["replicas"]  # left to an autoscaler: the count is not the lane's to know
+    configmap = by_kind_and_name(render_children(lane))[("ConfigMap", "voice-sidecar")]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(configmap["data"]["sidecar.yaml"], encoding="utf-8")
+    config = load_config(path, environ={})
+    assert config.upstreams.fast.parallel_slots == 1  # numParallel 1 on 1 replica
+    assert config.upstreams.deep.parallel_slots is None
+    configmap = by_kind_and_name(render_children(sample_lane))[("ConfigMap", "voice-sidecar")]
+    path.write_text(configmap["data"]["sidecar.yaml"], encoding="utf-8")
+    assert load_config(path, environ={}).upstreams.deep.parallel_slots == 4  # numParallel 2 on 2 replicas
