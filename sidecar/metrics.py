@@ -151,7 +151,7 @@ class SidecarMetrics:
         for request_class in classes:
             for within in ("true", "false"):
                 self.ttfa_target.labels(request_class, within)
-            for reason in ("deadline", "model_failure"):
+            for reason in ("deadline", "model_failure", "empty_reply"):
                 self.fallbacks.labels(request_class, reason)
             for kind in ("p95_over_target", "consecutive_slow"):
                 self.alerts.labels(request_class, kind)

@@ -240,25 +240,35 @@ class Speaker:
                 else:
                     raise first
             if fallback is not None:
-                stages.mark("fallback")
                 pump.cancel()
-                meta.fallback = fallback
-                meta.tier = "fallback"
-                self.metrics.fallbacks.labels(request.request_class.value, fallback).inc()
-                log.warning("speaking the original text", extra={"request_id": request.request_id, "reason": fallback})
-                queue_items: list[str | None] = [self._fallback_text(request), None]
+                queue_items: list[str | None] = self._fall_back(request, meta, stages, fallback)
             else:
                 meta.tier = await text.tier(self.lane) or "unknown"
                 queue_items = [first] if isinstance(first, str) else [None]
             await self._synthesize_all(
                 request, queue_items, segments, out, pcm, spoken, stages, use_queue=fallback is None
             )
+            if fallback is None and not pcm and request.request_class in ALWAYS_SPEAK:
+                # The model answered with nothing to say (an empty or blank reply): the app was promised
+                # speech, so the original text is spoken rather than a silent, empty answer.
+                fallback = "empty_reply"
+                items = self._fall_back(request, meta, stages, fallback)
+                await self._synthesize_all(request, items, segments, out, pcm, spoken, stages, use_queue=False)
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
         stages.mark("done")
         return AudioResult(bytes(pcm), self.backend.sample_rate, meta.tier or "unknown", fallback, "".join(spoken))
+
+    def _fall_back(self, request: TextRequest, meta: SpeechMeta, stages: StageClock, reason: str) -> list[str | None]:
+        """Record a fallback; the items that speak the original text instead of the model's reply."""
+        stages.mark("fallback")
+        meta.fallback = reason
+        meta.tier = "fallback"
+        self.metrics.fallbacks.labels(request.request_class.value, reason).inc()
+        log.warning("speaking the original text", extra={"request_id": request.request_id, "reason": reason})
+        return [self._fallback_text(request), None]
 
     async def _pump_segments(
         self,

@@ -161,3 +161,13 @@ def test_model_failure_still_speaks_for_chat(start_sim, start_sidecar) -> None:
     assert response.status_code == 200
     assert response.headers["X-Voicelane-Fallback"] == "model_failure"
     assert len(parse_wav(response.content)[3]) > 0
+
+
+def test_an_empty_reply_still_speaks_for_chat(start_sim, start_sidecar) -> None:
+    sim = start_sim("--ttft-ms", "5")
+    # The simulated model echoes the text; a stop sequence at its very start leaves the reply empty.
+    sidecar = start_sidecar(sim.url, config={"upstreams": {"fast": {"stop": ["Ring"]}, "deep": {"stop": ["Ring"]}}})
+    response = speak(sidecar.url, "Ring mig i morgon.", source="chat")
+    assert response.status_code == 200
+    assert response.headers["X-Voicelane-Fallback"] == "empty_reply"
+    assert len(parse_wav(response.content)[3]) > 0
