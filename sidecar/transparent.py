@@ -347,7 +347,7 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
                 tier = _tier_for_passthrough(lane, _model_name(decode_json_object(raw), api=api), protocols=protocols)
             except ApiError as exc:
                 return error(exc)
-            return await _pass_through(request, lane, tier, path, raw, error)
+            return await _relay(request, lane, tier, path, raw, error)
 
         return handler
 
@@ -370,7 +370,7 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
             tier = _tier_for_passthrough(lane, None, protocols=(Protocol.OLLAMA,))
         except ApiError as exc:
             return _ollama_error(exc)
-        return await _pass_through(request, lane, tier, "/api/version", None, _ollama_error)
+        return await _relay(request, lane, tier, "/api/version", None, _ollama_error)
 
     both = (Protocol.OLLAMA, Protocol.OPENAI)
     app.router.add_post("/api/chat", ollama_chat)
@@ -598,18 +598,6 @@ async def _forward_call(
     return response
 
 
-async def _pass_through(
-    request: web.Request,
-    lane: Lane,
-    tier: Tier,
-    path: str,
-    body: bytes | None,
-    error: Callable[..., web.Response],
-) -> web.StreamResponse:
-    """A call the lane has no policy for: as it came, to the tier's server, and its answer back as it is."""
-    return await _relay(request, lane, tier, path, body, error, {})
-
-
 async def _relay(
     request: web.Request,
     lane: Lane,
@@ -617,9 +605,12 @@ async def _relay(
     path: str,
     body: bytes | None,
     error: Callable[..., web.Response],
-    headers: dict[str, str],
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send `body` to the tier's server and stream its answer back: status, type and bytes as they are."""
+    """Send `body` to the tier's server and stream its answer back: status, type and bytes as they are.
+
+    Also the whole of a pass-through call, one the lane has no policy for (no extra headers then)."""
+    headers = headers or {}
     method = "POST" if body is not None else "GET"
     circuit = lane.circuits[tier]
     try:

@@ -15,16 +15,14 @@ import asyncio
 import datetime
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ollama
 import openai
 import pytest
 import requests
-import yaml
 
-from voicelane.processes import free_port, running, voicelane_argv
+from tests.realstack.conftest import running_sidecar
 from voicelane.sidecar.config import Protocol, UpstreamConfig
 from voicelane.sidecar.upstream import ChatRequest
 from voicelane.sidecar.upstream.ollama import OllamaClient
@@ -65,16 +63,7 @@ def sidecar_url(ollama_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -
         "rate_limit": {"burst": 100, "sustained_per_s": 50},
         "scheduler": {"max_waiting": 32},
     }
-    config_file = Path(logs) / "sidecar.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}"),
-        ready_url=url + "/healthz",
-        log_dir=logs,
-        name="sidecar",
-    ):
+    with running_sidecar(config, logs) as url:
         yield url
 
 

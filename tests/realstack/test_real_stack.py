@@ -8,13 +8,11 @@ business); these tests assert structure: real audio for every class, and the TTF
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from voicelane.processes import free_port, running, voicelane_argv
+from tests.realstack.conftest import running_sidecar
 from voicelane.sidecar.audio import parse_wav
 from voicelane.stack.ollama import Stack
 
@@ -36,16 +34,7 @@ def sidecar_url(
         # The shared 2-core machine may be slow; the deadline must not turn every answer into a fallback.
         "ttfa": {"targets": {"chat": 60, "notification": 60, "email_tldr": 60}},
     }
-    config_file = Path(logs) / "sidecar.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(
-        voicelane_argv("sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}"),
-        ready_url=url + "/healthz",
-        log_dir=logs,
-        name="sidecar",
-    ):
+    with running_sidecar(config, logs) as url:
         yield url
 
 
