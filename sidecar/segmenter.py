@@ -2,8 +2,9 @@
 
 Tokens arrive a few characters at a time; `Segmenter.feed` returns every segment a token
 completes, so each can go to speech while the model keeps writing. The first segment may
-end at a clause mark (comma, semicolon, colon, dash) once it is long enough to be worth saying, so the first
-audio comes early; after that only sentence ends cut. A sentence ends at . ! ? … (closing
+end at a clause mark (comma, semicolon, colon, dash) once it is long enough to be worth saying,
+or between words once it reaches its maximum length, so the first audio comes early; after that
+only sentence ends cut. A sentence ends at . ! ? … (closing
 quotes or brackets may follow) when whitespace and then a likely sentence start (a capital,
 a digit, a quote, a bracket or a bullet) follow, or at the end of the text; a blank line
 or a line break before a list item also ends one.
@@ -121,8 +122,25 @@ def _skip_space(text: str, index: int) -> int:
     return index
 
 
+# A model's reply streams in at a few dozen tokens a second, so every character the first segment
+# waits for delays the first audio: a reply being generated may end its first segment at a word
+# break after 20 characters (a comma after 10). A text known in full is synthesised in
+# milliseconds whatever its length, so it keeps the longer first clause and its better prosody.
+STREAMED_FIRST_CLAUSE_MIN_CHARS = 10
+STREAMED_FIRST_CLAUSE_MAX_CHARS = 20
+
+
 class Segmenter:
     """Incremental segmenter for one stream of model tokens; `flush` at the end, then reusable."""
+
+    @classmethod
+    def for_model_reply(cls, lang: str) -> Segmenter:
+        """The segmenter for a reply the model is still writing: the first audio as early as a few words."""
+        return cls(
+            lang=lang,
+            first_clause_min_chars=STREAMED_FIRST_CLAUSE_MIN_CHARS,
+            first_clause_max_chars=STREAMED_FIRST_CLAUSE_MAX_CHARS,
+        )
 
     def __init__(
         self, *, lang: str = "sv", first_clause_min_chars: int = 20, first_clause_max_chars: int = 100
@@ -209,8 +227,12 @@ class Segmenter:
         return size if final else None
 
     def _word_break(self, text: str, lead: int, limit: int, final: bool) -> int | None:
-        """After the last whitespace within the first `first_clause_max_chars` (or the first after)."""
-        space = next((i for i in range(limit, lead, -1) if text[i].isspace()), None)
+        """After the last whitespace from `first_clause_min_chars` to `first_clause_max_chars` (or the first after).
+
+        The floor keeps a first word or two from being spoken alone ("Ett ", "Så ").
+        """
+        floor = lead + self.first_clause_min_chars
+        space = next((i for i in range(limit, floor - 1, -1) if text[i].isspace()), None)
         if space is None:
             space = next((i for i in range(limit + 1, len(text)) if text[i].isspace()), None)
             if space is None:

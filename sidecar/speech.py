@@ -278,7 +278,7 @@ class Speaker:
         stages: StageClock,
         limit: int | None,
     ) -> None:
-        segmenter = Segmenter(lang=request.target_lang)
+        segmenter = Segmenter.for_model_reply(request.target_lang)
         emitted = 0
         streaming = self.config.tts.sentence_streaming
         held: list[str] = []  # without sentence streaming, segments wait for the whole text

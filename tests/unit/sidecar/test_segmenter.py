@@ -65,6 +65,38 @@ def test_a_long_first_sentence_without_marks_breaks_between_words() -> None:
     assert "".join(segments) == text
 
 
+def test_a_word_break_never_leaves_a_first_word_alone() -> None:
+    # "Ett " is under the first clause's minimum: the break comes after the next whole word instead.
+    segments = segment_text(
+        "Ett sammanträdesprotokoll skickas till alla", first_clause_min_chars=10, first_clause_max_chars=12
+    )
+    assert segments[0] == "Ett sammanträdesprotokoll "
+
+
+def test_a_reply_being_written_speaks_its_first_few_words_early() -> None:
+    reply = "Kan du ringa mig efter lunchen i morgon eftermiddag? Jag är ledig."
+    tokens = [reply[i : i + 3] for i in range(0, len(reply), 3)]
+    segmenter = Segmenter.for_model_reply("sv")
+    fed = 0
+    first: list[str] = []
+    while not first:
+        first = segmenter.feed(tokens[fed])
+        fed += 1
+    # Out before the sentence is, a few words long and ending between words.
+    assert first == ["Kan du ringa mig "]
+    assert len("".join(tokens[:fed])) < len("Kan du ringa mig efter lunchen")
+    rest = feed_all(segmenter, tokens[fed:])
+    assert stripped(rest) == ["efter lunchen i morgon eftermiddag?", "Jag är ledig."]
+    # A known text keeps its whole first sentence.
+    assert stripped(segment_text(reply))[0] == "Kan du ringa mig efter lunchen i morgon eftermiddag?"
+
+
+def test_a_reply_being_written_still_ends_its_first_segment_at_a_short_clause() -> None:
+    segmenter = Segmenter.for_model_reply("sv")
+    assert segmenter.feed("Tack Anna, ") == []
+    assert segmenter.feed("vi ses") == ["Tack Anna, "]
+
+
 def test_questions_exclamations_and_closing_quotes_end_sentences() -> None:
     text = 'Vad?! Nej!! "Hej." sa hon. Han sa: "Kom nu." Sedan gick de. (Se bilagan.) Klart?'
     assert stripped(segment_text(text)) == [
