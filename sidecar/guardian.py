@@ -4,8 +4,9 @@ A background task calls `check()` once per sample interval. A check fails when C
 and memory have both been above their thresholds for the whole sustain time, or
 when an upstream tier is saturated; enough failed checks in a row block new model
 work (503) until enough good checks in a row unblock it. Independently, a token
-bucket bounds the rate of new model work (429). The guardian never sleeps; time is
-whatever the injected clock says.
+bucket bounds the rate of new model work (429), lower priorities giving way first
+as it drains (see ratelimit.py). The guardian never sleeps; time is whatever the
+injected clock says.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig
 from voicelane.sidecar.pressure import PressureSample, PressureSource, UpstreamSaturation
-from voicelane.sidecar.ratelimit import TokenBucket
+from voicelane.sidecar.ratelimit import TokenBucket, tokens_kept_from
 
 GUARDIAN_EMERGENCY = "guardian_emergency"
 RATE_LIMITED = "rate_limited"
@@ -152,8 +153,8 @@ class Guardian:
         """Whether new model work is refused; a disabled guardian never blocks."""
         return self._blocked and self._config.enabled
 
-    def admit(self) -> AdmissionDecision:
-        """Decide one request that needs model capacity (cache hits and joiners never ask)."""
+    def admit(self, priority: int = 0) -> AdmissionDecision:
+        """Decide one request of `priority` that needs model capacity (cache hits and joiners never ask)."""
         with self._lock:
             now = self._clock()
             self._count_call(now)
@@ -162,9 +163,10 @@ class Guardian:
                 # Checked first, so a blocked request leaves the bucket's tokens for after the spell.
                 self._rejections[GUARDIAN_EMERGENCY] += 1
                 return AdmissionDecision(False, GUARDIAN_EMERGENCY, 503, self._config.retry_after_s)
-            if not self._bucket.try_acquire():
+            keep = tokens_kept_from(priority, self._bucket.burst)
+            if not self._bucket.try_acquire(keep=keep):
                 self._rejections[RATE_LIMITED] += 1
-                retry_after = max(1, math.ceil(self._bucket.retry_after_s()))
+                retry_after = max(1, math.ceil(self._bucket.retry_after_s(keep=keep)))
                 return AdmissionDecision(False, RATE_LIMITED, 429, retry_after)
             self._allowed += 1
             return ALLOWED
@@ -223,6 +225,9 @@ class Guardian:
                     "burst": self._bucket.burst,
                     "sustained_per_s": self._bucket.rate_per_s,
                     "tokens": round(self._bucket.tokens, 3),
+                    "kept_from_priority": {
+                        priority: tokens_kept_from(priority, self._bucket.burst) for priority in (1, 2)
+                    },
                 },
                 "upstream": self._upstream.snapshot() if self._upstream is not None else {},
             }

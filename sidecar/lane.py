@@ -3,8 +3,9 @@
 It wires the stages in the order of the architecture — cache and single-flight
 first (they use no model capacity), then the guardian (pressure and rate limit),
 the priority scheduler, and the router with its circuits and failover — and owns
-the background loops that feed them (health checks, pressure checks). Each stage
-is its own module; this one only decides the order and records what happened.
+the background loops that feed them (health checks and generation probes, pressure
+checks). Each stage is its own module; this one only decides the order and records
+what happened.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from voicelane.sidecar.broadcast import Broadcast
 from voicelane.sidecar.cache import BoundedCache
-from voicelane.sidecar.circuit import CircuitBreaker
+from voicelane.sidecar.circuit import CircuitBreaker, FirstTokenWatch
 from voicelane.sidecar.classify import priority_for
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
 from voicelane.sidecar.errors import ApiError
@@ -40,6 +41,10 @@ from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamErro
 log = logging.getLogger("voicelane.sidecar.lane")
 
 PASSTHROUGH = "passthrough"
+# What a generation probe asks: the shortest real work that shows the model runner answers.
+PROBE_MESSAGES = ({"role": "user", "content": "Hi"},)
+# Generation probes one tier may have running at once; each lasts at most one first-token timeout.
+MAX_RUNNING_PROBES = 3
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,10 @@ class Lane:
             tier: client_factory(config.upstreams.for_tier(tier)) for tier in Tier
         }
         self.circuits: dict[Tier, CircuitBreaker] = {tier: self._circuit(config, tier) for tier in Tier}
+        self.first_tokens: dict[Tier, FirstTokenWatch] = {tier: FirstTokenWatch(clock=clock) for tier in Tier}
         self.healthy: dict[Tier, bool | None] = dict.fromkeys(Tier)
         self._tasks: list[asyncio.Task[None]] = []
+        self._probes: dict[Tier, set[asyncio.Task[None]]] = {tier: set() for tier in Tier}
         self._retired_clients: list[UpstreamClient] = []
         self._retiring: set[asyncio.Task[None]] = set()
         # Which tier is answering each running flight (known from its first token on), and
@@ -192,6 +199,7 @@ class Lane:
                 self._retire(self.clients[tier], after_s=old.upstreams.for_tier(tier).total_timeout_s + 1.0)
                 self.clients[tier] = self._client_factory(config.upstreams.for_tier(tier))
                 self.circuits[tier] = self._circuit(config, tier)
+                self.first_tokens[tier] = FirstTokenWatch(clock=self.clock)
                 self.healthy[tier] = None
 
     def _retire(self, client: UpstreamClient, *, after_s: float) -> None:
@@ -216,12 +224,15 @@ class Lane:
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._health_loop(), name="voicelane-health"))
+        for tier in Tier:
+            self._tasks.append(asyncio.create_task(self._health_loop(tier), name=f"voicelane-health-{tier.value}"))
         self._tasks.append(asyncio.create_task(self._guardian_loop(), name="voicelane-guardian"))
 
     async def stop(self) -> None:
         for task in [*self._retiring]:
             task.cancel()  # their clients are closed below with the rest
+        for task in [task for probes in self._probes.values() for task in probes]:
+            task.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -232,24 +243,62 @@ class Lane:
             with contextlib.suppress(Exception):
                 await client.close()
 
-    async def _health_loop(self) -> None:
+    async def _health_loop(self, tier: Tier) -> None:
+        # One loop per tier, so a tier that is slow to answer never delays the other's checks.
         while True:
-            await asyncio.gather(*(self._probe(tier) for tier in Tier))
-            await asyncio.sleep(
-                min(u.health_interval_s for u in (self.config.upstreams.fast, self.config.upstreams.deep))
-            )
+            await self._probe(tier)
+            await asyncio.sleep(self.config.upstreams.for_tier(tier).health_interval_s)
 
     async def _probe(self, tier: Tier) -> None:
+        """Check the tier's status endpoint; while its real work is in doubt, also a real generation.
+
+        The status endpoint answers even when the model runner behind it is stuck, so it
+        cannot clear doubts that real calls raised (see circuit.py): a tier whose circuit
+        opened on failed calls, or that stalled on a first token, is sent a tiny generation.
+        """
         client = self.clients[tier]
+        circuit = self.circuits[tier]
         try:
             ok = await client.health()
         except Exception:  # a health probe reports; it never takes the loop down
             ok = False
         self.healthy[tier] = ok
-        if ok:
-            self.circuits[tier].record_success()
-        else:
-            self.circuits[tier].record_failure()
+        in_doubt = circuit.needs_real_probe or self.first_tokens[tier].stalled
+        if not ok or not in_doubt:
+            circuit.record_probe(ok)
+            return
+        # Probes are started, not awaited: one per interval, so that a stuck tier opens its circuit
+        # within a few first-token timeouts rather than one timeout plus one interval per failure.
+        probes = self._probes[tier]
+        if len(probes) < min(MAX_RUNNING_PROBES, circuit.failures_to_open):
+            task = asyncio.create_task(self._generation_probe(tier), name=f"voicelane-probe-{tier.value}")
+            probes.add(task)
+            task.add_done_callback(probes.discard)
+
+    async def _generation_probe(self, tier: Tier) -> None:
+        """One token of a real generation, bounded by the tier's first-token timeout; it reports like a call."""
+        client, circuit, watch = self.clients[tier], self.circuits[tier], self.first_tokens[tier]
+        started = self.clock()
+        tokens = client.stream_chat(ChatRequest(PROBE_MESSAGES, num_predict=1))
+        try:
+            await anext(tokens, None)
+        except UpstreamError as exc:
+            if exc.kind == "cancelled":  # the client was replaced or closed: nothing learnt
+                return
+            if exc.retryable:
+                circuit.record_failure()
+                log.warning("generation probe of %s failed: %s (%s)", tier.value, exc.kind, exc)
+                return
+            # The server answered, refusing this request (see UpstreamError): it is up, and real
+            # calls will meet the same refusal as an error of their own.
+        except Exception:  # a probe reports; it never takes the lane down
+            log.exception("generation probe of %s failed unexpectedly", tier.value)
+            return
+        finally:
+            if isinstance(tokens, AsyncGenerator):
+                await tokens.aclose()  # the one token was all it asked for: the call ends here
+        circuit.record_success()
+        watch.first_token(self.clock() - started, typical=False)
 
     async def _guardian_loop(self) -> None:
         while True:
@@ -354,18 +403,44 @@ class Lane:
             self.metrics.singleflight.labels("joiner").inc()
             return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
         if job.passthrough_text is None and not internal:
-            decision = self.guardian.admit()
-            self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
-            if not decision.allowed:
-                code = decision.reason or "rejected"
-                message = (
-                    "the lane is under sustained pressure; model work is paused"
-                    if code == "guardian_emergency"
-                    else "rate limit exceeded"
-                )
-                raise ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s)
+            self._admit(job.priority)
         self.metrics.singleflight.labels("leader").inc()
         return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
+
+    def admit_forwarded(self, priority: int) -> None:
+        """Admit a call the transparent API forwards as it is: the same door as `submit`'s new work.
+
+        Raises ApiError (429 or 503) when it may not start now.
+        """
+        self._admit(priority)
+
+    def _admit(self, priority: int) -> None:
+        """The door for new model work. Lower priorities give way first: the last place in the
+        waiting room and the last tokens of the rate limit are kept for priority 0, so a chat is
+        never refused because of lower-priority traffic."""
+        if priority > 0 and self._waiting_room_kept_for_priority_0():
+            self.metrics.admissions.labels("rejected", "queue_full").inc()
+            raise ApiError(
+                429,
+                "queue_full",
+                "too many requests are waiting for the model; the last place is kept for chats",
+                retry_after_s=self.config.scheduler.retry_after_s,
+            )
+        decision = self.guardian.admit(priority)
+        self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
+        if not decision.allowed:
+            code = decision.reason or "rejected"
+            message = (
+                "the lane is under sustained pressure; model work is paused"
+                if code == "guardian_emergency"
+                else "rate limit exceeded"
+            )
+            raise ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s)
+
+    def _waiting_room_kept_for_priority_0(self) -> bool:
+        """Only one place is left in the waiting room (of at least two): it is priority 0's."""
+        queue = self.scheduler.snapshot()
+        return queue["max_waiting"] >= 2 and queue["waiting_total"] >= queue["max_waiting"] - 1
 
     def prime_text(self, job: Job, text: str) -> None:
         """Cache `text` as the answer to `job` (the phrase bank: phrases are already speakable)."""
@@ -399,27 +474,45 @@ class Lane:
 
     async def _run_model(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
         try:
+            automatic = self.config.routing.mode == "auto"
+            route = self._route_around_trouble(job.route) if automatic else job.route
             # A tier forced by the routing mode is kept; only automatic routing lends another tier's slot.
-            slot = self.scheduler.slot(
-                job.priority, job.route.tier.value, may_borrow=self.config.routing.mode == "auto"
-            )
+            slot = self.scheduler.slot(job.priority, route.tier.value, may_borrow=automatic)
             async with slot as ticket:
                 timeline.mark("dispatched", self.clock())
                 self.dispatched_at[job.key] = self.clock()
                 self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
-                return await self._call_tiers(job, out, timeline, ticket)
+                return await self._call_tiers(job, route, out, timeline, ticket)
         except QueueFull as exc:
             self.metrics.admissions.labels("rejected", "queue_full").inc()
             raise ApiError(
                 429, "queue_full", "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
             ) from None
 
-    async def _call_tiers(self, job: Job, out: Broadcast[str], timeline: StageClock, ticket: Ticket) -> TextResult:
+    def _troubled_tiers(self) -> tuple[set[Tier], set[Tier]]:
+        """Tiers whose circuit is open, and tiers stalled on a first token."""
         open_tiers = {tier for tier, circuit in self.circuits.items() if circuit.is_open}
-        route = job.route
+        stalled = {tier for tier, watch in self.first_tokens.items() if watch.stalled}
+        return open_tiers, stalled
+
+    def _route_around_trouble(self, route: RouteDecision) -> RouteDecision:
+        """The tier to queue for: the routed one, unless it is open or stalled and the other is not.
+
+        Deciding before the slot is taken keeps the scheduler's per-tier counts true to where
+        the call goes, and keeps work off a stuck tier instead of queueing behind it.
+        """
+        first = self.router.order(route, *self._troubled_tiers())[0]
+        if first is route.tier:
+            return route
+        return RouteDecision(first, (*route.reasons, f"avoiding:{route.tier.value}"))
+
+    async def _call_tiers(
+        self, job: Job, route: RouteDecision, out: Broadcast[str], timeline: StageClock, ticket: Ticket
+    ) -> TextResult:
+        open_tiers, stalled = self._troubled_tiers()
         if ticket.runs_on is not None and ticket.runs_on != route.tier.value:
             route = RouteDecision(Tier(ticket.runs_on), (*route.reasons, "borrowed_slot"))
-        order = self.router.order(route, open_tiers)
+        order = self.router.order(route, open_tiers, stalled)
         first_audio = self._first_segment_watch(ticket)
         last_error: UpstreamError | None = None
         for attempt, tier in enumerate(order):
@@ -427,10 +520,10 @@ class Lane:
                 self.metrics.failovers.labels(order[attempt - 1].value, tier.value).inc()
             try:
                 borrowed = ticket.borrowed and tier.value == ticket.runs_on
-                return await self._call_tier(tier, job, out, timeline, first_audio, borrowed=borrowed)
+                return await self._call_tier(tier, job, out, timeline, first_audio, ticket, borrowed=borrowed)
             except UpstreamError as exc:
                 last_error = exc
-                if not exc.before_first_token:
+                if not exc.fails_over:
                     break
         raise self._upstream_failure(last_error, open_tiers)
 
@@ -458,6 +551,7 @@ class Lane:
         out: Broadcast[str],
         timeline: StageClock,
         on_token: Callable[[str], None],
+        ticket: Ticket,
         *,
         borrowed: bool = False,
     ) -> TextResult:
@@ -473,31 +567,80 @@ class Lane:
             keep_alive=upstream.keep_alive,
         )
         started = self.clock()
+        watch = self.first_tokens[tier]
+        latency_critical = self._latency_critical(job)
+        patience = self._patience_s(job, tier) if latency_critical else None
+        overdue = (
+            asyncio.get_running_loop().call_later(patience, self._call_overdue, tier, ticket, started)
+            if patience is not None
+            else None
+        )
         pieces: list[str] = []
         try:
             async for token in self.clients[tier].stream_chat(request):
                 if not pieces:
+                    if overdue is not None:
+                        overdue.cancel()
                     self.answering_tier[job.key] = tier.value
                     ttft = self.clock() - started
                     timeline.mark("first_token", self.clock())
                     self.metrics.upstream_ttft.labels(tier.value).observe(ttft)
                     self.saturation.record_ttft(tier.value, ttft)
+                    watch.first_token(ttft, typical=latency_critical)
                 pieces.append(token)
                 out.publish(token)
                 on_token(token)
         except UpstreamError as exc:
             self._record_failure(tier, exc)
             raise
+        finally:
+            if overdue is not None:
+                overdue.cancel()
         timeline.mark("done", self.clock())
         self.circuits[tier].record_success()
         self.saturation.record_success(tier.value)
         self.metrics.upstream_requests.labels(tier.value, "ok").inc()
         return TextResult("".join(pieces), tier.value, job.priority, dict(timeline.marks))
 
+    def _latency_critical(self, job: Job) -> bool:
+        """Short chats and notifications: the work a listener waits for, which a stalled tier must not hold up."""
+        return self.config.scheduler.priorities and job.priority == 0
+
+    def first_audio_deadline_s(self, request_class: RequestClass) -> float:
+        """How long after a request its listener waits for audio before the original text is spoken instead."""
+        ttfa = self.config.ttfa
+        return max(0.05, ttfa.targets.for_class(request_class) - ttfa.expected_tts_s)
+
+    def _patience_s(self, job: Job, tier: Tier) -> float | None:
+        return self.first_tokens[tier].patience_s(
+            deadline_s=self.first_audio_deadline_s(job.request_class),
+            timeout_s=self.config.upstreams.for_tier(tier).first_token_timeout_s,
+        )
+
+    def _call_overdue(self, tier: Tier, ticket: Ticket, started: float) -> None:
+        """A latency-critical call is past its patience with no first token.
+
+        Its listener has stopped waiting, so it gives up its level's place: the next chat
+        starts instead of queueing behind it (and, if the tier has stalled, on the other
+        tier). The call itself goes on until its first-token timeout, which is what the
+        circuit counts.
+        """
+        self.scheduler.settle(ticket)
+        watch = self.first_tokens[tier]
+        was_stalled = watch.stalled
+        if watch.overdue(started) and not was_stalled:
+            log.warning(
+                "no first token from %s after %.1f s: new work goes to the other tier until it answers",
+                tier.value,
+                self.clock() - started,
+            )
+
     def _record_failure(self, tier: Tier, exc: UpstreamError) -> None:
-        self.circuits[tier].record_failure()
-        kind = "http_503" if exc.status == 503 else ("timeout" if exc.kind == "timeout" else "other")
-        self.saturation.record_failure(tier.value, kind)
+        if exc.retryable:
+            # Only the tier's own failures count against it (see UpstreamError).
+            self.circuits[tier].record_failure()
+            kind = "http_503" if exc.status == 503 else ("timeout" if exc.kind == "timeout" else "other")
+            self.saturation.record_failure(tier.value, kind)
         self.metrics.upstream_requests.labels(tier.value, "error").inc()
         self.metrics.upstream_errors.labels(tier.value, exc.kind).inc()
         log.warning("upstream %s failed: %s (%s)", tier.value, exc.kind, exc)
@@ -507,6 +650,8 @@ class Lane:
             return ApiError(503, "upstream_unavailable", "no model tier is available", retry_after_s=5)
         if not error.before_first_token:
             return ApiError(502, "upstream_interrupted", f"the model stream broke off: {error}", retry_after_s=1)
+        if not error.retryable:
+            return ApiError(502, "upstream_failed", f"the model server refused the request: {error}", retry_after_s=2)
         if error.kind == "timeout":
             return ApiError(504, "upstream_timeout", f"the model did not answer in time: {error}", retry_after_s=2)
         return ApiError(502, "upstream_failed", f"every model tier failed: {error}", retry_after_s=2)
@@ -524,6 +669,7 @@ class Lane:
                     "model": self.config.upstreams.for_tier(tier).model,
                     "healthy": self.healthy[tier],
                     "circuit": self.circuits[tier].state,
+                    "stalled": self.first_tokens[tier].stalled,
                 }
                 for tier in Tier
             },

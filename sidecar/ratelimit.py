@@ -1,19 +1,40 @@
 """A token bucket: how many requests may start now, and how long until the next may.
 
+One bucket serves every priority, but not equally: lower priorities give way first as
+it drains. Priority 1 may not take the last quarter of the burst, priority 2 and below
+not the last half (`tokens_kept_from`), so a flood of background work leaves tokens
+that only chats (priority 0) can take, and those refill before the flood may take any
+again. Within what is left the flood still gets the whole sustained rate.
+
 Written here rather than taken from a rate-limiting library because the sidecar needs
-exactly three things those libraries bundle with much more: a non-blocking
-`try_acquire`, the wait until the next token (for `Retry-After`), and an injected
-clock so tests drive time instead of sleeping.
+exactly these things, which those libraries bundle with much more: a non-blocking
+`try_acquire` that can leave tokens behind, the wait until the next token (for
+`Retry-After`), and an injected clock so tests drive time instead of sleeping.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 # Float refill can land a hair under a whole token; a client pacing exactly at the
 # sustained rate must not be refused for that.
 TOLERANCE = 1e-9
+# The share of the burst each priority below 0 must leave in the bucket; the lowest listed
+# share holds for every priority below it.
+KEPT_SHARE_BY_PRIORITY = {1: 0.25, 2: 0.5}
+
+
+def tokens_kept_from(priority: int, burst: int) -> int:
+    """Tokens that work of `priority` must leave in a bucket of `burst` (0 for priority 0).
+
+    Never the whole bucket: at least one token is left for every priority to take.
+    """
+    if priority <= 0:
+        return 0
+    share = KEPT_SHARE_BY_PRIORITY.get(priority, KEPT_SHARE_BY_PRIORITY[max(KEPT_SHARE_BY_PRIORITY)])
+    return min(burst - 1, math.ceil(burst * share))
 
 
 class TokenBucket:
@@ -41,20 +62,22 @@ class TokenBucket:
         self._refill()
         return self._tokens
 
-    def try_acquire(self, n: int = 1) -> bool:
-        """Take `n` tokens if all are available; otherwise take none and return False."""
+    def try_acquire(self, n: int = 1, *, keep: int = 0) -> bool:
+        """Take `n` tokens if they are available with `keep` more left behind; otherwise take none."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        if keep < 0:
+            raise ValueError(f"keep must not be negative, got {keep}")
         self._refill()
-        if self._tokens + TOLERANCE >= n:
+        if self._tokens + TOLERANCE >= n + keep:
             self._tokens = max(0.0, self._tokens - n)
             return True
         return False
 
-    def retry_after_s(self) -> float:
-        """Seconds until one token is available (0.0 if one is available now)."""
+    def retry_after_s(self, *, keep: int = 0) -> float:
+        """Seconds until one token is available with `keep` left behind (0.0 if it is now)."""
         self._refill()
-        return max(0.0, (1.0 - TOLERANCE - self._tokens) / self._rate)
+        return max(0.0, (1.0 + keep - TOLERANCE - self._tokens) / self._rate)
 
     def reconfigure(self, burst: int, rate_per_s: float) -> None:
         """Change size and rate live; tokens already saved are kept, up to the new size."""

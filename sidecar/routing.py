@@ -3,7 +3,7 @@
 Short plain text goes to the fast tier; long text, or text with anything a small model
 tends to mangle (URLs, code, long digit runs, lists and tables, mixed scripts: see
 config.DEFAULT_COMPLEX_PATTERNS), goes to the deep tier. Failover order takes the
-tiers' circuits into account.
+tiers' circuits, and tiers that have stalled on a first token, into account.
 """
 
 from __future__ import annotations
@@ -52,16 +52,20 @@ class Router:
         reasons.extend(f"pattern:{name}" for name in self.detector.matches(text))
         return RouteDecision(Tier.DEEP if reasons else Tier.FAST, tuple(reasons))
 
-    def order(self, decision: RouteDecision, open_tiers: set[Tier]) -> list[Tier]:
+    def order(
+        self, decision: RouteDecision, open_tiers: set[Tier], stalled_tiers: frozenset[Tier] | set[Tier] = frozenset()
+    ) -> list[Tier]:
         """Tiers to try in turn: the chosen one, then the other one as failover.
 
         A tier whose circuit is open is skipped, unless both are open: then the chosen
         tier is still tried (its circuit may be stale, and failing fast is no worse than
-        refusing). Without failover only the chosen tier is tried.
+        refusing). A stalled tier (a call on it is overdue for its first token) is tried
+        after the other one rather than first. Without failover only the chosen tier is tried.
         """
         primary = decision.tier
         if not self.config.failover:
             return [primary]
         candidates = [primary, Tier.DEEP if primary is Tier.FAST else Tier.FAST]
         closed = [tier for tier in candidates if tier not in open_tiers]
-        return closed or [primary]
+        # A stable sort: the chosen tier keeps its place unless it stalled and the other did not.
+        return sorted(closed, key=lambda tier: tier in stalled_tiers) or [primary]

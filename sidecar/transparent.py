@@ -573,13 +573,11 @@ async def _forward_call(
     overridden = _overridden(call, lane, tier)
     if overridden:
         headers[OVERRIDDEN_HEADER] = ",".join(overridden)
-    decision = lane.guardian.admit()
-    lane.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
-    if not decision.allowed:
-        code = decision.reason or "rejected"
-        message = "the lane is under sustained pressure" if code == "guardian_emergency" else "rate limit exceeded"
-        _count(metrics, endpoint, call.request_class, code)
-        return error(ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s), headers)
+    try:
+        lane.admit_forwarded(priority)
+    except ApiError as refused:
+        _count(metrics, endpoint, call.request_class, refused.code)
+        return error(refused, headers)
     try:
         # The call is pinned to its tier (it names that tier's model): it counts against that tier's slots
         # and never borrows the other's.

@@ -11,6 +11,15 @@
 
 `before_first_token` says whether any text reached the caller; only such calls may
 fail over to another tier without the listener hearing a seam.
+
+`retryable` says whose fault it was. The tier's (it is down, overloaded, stalled or
+broken: `refused`, `timeout`, `protocol`, `server_error`, HTTP 5xx, 408, 425 and 429):
+the call counts against the tier's circuit and, before its first token, fails over.
+Not the tier's (the server refused this request: any other 4xx, such as a rejected key,
+an unknown model or a bad field; or the lane closed its own client): the answer is the
+same on a retry, so the call neither fails over, which would hide a misconfigured tier
+behind the other one, nor counts against the circuit, which a client could otherwise
+open with bad requests. `UpstreamError.fails_over` is that rule in code.
 """
 
 from __future__ import annotations
@@ -50,6 +59,11 @@ class UpstreamError(Exception):
         self.before_first_token = before_first_token
         self.retryable = self._default_retryable(kind, status) if retryable is None else retryable
 
+    @property
+    def fails_over(self) -> bool:
+        """Whether the lane may try the other tier: the tier failed, and no text reached the caller yet."""
+        return self.retryable and self.before_first_token
+
     @staticmethod
     def _default_retryable(kind: ErrorKind, status: int | None) -> bool:
         # A 503 from Ollama means its queue is full: a failure of that tier, not of the request.
@@ -60,7 +74,7 @@ class UpstreamError(Exception):
     def __repr__(self) -> str:
         return (
             f"UpstreamError(kind={self.kind!r}, status={self.status!r}, "
-            f"before_first_token={self.before_first_token!r}, message={self.message!r})"
+            f"before_first_token={self.before_first_token!r}, retryable={self.retryable!r}, message={self.message!r})"
         )
 
 

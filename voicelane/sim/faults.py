@@ -31,6 +31,11 @@ class Fault(StrEnum):
     SLOW_TOKENS = "slow_tokens"  # the token rate drops to tokens_per_s
     OVERSIZED = "oversized"  # keeps streaming far past num_predict / max_tokens
     GARBAGE_AUDIO = "garbage_audio"  # the speech endpoint answers with bytes that are not audio
+    # A stuck model runner: the request is read and takes its place (a parallel slot, or the queue
+    # behind one) but nothing is ever answered, not even headers, while the health and listing
+    # endpoints, which never touch the runner, keep answering. Ollama sends its headers with the
+    # first token, so a client sees an open connection and silence.
+    HANG = "hang"
 
 
 _STREAM_SHAPED = frozenset({"generate", "speech"})
@@ -39,6 +44,7 @@ APPLIES_TO: dict[Fault, frozenset[str]] = {
     Fault.HTTP_503: frozenset({"generate", "speech", "meta"}),
     Fault.HTTP_500: frozenset({"generate", "speech", "meta"}),
     Fault.STALL_AFTER_HEADERS: frozenset({"generate", "speech", "meta"}),
+    Fault.HANG: frozenset({"generate", "speech", "meta"}),
     Fault.RESET_MID_STREAM: _STREAM_SHAPED,
     Fault.STALL_FIRST_TOKEN: _STREAM_SHAPED,
     Fault.SLOW_TOKENS: _STREAM_SHAPED,

@@ -201,6 +201,17 @@ class _Playback:
         return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 
 
+async def hang_then_abort(request: web.Request, sim: Simulator, seconds: float) -> web.StreamResponse:
+    """A stuck model: the body is read and a slot taken, then nothing at all for `seconds`, then a
+    dropped connection. The caller turns ServerBusy (no slot and a full queue) into a 503."""
+    await request.read()
+    async with sim.slot():
+        with contextlib.suppress(ConnectionError):
+            await hold(seconds)
+    abort(request)
+    return web.Response()
+
+
 async def stall_then_abort(request: web.Request, content_type: str, seconds: float) -> web.StreamResponse:
     """Headers, then nothing for `seconds`, then a dropped connection."""
     response = web.StreamResponse(status=200, headers={"Content-Type": content_type})

@@ -2,7 +2,7 @@
 
 The one middleware here counts every call, enforces the optional API key, and injects
 armed faults that need no knowledge of the endpoint (refuse, 503, 500, stall after
-headers); stream-shaped faults are handed to the endpoint through the request.
+headers, hang); stream-shaped faults are handed to the endpoint through the request.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from aiohttp import web
 from voicelane.sim import control_api, ollama_api, openai_api
 from voicelane.sim.bodies import MAX_BODY_BYTES, SIMULATOR, BadRequest, json_answer
 from voicelane.sim.faults import EndpointKind, Fault
-from voicelane.sim.playback import abort, stall_then_abort
-from voicelane.sim.state import SimSettings, Simulator
+from voicelane.sim.playback import abort, hang_then_abort, stall_then_abort
+from voicelane.sim.state import ServerBusy, SimSettings, Simulator
 from voicelane.sim.wire import BUSY_MESSAGE, ollama_error, openai_error
 
 log = logging.getLogger("voicelane.sim")
@@ -83,6 +83,11 @@ async def _answer(request: web.Request, handler: Handler, sim: Simulator) -> web
             if fault.fault is Fault.STALL_AFTER_HEADERS:
                 content_type = _STREAM_CONTENT_TYPES.get(path, "application/json; charset=utf-8")
                 return await stall_then_abort(request, content_type, fault.hold_s)
+            if fault.fault is Fault.HANG:
+                try:
+                    return await hang_then_abort(request, sim, fault.hold_s)
+                except ServerBusy:
+                    return _error(path, BUSY_MESSAGE, 503)
             request["fault"] = fault
     try:
         return await handler(request)

@@ -170,6 +170,36 @@ def test_reconfigure_keeps_the_blocked_state_and_counters_and_applies_the_new_ra
     assert [lane.guardian.admit().allowed for _ in range(2)] == [True, False]
 
 
+def test_a_flood_of_lower_priorities_leaves_tokens_that_only_chats_take() -> None:
+    lane = rig(burst=8, rate=4.0)
+    assert [lane.guardian.admit(2).allowed for _ in range(5)] == [True] * 4 + [False]
+    assert [lane.guardian.admit(1).allowed for _ in range(3)] == [True] * 2 + [False]
+    assert [lane.guardian.admit(0).allowed for _ in range(3)] == [True] * 2 + [False]
+
+
+def test_chats_are_admitted_whatever_the_flood_at_their_own_pace() -> None:
+    lane = rig(burst=8, rate=4.0)
+    admitted = {0: 0, 1: 0, 2: 0}
+    for tick in range(240):  # 12 s in steps of 50 ms; the flood asks every step, a chat every 1.2 s
+        lane.clock.advance(0.05)
+        for priority in (1, 2, 1, 2):
+            admitted[priority] += lane.guardian.admit(priority).allowed
+        if tick % 24 == 0:
+            assert lane.guardian.admit(0).allowed, tick
+            admitted[0] += 1
+    # The flood still had all the rest: the burst above what it must leave, and the sustained rate.
+    assert admitted[1] + admitted[2] >= 8 - 2 + 4.0 * 12 - admitted[0] - 1
+
+
+def test_retry_after_for_lower_priorities_counts_the_tokens_they_must_leave() -> None:
+    lane = rig(burst=8, rate=1.0)
+    while lane.guardian.admit(1).allowed:
+        pass
+    assert lane.guardian.admit(1).retry_after_s == 1
+    assert lane.guardian.admit(2).retry_after_s == 3
+    assert lane.guardian.admit(0).allowed
+
+
 # ----- observation ------------------------------------------------------------------------------
 
 
@@ -192,6 +222,7 @@ def test_snapshot_reports_rates_blocks_and_rejections() -> None:
     assert snapshot["consecutive_failed_checks"] == 3
     assert snapshot["last_sample"] == {"cpu_percent": 95.0, "memory_percent": 90.0, "origin": "injected"}
     assert set(snapshot["failing_sources"]) == {"local"}
+    assert snapshot["rate_limit"]["kept_from_priority"] == {1: 1, 2: 2}
 
 
 def test_current_rps_counts_recent_admission_calls() -> None:

@@ -1,4 +1,5 @@
-"""The token bucket: burst, sustained rate, refill and Retry-After, under a driven clock."""
+"""The token bucket: burst, sustained rate, refill, Retry-After and the tokens lower priorities
+leave for chats, under a driven clock."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicelane.sidecar.ratelimit import TokenBucket
+from voicelane.sidecar.ratelimit import TokenBucket, tokens_kept_from
 
 
 class FakeClock:
@@ -132,3 +133,58 @@ def test_steady_arrivals_at_or_under_the_rate_are_all_accepted_after_the_burst(
     for _ in range(arrivals):
         clock.advance(interval)
         assert bucket.try_acquire()
+
+
+@pytest.mark.parametrize(
+    ("burst", "kept"),
+    [(1, [0, 0, 0, 0]), (2, [0, 1, 1, 1]), (4, [0, 1, 2, 2]), (8, [0, 2, 4, 4]), (100, [0, 25, 50, 50])],
+)
+def test_lower_priorities_leave_a_quarter_and_a_half_of_the_burst(burst: int, kept: list[int]) -> None:
+    assert [tokens_kept_from(priority, burst) for priority in range(4)] == kept
+
+
+def test_a_request_that_must_leave_tokens_behind_waits_for_them() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(8, 4.0, clock=clock)
+    assert [bucket.try_acquire(keep=2) for _ in range(7)] == [True] * 6 + [False]
+    assert bucket.retry_after_s(keep=2) == pytest.approx(0.25)
+    assert bucket.retry_after_s() == 0.0
+    # What was kept is there for the others.
+    assert bucket.try_acquire()
+    assert bucket.try_acquire()
+    assert not bucket.try_acquire()
+    with pytest.raises(ValueError, match="keep"):
+        bucket.try_acquire(keep=-1)
+
+
+@given(
+    burst=st.integers(min_value=2, max_value=1000),
+    rate=rates,
+    flood=st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 2), st.integers(1, 20)), max_size=100),
+)
+def test_a_flood_of_lower_priorities_never_refuses_chats_at_the_sustained_rate(
+    burst: int, rate: float, flood: list[tuple[float, int, int]]
+) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(burst, rate, clock=clock)
+    for gap, priority, attempts in flood:
+        # However hard the flood tries between two chats, a chat a whole token's time later gets in.
+        clock.advance(gap)
+        for _ in range(attempts):
+            bucket.try_acquire(keep=tokens_kept_from(priority, burst))
+        clock.advance(1.0 / rate)
+        assert bucket.try_acquire(keep=tokens_kept_from(0, burst))
+
+
+@given(burst=st.integers(min_value=1, max_value=100), rate=rates, priority=st.integers(1, 3))
+def test_a_flood_alone_still_gets_the_sustained_rate(burst: int, rate: float, priority: int) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(burst, rate, clock=clock)
+    keep = tokens_kept_from(priority, burst)
+    accepted = 0
+    steps = 200
+    for _ in range(steps):
+        clock.advance(0.25 / rate)  # four attempts per token's time
+        accepted += bucket.try_acquire(keep=keep)
+    elapsed = steps * 0.25 / rate
+    assert accepted >= math.floor(burst - keep + rate * elapsed) - 1

@@ -119,3 +119,20 @@ def test_failover_order_skips_open_circuits(
 def test_without_failover_only_the_chosen_tier_is_tried(open_tiers: set[Tier]) -> None:
     router = Router(RoutingConfig(failover=False))
     assert router.order(FAST, open_tiers) == [Tier.FAST]
+
+
+@pytest.mark.parametrize(
+    ("decision", "open_tiers", "stalled", "expected"),
+    [
+        (FAST, set(), {Tier.FAST}, [Tier.DEEP, Tier.FAST]),
+        (FAST, set(), {Tier.DEEP}, [Tier.FAST, Tier.DEEP]),
+        (FAST, set(), {Tier.FAST, Tier.DEEP}, [Tier.FAST, Tier.DEEP]),
+        (DEEP, set(), {Tier.DEEP}, [Tier.FAST, Tier.DEEP]),
+        (FAST, {Tier.DEEP}, {Tier.FAST}, [Tier.FAST]),
+        (FAST, {Tier.FAST}, {Tier.DEEP}, [Tier.DEEP]),
+    ],
+)
+def test_a_stalled_tier_is_tried_after_the_other(
+    decision: RouteDecision, open_tiers: set[Tier], stalled: set[Tier], expected: list[Tier]
+) -> None:
+    assert ROUTER.order(decision, open_tiers, stalled) == expected
