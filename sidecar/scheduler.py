@@ -9,8 +9,9 @@ parallel slots is never sent more calls than that, whatever their priority or st
 and priority-0 work whose own tier is full may take a free slot of another tier.
 Tiers that share CPUs (`exclusive_tiers`) run calls on one tier at a time, so a chat
 joins the busy tier's free slot instead of starting a second server beside it.
-At most `max_waiting` wait across all levels; an arrival beyond that is refused at
-once (the caller answers 429). Waiting work is dispatched highest priority first and
+At most `max_waiting` wait across all levels, and at most `max_waiting_per_priority[p]`
+at level p where that is set; an arrival beyond either is refused at once (the caller
+answers 429). Waiting work is dispatched highest priority first and
 first come first served within a level. Levels in `idle_only` (email segments) are
 dispatched only while every higher level has nothing running (settled or not) and
 nothing waiting, and has had nothing for `idle_only_quiet_s`; work already running is
@@ -95,9 +96,11 @@ class SchedulerCore:
         idle_only_quiet_s: float = 0.0,
         borrowing: Iterable[int] = DEFAULT_BORROWING,
         retry_after_s: int = 1,
+        max_waiting_per_priority: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_only = frozenset(idle_only)
+        self.max_waiting_per_priority = dict(max_waiting_per_priority or {})
         self.idle_only_quiet_s = idle_only_quiet_s
         self.exclusive_tiers = exclusive_tiers
         self.borrowing = frozenset(borrowing)
@@ -141,7 +144,8 @@ class SchedulerCore:
         self._running.setdefault(priority, 0)
         if not queue and self._try_start(ticket, now):
             return ticket
-        if self.waiting_total >= self.max_waiting:
+        level_cap = self.max_waiting_per_priority.get(priority)
+        if self.waiting_total >= self.max_waiting or (level_cap is not None and len(queue) >= level_cap):
             self.refused_total += 1
             raise QueueFull(priority, self.waiting_total, self.retry_after_s)
         queue.append(ticket)
@@ -330,10 +334,12 @@ class PriorityScheduler:
         *,
         tier_slots: Mapping[str, int] | None = None,
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
+        max_waiting_per_priority: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
         self._core = SchedulerCore(
+            max_waiting_per_priority=max_waiting_per_priority,
             max_running_per_priority=config.max_running_per_priority,
             max_waiting=config.max_waiting,
             idle_only=idle_only,

@@ -54,6 +54,16 @@ def test_the_fourth_waiter_is_refused_and_holds_no_place() -> None:
     assert core.offer(1).state is RUNNING
 
 
+def test_a_level_with_its_own_waiting_cap_is_refused_while_other_levels_still_queue() -> None:
+    core = SchedulerCore(max_waiting=10, max_waiting_per_priority={2: 1}, tier_slots={"server": 1})
+    core.offer(0, "server")
+    assert core.offer(2, "server").state is WAITING
+    with pytest.raises(QueueFull):
+        core.offer(2, "server")
+    # The cap is level 2's alone: chats keep queueing up to the total.
+    assert [core.offer(0, "server").state for _ in range(3)] == [WAITING] * 3
+
+
 def test_waiting_work_starts_first_come_first_served_within_a_level() -> None:
     core = SchedulerCore()
     running = core.offer(1)
