@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from voicelane.sidecar.config import (
     CacheConfig,
@@ -151,7 +152,10 @@ class SpecModel(BaseModel):
     def _check_cel_rules(self) -> SpecModel:
         for rule in type(self).cel_rules:
             if not rule.holds(self):
-                raise ValueError(rule.message)
+                if rule.field_path is None:
+                    raise ValueError(rule.message)
+                # Reported at the same field as the API server reports it (see describe_validation_errors).
+                raise PydanticCustomError("cel_rule", rule.message, {"field_path": rule.field_path})
         return self
 
 
@@ -170,6 +174,12 @@ MODEL_PATTERN = (
     r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 )
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+# An extended resource (nvidia.com/gpu, amd.com/gpu): a DNS-subdomain domain, '/', a name of at most 63
+# characters. Names in the kubernetes.io domains are native resources and are refused separately.
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+MAX_EXTENDED_RESOURCES = 16
 
 
 def parse_quantity(value: Any) -> Decimal:
@@ -228,14 +238,43 @@ def duration_seconds(text: str) -> float:
 # --- per tier ---------------------------------------------------------------------------
 
 
+def is_extended_resource_name(name: str) -> bool:
+    """`nvidia.com/gpu` yes; `cpu`, `hugepages-2Mi` and `kubernetes.io/...` names (native resources) no."""
+    return (
+        len(name) <= 317
+        and re.fullmatch(EXTENDED_RESOURCE_PATTERN, name) is not None
+        and len(name.split("/", 1)[0]) <= 253
+        and "kubernetes.io/" not in name
+    )
+
+
 class ResourcesSpec(SpecModel):
-    """CPU and memory reserved for the model server: requests equal limits (Guaranteed QoS)."""
+    """What the model server reserves: requests equal limits (Guaranteed QoS)."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.extended) || self.extended.all(k, k.size() <= 317 && k.matches('"
+            + EXTENDED_RESOURCE_PATTERN.replace("\\", "\\\\")
+            + "') && k.matches('^[^/]{1,253}/') && !k.contains('kubernetes.io/'))",
+            "each name must be an extended resource such as nvidia.com/gpu or amd.com/gpu (a domain, '/', a name); "
+            "cpu and memory have their own fields, and kubernetes.io names are not extended resources",
+            lambda r: all(is_extended_resource_name(name) for name in r.extended),
+            field_path=".extended",
+        ),
+    )
 
     cpu: Quantity = Field(
         description="CPUs, e.g. 4 or 1500m. Whole CPUs let the kubelet's static CPU manager pin them; "
         "a fraction is accepted and reported in a condition."
     )
     memory: Quantity = Field(description="Memory, e.g. 8Gi: the model, its context cache and the server.")
+    extended: dict[str, Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=dict,
+        max_length=MAX_EXTENDED_RESOURCES,
+        description="Extended resources by name, e.g. {nvidia.com/gpu: 1} or {amd.com/gpu: 1}: whole devices "
+        "the model server requests and limits alike. Pair it with the tier's tolerations and nodeSelector "
+        "as the GPU nodes need.",
+    )
 
 
 class StorageSpec(SpecModel):
@@ -642,6 +681,8 @@ def describe_validation_errors(exc: ValidationError, *, prefix: str) -> list[str
         for part in error["loc"]:
             # pydantic marks a bad mapping key as the segment "[key]".
             path += f"[{part}]" if isinstance(part, int) else part if part == "[key]" else f".{part}"
+        # A CelRule with a fieldPath is reported at that field, as the API server reports it.
+        path += (error.get("ctx") or {}).get("field_path", "")
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{path}: {message}")
     return problems

@@ -24,6 +24,9 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> list[tuple[str, st
             rows.extend(_rows(child, f"{path}.{name}" if path else name, name in needed))
         return rows
     kind = "quantity (int or string)" if node.get("x-kubernetes-int-or-string") else node.get("type", "object")
+    values = node.get("additionalProperties")
+    if isinstance(values, dict):
+        kind = f"map of {values.get('type', 'object')}"
     if "enum" in node:
         kind += " (" + ", ".join(str(v) for v in node["enum"]) + ")"
     if required:

@@ -302,8 +302,10 @@ def _metadata(name: str, namespace: str, labels: dict[str, str], owner: dict[str
     return {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}
 
 
-def _resources(cpu: str, memory: str) -> dict[str, Any]:
-    amounts = {"cpu": cpu, "memory": memory}
+def _resources(cpu: str, memory: str, extended: Mapping[str, int] | None = None) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    # Extended resources cannot be overcommitted: Kubernetes requires their requests to equal their limits.
+    amounts.update((name, str(count)) for name, count in sorted((extended or {}).items()))
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
@@ -411,7 +413,8 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
         "env": _model_server_env(tier_spec),
-        "resources": _resources(cpu, memory),
+        # Only the model server gets the tier's devices: the pull and the warmer never run the model.
+        "resources": _resources(cpu, memory, tier_spec.resources.extended),
         "securityContext": _container_security(),
         "volumeMounts": server_mounts,
         "startupProbe": _exec_probe(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.unit.operator.apiserver_checks import expectations
 from tests.unit.operator.conftest import INVALID_SAMPLES, SAMPLE_PATH
 from voicelane.cli import build_parser, main
 from voicelane.operator.cli import PLACEHOLDER_UID, default_metrics_listen
@@ -54,6 +55,14 @@ def test_render_reports_an_invalid_lane_without_a_traceback(capsys: pytest.Captu
         captured.err
     )
     assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("path", INVALID_SAMPLES, ids=lambda p: p.stem)
+def test_render_names_the_crd_field_of_every_invalid_sample(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected_path = expectations(path)["path"]
+    assert main(["render", "-f", str(path)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"voicelane render: {path}: {expected_path}") for line in errors), errors
 
 
 @pytest.mark.parametrize(

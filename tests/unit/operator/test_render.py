@@ -44,7 +44,7 @@ def env_of(container_spec: dict[str, Any]) -> dict[str, str]:
 
 
 def lanes_to_validate() -> list[str]:
-    return ["sample", "minimal", "existing-claim"]
+    return ["sample", "minimal", "existing-claim", "gpu"]
 
 
 @pytest.fixture
@@ -60,7 +60,11 @@ def lane_variants(sample_lane: dict, minimal_lane: dict) -> dict[str, dict]:
             "priorityClassName": "voice-critical",
         },
     )
-    return {"sample": sample_lane, "minimal": minimal_lane, "existing-claim": existing}
+    gpu = with_spec(
+        minimal_lane,
+        deep={"resources": {"cpu": "8", "memory": "24Gi", "extended": {"nvidia.com/gpu": 1, "example.com/fpga": 2}}},
+    )
+    return {"sample": sample_lane, "minimal": minimal_lane, "existing-claim": existing, "gpu": gpu}
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -129,6 +133,44 @@ def test_pods_are_guaranteed_qos(sample_lane: dict) -> None:
             assert set(resources["requests"]) == {"cpu", "memory"}, spec["name"]
         assert container(pod, "ollama")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
         assert container(pod, "pull-model")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+
+
+def test_extended_resources_go_to_the_model_server_with_requests_equal_to_limits(lane_variants: dict) -> None:
+    pod = pod_spec(render_children(lane_variants["gpu"]), "lane-deep")
+    devices = {"example.com/fpga": "2", "nvidia.com/gpu": "1"}
+    assert container(pod, "ollama")["resources"] == {
+        "requests": {"cpu": "8", "memory": "24Gi", **devices},
+        "limits": {"cpu": "8", "memory": "24Gi", **devices},
+    }
+    # The pull and the warmer never run the model: no device is held for them.
+    for name in ("pull-model", "warmer"):
+        assert not set(container(pod, name)["resources"]["limits"]) & set(devices), name
+    for spec in pod["initContainers"] + pod["containers"]:
+        assert spec["resources"]["requests"] == spec["resources"]["limits"], spec["name"]  # still Guaranteed
+
+
+@pytest.mark.parametrize("name", ["nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "example.com/a_b.c-1"])
+def test_any_domain_qualified_extended_resource_is_accepted(minimal_lane: dict, name: str) -> None:
+    lane = with_spec(minimal_lane, fast={"resources": {"cpu": 1, "memory": "2Gi", "extended": {name: 1}}})
+    pod = pod_spec(render_children(lane), "lane-fast")
+    assert container(pod, "ollama")["resources"]["limits"][name] == "1"
+
+
+@pytest.mark.parametrize(
+    "name", ["gpu", "cpu", "hugepages-2Mi", "kubernetes.io/gpu", "Example.com/gpu", "example.com/", "a/" + "x" * 64]
+)
+def test_names_that_are_not_extended_resources_are_refused_at_the_field(minimal_lane: dict, name: str) -> None:
+    lane = with_spec(minimal_lane, fast={"resources": {"cpu": 1, "memory": "2Gi", "extended": {name: 1}}})
+    with pytest.raises(SpecError) as raised:
+        render_children(lane)
+    [problem] = raised.value.problems
+    assert problem.startswith("spec.fast.resources.extended: each name must be an extended resource"), problem
+
+
+def test_a_device_count_below_one_is_refused(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"resources": {"cpu": 1, "memory": "2Gi", "extended": {"nvidia.com/gpu": 0}}})
+    with pytest.raises(SpecError, match=r"spec\.fast\.resources\.extended\.nvidia\.com/gpu: Input should be greater"):
+        render_children(lane)
 
 
 def test_model_server_env_comes_from_the_spec(sample_lane: dict) -> None:
