@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "voicelane.bench.cli",
     "voicelane.stack.cli",
     "voicelane.cluster.cli",
+    "voicelane.gate.cli",
 )
 
 
