@@ -2,10 +2,20 @@
 
 The first audio byte is what users feel, so nothing waits for the whole rewrite:
 each segment the segmenter completes goes to TTS at once while the model keeps
-streaming. A spoken request is its own single flight over PCM chunks, so identical
-requests get the same audio from the first byte from one synthesis; finished audio
-is cached. Chat and notifications always speak: if the model fails or misses the
+streaming. Segments are synthesised in pieces of at most `PIECE_MAX_CHARS`, each in a
+turn of the synthesis gate, highest priority first: a chat waits for at most one piece
+of a long text, never for the whole of it. A spoken request is its own single flight, so
+identical requests get the same audio from the first byte from one synthesis; finished
+audio is cached. Chat and notifications always speak: if the model fails or misses the
 class deadline, the original text is spoken instead (and counted).
+
+Memory is bounded whatever the mix of requests: a request's next piece is synthesised
+only once its slowest client is within `READ_AHEAD_S` of audio of what is already
+synthesised, audio every client has taken is let go (kept only while a request's audio is
+at most `KEEP_S` long, so that identical requests can join and the result be cached, and
+`KEPT_AUDIO_BYTES` for all of them together), and no piece starts while spoken requests
+hold `SPEECH_AUDIO_BUDGET_BYTES` of audio in all (the last `SPEECH_AUDIO_RESERVE_BYTES` of
+it only for priority 0).
 """
 
 from __future__ import annotations
@@ -13,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from voicelane.sidecar.audio import PCM_SAMPLE_WIDTH
 from voicelane.sidecar.broadcast import Broadcast
 from voicelane.sidecar.config import RequestClass, SidecarConfig, VoiceStyle
 from voicelane.sidecar.edge import TextRequest
@@ -26,20 +38,37 @@ from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.segmenter import Segmenter, segment_text
-from voicelane.sidecar.singleflight import Flight, SingleFlight
+from voicelane.sidecar.singleflight import Flight, FlightCancelled, SingleFlight
 from voicelane.sidecar.ttfa import StageClock, TTFAMonitor
 from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
+from voicelane.sidecar.tts.gate import SynthesisGate
+from voicelane.sidecar.tts.pieces import PIECE_MAX_CHARS, speech_pieces
+from voicelane.sidecar.tts.stream import AudioReader, AudioStream, KeptAudio
 
 log = logging.getLogger("voicelane.sidecar.speech")
 
 ALWAYS_SPEAK = frozenset({RequestClass.CHAT, RequestClass.NOTIFICATION, RequestClass.EMAIL, RequestClass.EMAIL_TLDR})
 
+# A request's next piece waits until its slowest client is this close behind: enough that a
+# client playing in real time never runs dry (a piece takes milliseconds), little to hold.
+READ_AHEAD_S = 5.0
+# Audio up to this long is kept whole while it plays, for identical requests to join and for the
+# cache: a chat or a notification (a few seconds) always is, a long text is not.
+KEEP_S = 30.0
+# Below the budget less its reserve, so audio that is only kept can never stop every piece:
+# what is over it is audio some client has still to take, and clients take it.
+KEPT_AUDIO_BYTES = 8 * 1024 * 1024
+# All audio held for spoken requests together; no piece starts while they hold this much, and
+# none below priority 0 while they hold all but the reserve (a few dozen seconds of chat).
+SPEECH_AUDIO_BUDGET_BYTES = 16 * 1024 * 1024
+SPEECH_AUDIO_RESERVE_BYTES = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class AudioResult:
-    """Finished audio of one spoken request (16-bit mono PCM)."""
+    """Finished audio of one spoken request (16-bit mono PCM); `pcm` None: too long to keep."""
 
-    pcm: bytes
+    pcm: bytes | None
     sample_rate: int
     tier: str
     fallback: str | None
@@ -47,7 +76,7 @@ class AudioResult:
 
     @property
     def size_bytes(self) -> int:
-        return len(self.pcm) + len(self.spoken_text.encode("utf-8")) + 256
+        return len(self.pcm or b"") + len(self.spoken_text.encode("utf-8")) + 256
 
 
 @dataclass
@@ -57,6 +86,8 @@ class SpeechMeta:
     tier: str | None = None
     fallback: str | None = None
     stages: StageClock | None = None
+    stream: AudioStream | None = None
+    flight_key: str = ""
 
 
 @dataclass
@@ -67,6 +98,7 @@ class AudioSubmission:
     cached: AudioResult | None = None
     flight: Flight[bytes, AudioResult] | None = None
     meta: SpeechMeta = field(default_factory=SpeechMeta)
+    reader: AudioReader | None = None
 
     @property
     def shared(self) -> bool:
@@ -74,12 +106,19 @@ class AudioSubmission:
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         if self.cached is not None:
-            yield self.cached.pcm
+            if self.cached.pcm:
+                yield self.cached.pcm
             return
         assert self.flight is not None
-        async with self.flight.subscribe() as stream:
-            async for chunk in stream:
-                yield chunk
+        assert self.reader is not None
+        try:
+            # The subscription holds the shared work while this client reads; the audio itself
+            # comes through the reader, which lets go of what every client has taken.
+            async with self.flight.subscribe():
+                async for chunk in self.reader:
+                    yield chunk
+        finally:
+            self.reader.close()
 
     async def tier(self) -> str:
         if self.cached is not None:
@@ -108,9 +147,18 @@ class Speaker:
         self.metrics = metrics
         self.monitor = monitor
         self.clock = clock
-        self._meta: dict[str, SpeechMeta] = {}
-        # Audio flights are apart from the lane's text flights: their chunks are PCM bytes.
-        self.flights: SingleFlight[str, bytes] = SingleFlight(window_s=lane.flights.window_s, clock=clock)
+        # Running audio flights by audio key: the ones an identical request may join.
+        self._running: dict[str, SpeechMeta] = {}
+        self._flight_numbers = itertools.count()
+        # Audio flights are apart from the lane's text flights. A finished one is not shared: its
+        # audio is in the cache if it was short enough to keep, and let go if not.
+        self.flights: SingleFlight[str, bytes] = SingleFlight(window_s=0, clock=clock)
+        self.gate = SynthesisGate(
+            capacity=backend.parallel,
+            budget_bytes=SPEECH_AUDIO_BUDGET_BYTES,
+            reserve_bytes=SPEECH_AUDIO_RESERVE_BYTES,
+        )
+        self.kept_audio = KeptAudio(KEPT_AUDIO_BYTES)
         # Spoken requests of priority 0/1 in progress; email segments wait while any run.
         self.high_priority_active = 0
         self._idle = asyncio.Event()
@@ -150,23 +198,29 @@ class Speaker:
             self.metrics.cache_lookups.labels("hit", "audio").inc()
             return AudioSubmission(request, text_job.priority, key, cached=cached)
         self.metrics.cache_lookups.labels("miss", "audio").inc()
-        self.flights.window_s = self.lane.flights.window_s
-        if self.config.single_flight.enabled and key in self.flights:
-            stages.mark("admitted")
-            self.metrics.singleflight.labels("joiner").inc()
-            flight: Flight[bytes, AudioResult] = self.flights.join(key, self._never_started)
-            return AudioSubmission(
-                request, text_job.priority, key, flight=flight, meta=self._meta.get(key, SpeechMeta())
-            )
+        running = self._running.get(key) if self.config.single_flight.enabled else None
+        if running is not None and running.stream is not None and running.flight_key in self.flights:
+            reader = running.stream.reader()  # None once it has let audio go: then it is not joined
+            if reader is not None:
+                stages.mark("admitted")
+                self.metrics.singleflight.labels("joiner").inc()
+                flight: Flight[bytes, AudioResult] = self.flights.join(running.flight_key, self._never_started)
+                return AudioSubmission(request, text_job.priority, key, flight=flight, meta=running, reader=reader)
         # May raise ApiError (rate limit, guardian, queue): a refusal leaves before any audio work.
         text = self.lane.submit(text_job, received=stages.received)
         stages.mark("admitted")
-        meta = SpeechMeta(stages=stages)
-        flight_key = key if self.config.single_flight.enabled else f"{key}:{id(meta)}"
-        self._meta[flight_key] = meta
-        producer = self._producer(request, text, text_job.priority, key, meta, flight_key)
-        flight = self.flights.join(flight_key, producer)
-        return AudioSubmission(request, text_job.priority, key, flight=flight, meta=meta)
+        stream = AudioStream(keep_bytes=self._audio_bytes(KEEP_S), kept=self.kept_audio, on_hold=self.gate.hold)
+        meta = SpeechMeta(stages=stages, stream=stream, flight_key=f"{key}:{next(self._flight_numbers)}")
+        if self.config.single_flight.enabled:
+            self._running[key] = meta
+        producer = self._producer(request, text, text_job.priority, key, meta)
+        flight = self.flights.join(meta.flight_key, producer)
+        # The leader's reader is registered now, before any audio exists, so none is let go unread.
+        reader = stream.reader()
+        return AudioSubmission(request, text_job.priority, key, flight=flight, meta=meta, reader=reader)
+
+    def _audio_bytes(self, seconds: float) -> int:
+        return round(seconds * self.backend.sample_rate) * PCM_SAMPLE_WIDTH
 
     @staticmethod
     async def _never_started(out: Broadcast[bytes]) -> AudioResult:  # pragma: no cover - joins only
@@ -175,19 +229,31 @@ class Speaker:
     # ----- production ----------------------------------------------------------------------------
 
     def _producer(
-        self, request: TextRequest, text: Submission, priority: int, key: str, meta: SpeechMeta, flight_key: str
+        self, request: TextRequest, text: Submission, priority: int, key: str, meta: SpeechMeta
     ) -> Callable[[Broadcast[bytes]], Any]:
-        async def produce(out: Broadcast[bytes]) -> AudioResult:
+        # The flight's own broadcast stays empty: the audio goes through the meta's AudioStream.
+        stream = meta.stream
+        assert stream is not None
+
+        async def produce(_: Broadcast[bytes]) -> AudioResult:
             high = priority <= 1
             if high:
                 self._enter_high()
             try:
-                result = await self._speak(request, text, out, meta)
+                result = await self._speak(request, text, priority, stream, meta)
+            except asyncio.CancelledError:
+                stream.fail(FlightCancelled(f"every reader of {meta.flight_key!r} left"))
+                raise
+            except BaseException as exc:
+                stream.fail(exc)
+                raise
             finally:
                 if high:
                     self._leave_high()
-                self._meta.pop(flight_key, None)
-            if result.fallback is None:
+                if self._running.get(key) is meta:
+                    del self._running[key]
+            stream.finish()
+            if result.fallback is None and result.pcm is not None:
                 self.lane.cache.put(key, result, result.size_bytes)
             return result
 
@@ -218,13 +284,13 @@ class Speaker:
         return request.text
 
     async def _speak(
-        self, request: TextRequest, text: Submission, out: Broadcast[bytes], meta: SpeechMeta
+        self, request: TextRequest, text: Submission, priority: int, stream: AudioStream, meta: SpeechMeta
     ) -> AudioResult:
         stages = meta.stages or StageClock(self.clock())
         segments: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         limit = self.config.classes.tldr_max_chars if request.request_class is RequestClass.EMAIL else None
         pump = asyncio.create_task(self._pump_segments(request, text, segments, stages, limit))
-        pcm = bytearray()
+        out = _StreamOut(stream, priority, self._audio_bytes(READ_AHEAD_S), stages)
         spoken: list[str] = []
         fallback: str | None = None
         try:
@@ -245,21 +311,21 @@ class Speaker:
             else:
                 meta.tier = await text.tier(self.lane) or "unknown"
                 queue_items = [first] if isinstance(first, str) else [None]
-            await self._synthesize_all(
-                request, queue_items, segments, out, pcm, spoken, stages, use_queue=fallback is None
-            )
-            if fallback is None and not pcm and request.request_class in ALWAYS_SPEAK:
+            await self._synthesize_all(request, queue_items, segments, out, spoken, use_queue=fallback is None)
+            if fallback is None and not stream.published_bytes and request.request_class in ALWAYS_SPEAK:
                 # The model answered with nothing to say (an empty or blank reply): the app was promised
                 # speech, so the original text is spoken rather than a silent, empty answer.
                 fallback = "empty_reply"
                 items = self._fall_back(request, meta, stages, fallback)
-                await self._synthesize_all(request, items, segments, out, pcm, spoken, stages, use_queue=False)
+                await self._synthesize_all(request, items, segments, out, spoken, use_queue=False)
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
         stages.mark("done")
-        return AudioResult(bytes(pcm), self.backend.sample_rate, meta.tier or "unknown", fallback, "".join(spoken))
+        return AudioResult(
+            stream.whole_audio(), self.backend.sample_rate, meta.tier or "unknown", fallback, "".join(spoken)
+        )
 
     def _fall_back(self, request: TextRequest, meta: SpeechMeta, stages: StageClock, reason: str) -> list[str | None]:
         """Record a fallback; the items that speak the original text instead of the model's reply."""
@@ -315,10 +381,8 @@ class Speaker:
         request: TextRequest,
         first_items: list[str | None],
         segments: asyncio.Queue[str | BaseException | None],
-        out: Broadcast[bytes],
-        pcm: bytearray,
+        out: _Out,
         spoken: list[str],
-        stages: StageClock,
         *,
         use_queue: bool,
     ) -> None:
@@ -334,28 +398,35 @@ class Speaker:
             if not sentence:
                 continue
             spoken.append(item)
-            await self.synthesize_into(request, sentence, out, pcm, stages)
+            await self._synthesize(request, sentence, out)
 
     async def synthesize_into(
         self, request: TextRequest, sentence: str, out: Broadcast[bytes], pcm: bytearray, stages: StageClock | None
     ) -> None:
+        """Speak `sentence` at the request's priority, appending its PCM to `pcm` and publishing it to `out`."""
+        priority = self.lane.priority(request.request_class, request.text)
+        await self._synthesize(request, sentence, _CollectingOut(out, pcm, priority, stages))
+
+    async def _synthesize(self, request: TextRequest, text: str, out: _Out) -> None:
+        """Speak `text` piece by piece, each piece in a turn of the synthesis gate at `out.priority`."""
         style = self.style_for(request)
-        speech = SpeechRequest(
-            text=sentence,
-            lang=request.target_lang,
-            voice=request.voice or style.voice or self.config.tts.voice,
-            rate=style.rate,
-            style=style.style,
-        )
+        voice = request.voice or style.voice or self.config.tts.voice
+        for piece in speech_pieces(text, PIECE_MAX_CHARS):
+            await out.ready_for_more()
+            speech = SpeechRequest(
+                text=piece, lang=request.target_lang, voice=voice, rate=style.rate, style=style.style
+            )
+            async with self.gate.turn(out.priority):
+                await self._synthesize_piece(speech, out)
+
+    async def _synthesize_piece(self, speech: SpeechRequest, out: _Out) -> None:
         backend_name = self.config.tts.backend
         try:
-            async for chunk in self.backend.synthesize(speech):
-                if not chunk:
-                    continue
-                if stages is not None:
-                    stages.mark("tts_first_byte")
-                pcm.extend(chunk)
-                out.publish(chunk)
+            # Closed at once however this ends, so the engine is free for the next turn.
+            async with contextlib.aclosing(self.backend.synthesize(speech)) as chunks:
+                async for chunk in chunks:
+                    if chunk:
+                        out.publish(chunk)
         except TTSError as exc:
             self.metrics.tts_calls.labels(backend_name, "error").inc()
             raise ApiError(502, "tts_failed", f"speech synthesis failed: {exc}", retry_after_s=2) from None
@@ -400,6 +471,52 @@ class Speaker:
             if self.lane.scheduler_idle_above(2):
                 return
             await asyncio.sleep(0.02)
+
+
+class _Out(Protocol):
+    """Where synthesised audio goes, at which priority, and when the next piece may be synthesised."""
+
+    priority: int
+
+    async def ready_for_more(self) -> None: ...
+
+    def publish(self, chunk: bytes) -> None: ...
+
+
+class _StreamOut:
+    """A spoken request's AudioStream: the next piece waits until its slowest client is close behind."""
+
+    def __init__(self, stream: AudioStream, priority: int, read_ahead_bytes: int, stages: StageClock) -> None:
+        self.stream = stream
+        self.priority = priority
+        self.read_ahead_bytes = read_ahead_bytes
+        self.stages = stages
+
+    async def ready_for_more(self) -> None:
+        await self.stream.wait_for_readers(self.read_ahead_bytes)
+
+    def publish(self, chunk: bytes) -> None:
+        self.stages.mark("tts_first_byte")
+        self.stream.publish(chunk)
+
+
+class _CollectingOut:
+    """The whole audio collected in a buffer (phrase bank, email follow-ups) and published to a broadcast."""
+
+    def __init__(self, out: Broadcast[bytes], pcm: bytearray, priority: int, stages: StageClock | None) -> None:
+        self.out = out
+        self.pcm = pcm
+        self.priority = priority
+        self.stages = stages
+
+    async def ready_for_more(self) -> None:
+        return None  # its caller keeps the whole audio anyway
+
+    def publish(self, chunk: bytes) -> None:
+        if self.stages is not None:
+            self.stages.mark("tts_first_byte")
+        self.pcm.extend(chunk)
+        self.out.publish(chunk)
 
 
 def _is_refusal(exc: BaseException) -> bool:

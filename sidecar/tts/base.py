@@ -8,7 +8,7 @@ kind the caller can act on; nothing else escapes a backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -51,12 +51,13 @@ class TTSBackend(Protocol):
 
     name: str
     calls: int  # syntheses started so far: proves coalesced requests used one
+    parallel: int  # syntheses it runs at once; the speech pipeline never starts more
 
     @property
     def sample_rate(self) -> int: ...
 
-    def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
-        """16-bit little-endian mono PCM chunks; raises TTSError."""
+    def synthesize(self, request: SpeechRequest) -> AsyncGenerator[bytes, None]:
+        """16-bit little-endian mono PCM chunks; raises TTSError. Close it to stop the synthesis early."""
         ...
 
     async def health(self) -> bool: ...
@@ -68,6 +69,7 @@ class CountingBackend(abc.ABC):
     """Base of the backends here: counts syntheses, skips text with nothing to say, stops cleanly."""
 
     name: str
+    parallel = 1
 
     def __init__(self) -> None:
         self.calls = 0
@@ -76,7 +78,7 @@ class CountingBackend(abc.ABC):
     @abc.abstractmethod
     def sample_rate(self) -> int: ...
 
-    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+    async def synthesize(self, request: SpeechRequest) -> AsyncGenerator[bytes, None]:
         if not request.text.strip():
             return
         self.calls += 1

@@ -3,8 +3,9 @@
 The library and its voice data (Swedish and English included) come from the PyPI package
 `espeakng-loader`, so a fresh machine speaks with no extra service. libespeak-ng keeps
 global state and is not thread-safe: every call into it runs on one worker thread shared
-by the whole process, and concurrent syntheses queue for it. In synchronous mode the
-library hands over about 100 ms of samples at a time while it synthesizes; each chunk goes
+by the whole process, and concurrent syntheses queue for it in arrival order (the speech
+pipeline hands it one piece at a time, most urgent first: `tts/gate.py`). In synchronous
+mode the library hands over about 100 ms of samples at a time while it synthesizes; each chunk goes
 straight to the waiting coroutine, so the first audio is out long before a long text is
 done. A consumer that stops (its client left) cancels its job: the callback then returns 1,
 which makes the library stop at once, and the worker is free for the next synthesis. The
@@ -307,6 +308,7 @@ class EspeakBackend(CountingBackend):
     """espeak-ng speech in this process (shares the one engine with any other instance)."""
 
     name = "espeak"
+    parallel = 1  # the engine's one thread
 
     def __init__(self, *, voice: str = "sv", timeout_s: float = 15.0, max_ahead_s: float = 5.0) -> None:
         super().__init__()

@@ -152,6 +152,7 @@ class OpenAIBackend(CountingBackend):
         self.timeout_s = timeout_s
         self.response_format: SpeechFormat = response_format
         self.max_connections = max_connections
+        self.parallel = max_connections  # more would queue in the connection pool, out of priority order
         self._sample_rate = sample_rate
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
