@@ -192,7 +192,8 @@ TARGET_PANELS = {
     "Email TL;DR: time to first audio against the lane's target": 'request_class=~"email|email_tldr"',
 }
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-FILTERS = ('namespace=~"$namespace"', 'lane=~"$lane"', 'pod=~"$pod"')
+NARROWING = ("cluster", "namespace", "lane", "pod")
+CLUSTER, NAMESPACE, LANE, POD = (f'{name}=~"${name}"' for name in NARROWING)
 
 
 @pytest.fixture(params=DASHBOARDS, ids=lambda path: path.name)
@@ -221,20 +222,23 @@ def test_dashboard_panels_have_unique_ids_and_do_not_overlap(dashboard: dict[str
                 cells[(x, y)] = panel["title"]
 
 
-def test_dashboard_variables_are_datasource_namespace_lane_pod(dashboard: dict[str, Any]) -> None:
+def test_dashboard_variables_are_datasource_cluster_namespace_lane_pod(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert list(variables) == ["datasource", "namespace", "lane", "pod"]
+    assert list(variables) == ["datasource", *NARROWING]
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("namespace", "lane", "pod"):
+    for position, name in enumerate(NARROWING):
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["datasource"] == DATASOURCE
         assert variable["includeAll"]
         assert variable["allValue"] == ".*"
-        assert f", {name})" in variable["definition"]
-    assert 'namespace=~"$namespace"' in variables["lane"]["definition"]
-    assert 'lane=~"$lane"' in variables["pod"]["definition"]
+        query = variable["query"]["query"]
+        assert query.startswith("label_values(voicelane_guardian_blocked")
+        assert query.endswith(f", {name})")
+        # Each variable offers only what the ones before it leave: a lane of the chosen namespace.
+        for earlier in NARROWING[:position]:
+            assert f'{earlier}=~"${earlier}"' in query, (name, query)
 
 
 def test_every_panel_queries_the_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -264,11 +268,15 @@ SELECTOR = re.compile(r"(?<![\w:])([a-z_]*:?voicelane[\w:]*)(\{[^}]*\})?")
 
 
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda query: query.name)
-def test_sidecar_series_in_panels_are_filtered_by_namespace_lane_and_pod(query: Any) -> None:
+def test_series_in_panels_are_filtered_by_cluster_namespace_lane_and_pod(query: Any) -> None:
     for match in SELECTOR.finditer(query.expr):
         name, matchers = match.group(1), match.group(2) or ""
         if name.startswith(("voicelane_operator_", "voicelane:")):
-            continue  # the operator runs in its own namespace (dashboards/README.md); constants are global
-        needed = FILTERS[:2] if ":" in name else FILTERS  # recorded series are per lane, not per pod
+            # The operator runs in its own namespace (dashboards/README.md); constants are per cluster.
+            needed: tuple[str, ...] = (CLUSTER,)
+        elif ":" in name:
+            needed = (CLUSTER, NAMESPACE, LANE)  # recorded series are per lane, not per pod
+        else:
+            needed = (CLUSTER, NAMESPACE, LANE, POD)
         missing = [f for f in needed if f not in matchers]
         assert not missing, f"{name} in {query.name} lacks {missing}"
