@@ -7,6 +7,9 @@ generation without holding its level's place, so the next chat can start. What a
 model server can run at once is bounded separately: a tier with a known number of
 parallel slots is never sent more calls than that, whatever their priority or stage,
 and priority-0 work whose own tier is full may take a free slot of another tier.
+`reserved_slots` of every tier with more slots than that are kept for priority 0, so a chat
+finds a free slot however much lower-priority work runs (the gate in front of a model
+server uses this; work is never preempted, so with one slot a chat can only wait).
 Tiers that share CPUs (`exclusive_tiers`) run calls on one tier at a time, so a chat
 joins the busy tier's free slot instead of starting a second server beside it.
 At most `max_waiting` wait across all levels, and at most `max_waiting_per_priority[p]`
@@ -97,8 +100,12 @@ class SchedulerCore:
         borrowing: Iterable[int] = DEFAULT_BORROWING,
         retry_after_s: int = 1,
         max_waiting_per_priority: Mapping[int, int] | None = None,
+        reserved_slots: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if reserved_slots < 0:
+            raise ValueError("reserved_slots must not be negative")
+        self.reserved_slots = reserved_slots
         self.idle_only = frozenset(idle_only)
         self.max_waiting_per_priority = dict(max_waiting_per_priority or {})
         self.idle_only_quiet_s = idle_only_quiet_s
@@ -242,20 +249,25 @@ class SchedulerCore:
         higher = [self._last_busy_at[level] for level in self._last_busy_at if level < priority]
         return self.idle_only_quiet_s - (now - max(higher)) if higher else 0.0
 
-    def _tier_open(self, tier: str) -> bool:
+    def _tier_open(self, tier: str, priority: int = 0) -> bool:
         """A call may start on the tier now: a slot is free, and no other tier runs if they share CPUs."""
-        if tier in self.tier_slots and self._on_tier.get(tier, 0) >= self.tier_slots[tier]:
-            return False
+        if tier in self.tier_slots:
+            slots = self.tier_slots[tier]
+            # Lower priorities never lose their last slot to the reserve.
+            if priority > 0:
+                slots -= min(self.reserved_slots, slots - 1)
+            if self._on_tier.get(tier, 0) >= slots:
+                return False
         return not (self.exclusive_tiers and any(n for other, n in self._on_tier.items() if other != tier))
 
     def _free_tier(self, ticket: Ticket) -> tuple[bool, str | None]:
         """Whether a tier slot is free for the ticket, and which tier: its own first."""
         own = ticket.tier
-        if own is None or self._tier_open(own):
+        if own is None or self._tier_open(own, ticket.priority):
             return True, own
         if ticket.may_borrow and ticket.priority in self.borrowing:
             for other in sorted(self.tier_slots):
-                if other != own and self._tier_open(other):
+                if other != own and self._tier_open(other, ticket.priority):
                     return True, other
         return False, None
 
@@ -335,11 +347,13 @@ class PriorityScheduler:
         tier_slots: Mapping[str, int] | None = None,
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
         max_waiting_per_priority: Mapping[int, int] | None = None,
+        reserved_slots: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
         self._core = SchedulerCore(
             max_waiting_per_priority=max_waiting_per_priority,
+            reserved_slots=reserved_slots,
             max_running_per_priority=config.max_running_per_priority,
             max_waiting=config.max_waiting,
             idle_only=idle_only,

@@ -23,6 +23,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--slots", type=int, default=1, help="the server's parallel slots, OLLAMA_NUM_PARALLEL (default 1)"
     )
+    parser.add_argument(
+        "--reserve-for-chats",
+        type=int,
+        default=1,
+        help="slots only priority-0 calls may take, never the last one (default 1: with 2+ slots a chat never "
+        "waits behind longer work)",
+    )
     parser.add_argument("--model", help="readiness waits until the server has this model loaded (default: any)")
     parser.add_argument(
         "--max-waiting",
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.slots < 1:
         raise SystemExit("voicelane gate: --slots must be at least 1")
+    if args.reserve_for_chats < 0:
+        raise SystemExit("voicelane gate: --reserve-for-chats must not be negative")
     room = waiting_room(args.max_waiting)
     pressure = None
     guardian = GuardianConfig(enabled=False)
@@ -83,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     settings = GateSettings(
         upstream=args.upstream.rstrip("/"),
         slots=args.slots,
+        reserved_for_priority_0=args.reserve_for_chats,
         max_waiting=sum(room.values()) or 1,
         max_waiting_per_priority=room,
         coalesce_window_s=args.coalesce_window,

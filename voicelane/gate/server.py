@@ -53,6 +53,7 @@ _NO_RATE_LIMIT = RateLimitConfig(burst=100_000, sustained_per_s=100_000)
 class GateSettings:
     upstream: str  # the model server, e.g. http://127.0.0.1:11434
     slots: int = 1  # the server's parallel slots (OLLAMA_NUM_PARALLEL)
+    reserved_for_priority_0: int = 1  # of those, kept free for chats (never the last slot)
     max_waiting: int = 64  # across priorities
     max_waiting_per_priority: dict[int, int] = field(default_factory=lambda: {0: 32, 1: 16, 2: 8})
     retry_after_s: int = 1
@@ -94,6 +95,7 @@ class Gate:
             SchedulerConfig(max_running_per_priority=settings.slots, max_waiting=settings.max_waiting),
             tier_slots={SERVER: settings.slots},
             max_waiting_per_priority=settings.max_waiting_per_priority,
+            reserved_slots=settings.reserved_for_priority_0,
             clock=clock,
         )
         self.flights: SingleFlight[Any, Chunk] = SingleFlight(window_s=settings.coalesce_window_s, clock=clock)

@@ -73,6 +73,25 @@ async def test_calls_from_every_caller_take_the_servers_slot_highest_priority_fi
     assert stats["max_concurrent_seen"] == 1  # the server never saw more than its slot
 
 
+async def test_with_two_slots_a_chat_takes_the_reserved_one_while_longer_work_waits(start_sim, start_gate) -> None:
+    sim = start_sim("--ttft-ms", "100", "--tokens-per-s", "10", "--parallel", "2")
+    gate = start_gate(sim.url, "--slots", "2")
+    start = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        long_chats = [
+            asyncio.create_task(
+                first_byte_at(session, gate.url, f"Lång chatt {n} om allt möjligt som hände i går och i dag på jobbet.", CallInfo(1), start)
+            )
+            for n in range(2)
+        ]
+        await asyncio.sleep(0.2)
+        assert gauge(gate.url, "voicelane_gate_requests_waiting")["priority=1"] == 1
+        chat_at = await first_byte_at(session, gate.url, "Hej!", CallInfo(0, "chat"), time.monotonic())
+        second_long = max(await asyncio.gather(*long_chats))
+    assert chat_at < 0.5  # the model's 0.1 s to a first token, not a long reply's whole length
+    assert second_long > 1.0
+
+
 async def test_a_full_waiting_room_is_refused_with_ollamas_error_shape_and_retry_after(start_sim, start_gate) -> None:
     sim = start_sim("--ttft-ms", "600")
     gate = start_gate(sim.url, "--slots", "1", "--max-waiting", "0=1,1=1,2=0")

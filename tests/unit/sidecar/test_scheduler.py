@@ -64,6 +64,17 @@ def test_a_level_with_its_own_waiting_cap_is_refused_while_other_levels_still_qu
     assert [core.offer(0, "server").state for _ in range(3)] == [WAITING] * 3
 
 
+def test_a_reserved_slot_keeps_a_chat_from_waiting_behind_lower_priority_work() -> None:
+    core = SchedulerCore(max_waiting=10, tier_slots={"server": 2}, reserved_slots=1)
+    long_chat = core.offer(1, "server")
+    assert long_chat.state is RUNNING
+    assert core.offer(1, "server").state is WAITING  # the second slot is the chats'
+    assert core.offer(0, "server").state is RUNNING
+    # With one slot nothing can be reserved: lower priorities keep their last slot.
+    single = SchedulerCore(tier_slots={"server": 1}, reserved_slots=1)
+    assert single.offer(2, "server").state is RUNNING
+
+
 def test_waiting_work_starts_first_come_first_served_within_a_level() -> None:
     core = SchedulerCore()
     running = core.offer(1)
