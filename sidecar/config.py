@@ -239,6 +239,21 @@ class UpstreamsConfig(_Model):
     fast: UpstreamConfig = UpstreamConfig(url="http://127.0.0.1:11435", model="llama3.2:1b")
     deep: UpstreamConfig = UpstreamConfig(url="http://127.0.0.1:11434", model="llama3.1:8b")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_defaults_under_given_settings(cls, data: Any) -> Any:
+        # A tier given in part (`--deep-url` alone, say) keeps its own defaults for the rest: its own
+        # model and URL, not UpstreamConfig's field defaults, which are the fast tier's.
+        if not isinstance(data, Mapping):
+            return data
+        merged = dict(data)
+        for tier in ("fast", "deep"):
+            given = merged.get(tier)
+            if isinstance(given, Mapping):
+                default = cls.model_fields[tier].default
+                merged[tier] = {"url": default.url, "model": default.model, **given}
+        return merged
+
     def for_tier(self, tier: Tier) -> UpstreamConfig:
         return self.fast if tier is Tier.FAST else self.deep
 
