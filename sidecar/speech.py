@@ -242,7 +242,7 @@ class Speaker:
             try:
                 result = await self._speak(request, text, priority, stream, meta)
             except asyncio.CancelledError:
-                stream.fail(FlightCancelled(f"every reader of {meta.flight_key!r} left"))
+                stream.fail(FlightCancelled(f"the speech of {meta.flight_key!r} was cancelled"))
                 raise
             except BaseException as exc:
                 stream.fail(exc)
