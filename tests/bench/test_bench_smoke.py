@@ -128,6 +128,24 @@ def test_coalescing_counts_upstream_and_speech_calls(tmp_path: Path) -> None:
     finite_ratios(doc, "reference_vs_lane_upstream_calls", "lane_cache_hit_p99_vs_leader_ttfa")
 
 
+def test_fleet_runs_four_sidecars_straight_to_the_server_and_through_the_gate(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "fleet")
+    check_envelope(doc, "fleet", "sim")
+    probes = doc["settings"]["probes"]
+    for variant in ("direct", "gate"):
+        result = doc["results"][variant]
+        for phase in ("alone", "flood"):
+            assert result["chat"][phase]["sent"] == probes
+            assert len(result["raw"][phase]) == probes
+        assert sum(result["identical"]["statuses"].values()) == doc["settings"]["identical_requests"]
+        assert result["identical"]["model_calls"] >= 1
+        assert sum(sum(kind["statuses"].values()) for kind in result["flood"].values()) > 0
+    overhead = doc["results"]["gate"]["gate_overhead"]
+    assert overhead["gate_first_byte_s"]["count"] == overhead["direct_first_byte_s"]["count"] > 0
+    assert overhead["gate_rss_bytes"] > 0
+    finite_ratios(doc, "direct_vs_gate_chat_under_flood_p95", "gate_vs_direct_idle_first_byte_p50")
+
+
 def test_streaming_on_the_simulator(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "streaming", "--backend", "sim")
     check_envelope(doc, "streaming", "sim")

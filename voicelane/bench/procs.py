@@ -1,4 +1,4 @@
-"""The processes a suite measures: simulator and sidecar, started and metered.
+"""The processes a suite measures: simulator, sidecar and gate, started and metered.
 
 Each `start_*` enters a `running()` context on the given ExitStack, so whatever a suite
 started is stopped when it ends, however it ends. `ProcessMeter` reads a process's CPU
@@ -88,6 +88,15 @@ def start_sim_tiers(
         deep_slots=parallel_of(deep_flags),
     )
     return tiers, fast, deep
+
+
+def start_gate(stack: contextlib.ExitStack, upstream: str, slots: int, logs: Path, name: str) -> Service:
+    """`voicelane gate` in front of `upstream` with the server's parallel slots."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = voicelane_argv("gate", "--listen", f"127.0.0.1:{port}", "--upstream", upstream, "--slots", str(slots))
+    process = stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=logs, name=name))
+    return Service(name, url, process)
 
 
 def start_sidecar(stack: contextlib.ExitStack, config: dict[str, Any], logs: Path, name: str) -> Service:
