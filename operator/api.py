@@ -69,6 +69,29 @@ TierName = Literal["fast", "deep"]
 # tests run (voicelane/gobuild/modules/ollama), so the scripts the pods run are proven on that binary.
 DEFAULT_OLLAMA_IMAGE = "ollama/ollama:0.17.4"
 
+# Labels the operator puts on every child. On a tier's pods they select the pods (Service, Deployment,
+# NetworkPolicy, disruption budget), so a lane's podLabels cannot set them.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_LANE = "voicelane.dev/lane"
+LABEL_TIER = "voicelane.dev/tier"
+OPERATOR_POD_LABELS: tuple[str, ...] = (
+    LABEL_NAME,
+    LABEL_INSTANCE,
+    LABEL_COMPONENT,
+    LABEL_PART_OF,
+    LABEL_MANAGED_BY,
+    LABEL_LANE,
+    LABEL_TIER,
+)
+ANNOTATION_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+OPERATOR_POD_ANNOTATIONS: tuple[str, ...] = (ANNOTATION_DEFAULT_CONTAINER,)
+# Keys under this prefix are the operator's and the sidecar injector's (present and future).
+RESERVED_KEY_PREFIX = "voicelane.dev/"
+
 # A lane's name prefixes Service names such as `<lane>-fast-models` (12 characters
 # of suffix), and Service names are DNS-1035 labels of at most 63 characters.
 MAX_LANE_NAME_LENGTH = 50
@@ -180,6 +203,11 @@ EXTENDED_RESOURCE_PATTERN = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 MAX_EXTENDED_RESOURCES = 16
+# Label and annotation keys: an optional DNS-subdomain prefix (at most 253 characters) and '/', then a
+# name of at most 63 characters; label values at most 63 characters of the same alphabet.
+QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+MAX_POD_METADATA_ENTRIES = 64
 
 
 def parse_quantity(value: Any) -> Decimal:
@@ -238,6 +266,25 @@ def duration_seconds(text: str) -> float:
 # --- per tier ---------------------------------------------------------------------------
 
 
+def _cel_string(text: str) -> str:
+    """A CEL single-quoted string literal of `text` (regular expressions carry backslashes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_cel_string(item) for item in items) + "]"
+
+
+def is_qualified_name(key: str) -> bool:
+    """A valid label or annotation key: `app`, `example.com/team`."""
+    prefix, _, _ = key.rpartition("/")
+    return re.fullmatch(QUALIFIED_NAME_PATTERN, key) is not None and len(prefix) <= 253
+
+
+def is_operator_key(key: str, operator_keys: tuple[str, ...]) -> bool:
+    return key in operator_keys or key.startswith(RESERVED_KEY_PREFIX)
+
+
 def is_extended_resource_name(name: str) -> bool:
     """`nvidia.com/gpu` yes; `cpu`, `hugepages-2Mi` and `kubernetes.io/...` names (native resources) no."""
     return (
@@ -253,9 +300,9 @@ class ResourcesSpec(SpecModel):
 
     cel_rules = (
         CelRule(
-            "!has(self.extended) || self.extended.all(k, k.size() <= 317 && k.matches('"
-            + EXTENDED_RESOURCE_PATTERN.replace("\\", "\\\\")
-            + "') && k.matches('^[^/]{1,253}/') && !k.contains('kubernetes.io/'))",
+            "!has(self.extended) || self.extended.all(k, k.size() <= 317 && k.matches("
+            + _cel_string(EXTENDED_RESOURCE_PATTERN)
+            + ") && k.matches('^[^/]{1,253}/') && !k.contains('kubernetes.io/'))",
             "each name must be an extended resource such as nvidia.com/gpu or amd.com/gpu (a domain, '/', a name); "
             "cpu and memory have their own fields, and kubernetes.io names are not extended resources",
             lambda r: all(is_extended_resource_name(name) for name in r.extended),
@@ -272,8 +319,8 @@ class ResourcesSpec(SpecModel):
         default_factory=dict,
         max_length=MAX_EXTENDED_RESOURCES,
         description="Extended resources by name, e.g. {nvidia.com/gpu: 1} or {amd.com/gpu: 1}: whole devices "
-        "the model server requests and limits alike. Pair it with the tier's tolerations and nodeSelector "
-        "as the GPU nodes need.",
+        "the model server requests and limits alike. Pair it with the tier's tolerations, nodeSelector or "
+        "runtimeClassName as the GPU nodes need.",
     )
 
 
@@ -323,6 +370,35 @@ class Toleration(SpecModel):
     value: str | None = Field(None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(None, description="Only with effect NoExecute.")
+
+
+class LocalObjectReference(SpecModel):
+    """A core/v1 LocalObjectReference: an object of the lane's namespace, by name."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+
+
+class TopologySpreadConstraint(SpecModel):
+    """A core/v1 TopologySpreadConstraint; without a labelSelector it spreads the tier's own pods."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.minDomains) || self.whenUnsatisfiable == 'DoNotSchedule'",
+            "minDomains applies only with whenUnsatisfiable: DoNotSchedule",
+            lambda c: c.min_domains is None or c.when_unsatisfiable == "DoNotSchedule",
+        ),
+    )
+
+    max_skew: int = Field(ge=1, description="How unevenly the pods may be spread.")
+    topology_key: str = Field(min_length=1, max_length=317, description="Node label of the domains, e.g. zone.")
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    label_selector: dict[str, Any] | None = Field(
+        None, description="A metav1.LabelSelector, passed as is. Unset: the tier's own pods (its selector labels)."
+    )
+    min_domains: int | None = Field(None, ge=1)
+    match_label_keys: tuple[str, ...] | None = Field(None, max_length=16)
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = None
+    node_taints_policy: Literal["Honor", "Ignore"] | None = None
 
 
 # Set by the operator on the model server; a lane that sets them would break the pod.
@@ -398,6 +474,28 @@ class TierUpstreamSpec(SpecModel, UpstreamConfig):
     api_key: SkipJsonSchema[None] = Field(None, exclude=True)
 
 
+def _qualified_keys_rule(field: str, python_name: str) -> CelRule:
+    return CelRule(
+        f"!has(self.{field}) || self.{field}.all(k, k.size() <= 317 && k.matches({_cel_string(QUALIFIED_NAME_PATTERN)})"
+        " && (!k.contains('/') || k.matches('^[^/]{1,253}/')))",
+        "each key must be a qualified name: an optional DNS-subdomain prefix and '/', "
+        "then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        lambda t: all(is_qualified_name(key) for key in getattr(t, python_name)),
+        field_path=f".{field}",
+    )
+
+
+def _operator_keys_rule(field: str, python_name: str, operator_keys: tuple[str, ...], what: str) -> CelRule:
+    return CelRule(
+        f"!has(self.{field}) || self.{field}.all(k, !(k in {_cel_list(operator_keys)})"
+        f" && !k.startsWith({_cel_string(RESERVED_KEY_PREFIX)}))",
+        f"the operator sets the {what} {', '.join(operator_keys)} on the tier's pods, and keys under "
+        f"{RESERVED_KEY_PREFIX} are reserved: they cannot be set here",
+        lambda t: not any(is_operator_key(key, operator_keys) for key in getattr(t, python_name)),
+        field_path=f".{field}",
+    )
+
+
 class TierSpec(SpecModel):
     """One Ollama deployment of the lane (fast or deep)."""
 
@@ -407,6 +505,10 @@ class TierSpec(SpecModel):
             "rewarmInterval must be between 1m and 24h",
             lambda t: 60 <= duration_seconds(t.rewarm_interval) <= 86400,
         ),
+        _qualified_keys_rule("podLabels", "pod_labels"),
+        _operator_keys_rule("podLabels", "pod_labels", OPERATOR_POD_LABELS, "labels"),
+        _qualified_keys_rule("podAnnotations", "pod_annotations"),
+        _operator_keys_rule("podAnnotations", "pod_annotations", OPERATOR_POD_ANNOTATIONS, "annotation"),
     )
 
     model: str = Field(
@@ -446,6 +548,34 @@ class TierSpec(SpecModel):
     priority_class_name: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Passed to the pod."
     )
+    topology_spread_constraints: tuple[TopologySpreadConstraint, ...] = Field(
+        (), max_length=8, description="Passed to the pod; a constraint without labelSelector spreads the tier's pods."
+    )
+    runtime_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="RuntimeClass of the pod, e.g. nvidia for the NVIDIA container runtime.",
+    )
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field(
+        (),
+        max_length=16,
+        description="Secrets of the lane's namespace for pulling the image from a private registry.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    pod_labels: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_METADATA_ENTRIES,
+        description="Extra labels of the tier's pods. The operator's own (app.kubernetes.io/name, instance, "
+        "component, part-of, managed-by, voicelane.dev/lane, voicelane.dev/tier) and any voicelane.dev/ key "
+        "are refused: they select the pods.",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_METADATA_ENTRIES,
+        description="Extra annotations of the tier's pods (e.g. for a service mesh or a log shipper). "
+        "kubectl.kubernetes.io/default-container and any voicelane.dev/ key are the operator's and refused.",
+    )
     env: tuple[EnvVar, ...] = Field(
         (),
         max_length=64,
@@ -459,11 +589,16 @@ class TierSpec(SpecModel):
     upstream: TierUpstreamSpec = Field(TierUpstreamSpec(), description="How sidecars call this tier.")
 
     @model_validator(mode="after")
-    def _unique_env_names(self) -> TierSpec:
-        names = [var.name for var in self.env]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"env: duplicate names {', '.join(duplicates)}")
+    def _unique_names(self) -> TierSpec:
+        for field, names in (
+            ("env", [var.name for var in self.env]),
+            ("imagePullSecrets", [secret.name for secret in self.image_pull_secrets]),
+        ):
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise PydanticCustomError(
+                    "duplicate_names", f"duplicate names {', '.join(duplicates)}", {"field_path": f".{field}"}
+                )
         return self
 
 

@@ -47,8 +47,16 @@ from typing import Any
 import yaml
 
 from voicelane.operator.api import (
+    ANNOTATION_DEFAULT_CONTAINER,
     API_VERSION,
     KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_LANE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    LABEL_TIER,
     TIERS,
     SpecError,
     TierName,
@@ -66,13 +74,6 @@ OLLAMA_PORT = 11434
 SIDECAR_METRICS_LISTEN = "0.0.0.0:9464"
 SIDECAR_CONFIG_KEY = "sidecar.yaml"
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_LANE = "voicelane.dev/lane"
-LABEL_TIER = "voicelane.dev/tier"
 ANNOTATION_SPEC_HASH = "voicelane.dev/spec-hash"
 OPERATOR_NAME = "voicelane-operator"
 MODEL_SERVER_NAME = "ollama"
@@ -476,6 +477,18 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         pod["affinity"] = tier_spec.affinity
     if tier_spec.priority_class_name is not None:
         pod["priorityClassName"] = tier_spec.priority_class_name
+    if tier_spec.topology_spread_constraints:
+        pod["topologySpreadConstraints"] = [
+            {
+                **constraint.model_dump(by_alias=True, exclude_none=True),
+                "labelSelector": constraint.label_selector or {"matchLabels": selector_labels(lane_name, tier)},
+            }
+            for constraint in tier_spec.topology_spread_constraints
+        ]
+    if tier_spec.runtime_class_name is not None:
+        pod["runtimeClassName"] = tier_spec.runtime_class_name
+    if tier_spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": secret.name} for secret in tier_spec.image_pull_secrets]
     return pod
 
 
@@ -515,8 +528,12 @@ def _deployment(
             "strategy": strategy,
             "template": {
                 "metadata": {
-                    "labels": labels,
-                    "annotations": {"kubectl.kubernetes.io/default-container": MODEL_SERVER_NAME},
+                    # The lane's own keys first: the operator's win (the spec refuses them anyway).
+                    "labels": {**dict(sorted(tier_spec.pod_labels.items())), **labels},
+                    "annotations": {
+                        **dict(sorted(tier_spec.pod_annotations.items())),
+                        ANNOTATION_DEFAULT_CONTAINER: MODEL_SERVER_NAME,
+                    },
                 },
                 "spec": _pod_spec(lane_name, tier, tier_spec),
             },

@@ -73,6 +73,8 @@ def test_free_form_only_where_kubernetes_types_pass_through(crd_schema: dict[str
         ".spec.deep.affinity",
         ".spec.fast.env[].valueFrom",
         ".spec.deep.env[].valueFrom",
+        ".spec.fast.topologySpreadConstraints[].labelSelector",
+        ".spec.deep.topologySpreadConstraints[].labelSelector",
     }
 
 

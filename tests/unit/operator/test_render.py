@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from tests.unit.operator.conftest import LANE_UID, with_spec
-from voicelane.operator.api import SpecError
+from voicelane.operator.api import OPERATOR_POD_ANNOTATIONS, OPERATOR_POD_LABELS, SpecError
 from voicelane.operator.render import ANNOTATION_SPEC_HASH, render_children, tier_warnings
 from voicelane.sidecar.config import load_config
 
@@ -44,7 +44,7 @@ def env_of(container_spec: dict[str, Any]) -> dict[str, str]:
 
 
 def lanes_to_validate() -> list[str]:
-    return ["sample", "minimal", "existing-claim", "gpu"]
+    return ["sample", "minimal", "existing-claim", "gpu", "pod-options"]
 
 
 @pytest.fixture
@@ -64,7 +64,33 @@ def lane_variants(sample_lane: dict, minimal_lane: dict) -> dict[str, dict]:
         minimal_lane,
         deep={"resources": {"cpu": "8", "memory": "24Gi", "extended": {"nvidia.com/gpu": 1, "example.com/fpga": 2}}},
     )
-    return {"sample": sample_lane, "minimal": minimal_lane, "existing-claim": existing, "gpu": gpu}
+    pod_options = with_spec(
+        minimal_lane,
+        fast={
+            "runtimeClassName": "nvidia",
+            "imagePullSecrets": [{"name": "registry-mirror"}, {"name": "ghcr"}],
+            "podLabels": {"team": "voice", "example.com/cost-centre": "ml-42"},
+            "podAnnotations": {"example.com/notes": "warm model; do not evict {please}"},
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+                {
+                    "maxSkew": 2,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"team": "voice"}},
+                    "matchLabelKeys": ["pod-template-hash"],
+                    "nodeTaintsPolicy": "Honor",
+                },
+            ],
+        },
+    )
+    return {
+        "sample": sample_lane,
+        "minimal": minimal_lane,
+        "existing-claim": existing,
+        "gpu": gpu,
+        "pod-options": pod_options,
+    }
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -322,6 +348,99 @@ def test_scheduling_passes_through(sample_lane: dict) -> None:
     ]
     assert pod["affinity"] == sample_lane["spec"]["deep"]["affinity"]
     assert "priorityClassName" not in pod
+
+
+def test_priority_class_reaches_the_pod(lane_variants: dict) -> None:
+    pod = pod_spec(render_children(lane_variants["existing-claim"]), "lane-deep")
+    assert pod["priorityClassName"] == "voice-critical"
+
+
+def test_runtime_class_and_image_pull_secrets_reach_the_pod(lane_variants: dict) -> None:
+    children = render_children(lane_variants["pod-options"])
+    pod = pod_spec(children, "lane-fast")
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["imagePullSecrets"] == [{"name": "registry-mirror"}, {"name": "ghcr"}]
+    deep = pod_spec(children, "lane-deep")  # per tier: the other tier keeps the defaults
+    assert "runtimeClassName" not in deep
+    assert "imagePullSecrets" not in deep
+
+
+def test_pod_labels_and_annotations_join_the_operators_own(lane_variants: dict) -> None:
+    deployment = by_kind_and_name(render_children(lane_variants["pod-options"]))[("Deployment", "lane-fast")]
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["labels"] == {
+        "team": "voice",
+        "example.com/cost-centre": "ml-42",
+        **deployment["metadata"]["labels"],
+    }
+    assert template["annotations"] == {
+        "example.com/notes": "warm model; do not evict {please}",
+        "kubectl.kubernetes.io/default-container": "ollama",
+    }
+    # Only the pods carry them: the Deployment's own labels and selector stay the operator's.
+    assert "team" not in deployment["metadata"]["labels"]
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_the_reserved_keys_are_exactly_those_the_operator_sets_on_the_pods(minimal_lane: dict) -> None:
+    template = by_kind_and_name(render_children(minimal_lane))[("Deployment", "lane-fast")]["spec"]["template"]
+    assert set(template["metadata"]["labels"]) == set(OPERATOR_POD_LABELS)
+    assert set(template["metadata"]["annotations"]) == set(OPERATOR_POD_ANNOTATIONS)
+
+
+@pytest.mark.parametrize(
+    ("field", "key", "message"),
+    [
+        ("podLabels", "app.kubernetes.io/name", "the operator sets the labels app.kubernetes.io/name"),
+        ("podLabels", "voicelane.dev/lane", "the operator sets the labels"),
+        ("podLabels", "voicelane.dev/anything", "keys under voicelane.dev/ are reserved"),
+        ("podAnnotations", "kubectl.kubernetes.io/default-container", "the operator sets the annotation"),
+        ("podAnnotations", "voicelane.dev/sidecar-injected", "keys under voicelane.dev/ are reserved"),
+        ("podLabels", "-team", "each key must be a qualified name"),
+        ("podAnnotations", "Example.com/notes", "each key must be a qualified name"),
+        ("podAnnotations", "x" * 64, "each key must be a qualified name"),
+        ("podAnnotations", "a" * 254 + "/notes", "each key must be a qualified name"),
+    ],
+)
+def test_pod_metadata_the_operator_owns_or_kubernetes_refuses_is_refused_at_the_field(
+    minimal_lane: dict, field: str, key: str, message: str
+) -> None:
+    with pytest.raises(SpecError) as raised:
+        render_children(with_spec(minimal_lane, deep={field: {key: "x"}}))
+    [problem] = raised.value.problems
+    assert problem.startswith(f"spec.deep.{field}: "), problem
+    assert message in problem
+
+
+def test_a_pod_label_value_kubernetes_would_refuse_is_refused(minimal_lane: dict) -> None:
+    with pytest.raises(SpecError, match=r"spec\.fast\.podLabels\.team: String should match pattern"):
+        render_children(with_spec(minimal_lane, fast={"podLabels": {"team": "voice lane"}}))
+
+
+def test_an_image_pull_secret_named_twice_is_refused(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"imagePullSecrets": [{"name": "ghcr"}, {"name": "ghcr"}]})
+    with pytest.raises(SpecError, match=r"^spec\.fast\.imagePullSecrets: duplicate names ghcr$"):
+        render_children(lane)
+
+
+def test_topology_spread_defaults_to_the_tiers_own_pods(lane_variants: dict) -> None:
+    children = by_kind_and_name(render_children(lane_variants["pod-options"]))
+    deployment = children[("Deployment", "lane-fast")]["spec"]
+    by_zone, by_host = deployment["template"]["spec"]["topologySpreadConstraints"]
+    assert by_zone == {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": deployment["selector"]["matchLabels"]},
+    }
+    assert by_host == {
+        "maxSkew": 2,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"team": "voice"}},
+        "matchLabelKeys": ["pod-template-hash"],
+        "nodeTaintsPolicy": "Honor",
+    }
 
 
 def test_network_policy_admits_only_the_lane_and_the_operator(sample_lane: dict) -> None:
