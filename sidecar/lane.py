@@ -26,6 +26,7 @@ from voicelane.sidecar.circuit import CircuitBreaker, FirstTokenWatch
 from voicelane.sidecar.classify import priority_for
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
 from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.gate_headers import MAX_DEADLINE_MS, CallInfo
 from voicelane.sidecar.guardian import Guardian
 from voicelane.sidecar.keys import request_key
 from voicelane.sidecar.metrics import SidecarMetrics
@@ -287,7 +288,8 @@ class Lane:
                 return
             if exc.retryable:
                 circuit.record_failure()
-                log.warning("generation probe of %s failed: %s (%s)", tier.value, exc.kind, exc)
+                # Every interval while the tier is down: the circuit's state is what to watch, not each probe.
+                log.debug("generation probe of %s failed: %s (%s)", tier.value, exc.kind, exc)
                 return
             # The server answered, refusing this request (see UpstreamError): it is up, and real
             # calls will meet the same refusal as an error of their own.
@@ -297,8 +299,11 @@ class Lane:
         finally:
             if isinstance(tokens, AsyncGenerator):
                 await tokens.aclose()  # the one token was all it asked for: the call ends here
+        was_in_doubt = circuit.is_open or watch.stalled
         circuit.record_success()
         watch.first_token(self.clock() - started, typical=False)
+        if was_in_doubt:
+            log.info("%s answers a generation again: it takes work again", tier.value)
 
     async def _guardian_loop(self) -> None:
         while True:
@@ -565,6 +570,7 @@ class Lane:
             temperature=float(job.options.get("temperature", shape.temperature)),
             stop=tuple(job.options.get("stop", shape.stop)),
             keep_alive=upstream.keep_alive,
+            call_info=self._call_info(job, timeline),
         )
         started = self.clock()
         watch = self.first_tokens[tier]
@@ -601,6 +607,16 @@ class Lane:
         self.saturation.record_success(tier.value)
         self.metrics.upstream_requests.labels(tier.value, "ok").inc()
         return TextResult("".join(pieces), tier.value, job.priority, dict(timeline.marks))
+
+    def _call_info(self, job: Job, timeline: StageClock) -> CallInfo:
+        """The call's priority, class, remaining first-token wait and key, for a gate in front of the server."""
+        deadline_ms = None
+        if self._latency_critical(job):
+            left_s = self.first_audio_deadline_s(job.request_class) - (self.clock() - timeline.received)
+            deadline_ms = min(MAX_DEADLINE_MS, max(1, round(left_s * 1000)))
+        # Only a lane that coalesces asks the gate to coalesce: its key is then the request's own.
+        key = job.key if self.config.single_flight.enabled else None
+        return CallInfo(job.priority, job.request_class.value, deadline_ms, key)
 
     def _latency_critical(self, job: Job) -> bool:
         """Short chats and notifications: the work a listener waits for, which a stalled tier must not hold up."""

@@ -19,7 +19,9 @@ Not the tier's (the server refused this request: any other 4xx, such as a reject
 an unknown model or a bad field; or the lane closed its own client): the answer is the
 same on a retry, so the call neither fails over, which would hide a misconfigured tier
 behind the other one, nor counts against the circuit, which a client could otherwise
-open with bad requests. `UpstreamError.fails_over` is that rule in code.
+open with bad requests. `UpstreamError.fails_over` is that rule in code. (A tier whose
+status endpoint refuses the lane as well, as one key guards both, fails its health checks
+and its circuit opens like any unhealthy tier's.)
 """
 
 from __future__ import annotations

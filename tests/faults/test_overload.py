@@ -1,9 +1,12 @@
-"""Overload: ten times the rate limit, mixed classes, unique texts (no cache can help).
+"""Overload: ten times the rate limit, mixed classes, unique texts (no cache can help); and a flood
+of lower-priority work that must not cost a single chat.
 
 The lane must refuse what it cannot take, explicitly (429/503 with Retry-After), keep
 the chat it admits within its TTFA target, stay within its memory and cache bounds,
 and be back to normal latency within seconds of the storm ending. The short variant
 runs by default; the full 60 s run is marked `soak` (run it with `pytest -m soak`).
+Under a flood of long chats and email segments that retry at once after each 429, every
+chat is admitted, as fast as on an idle lane, and the flood gets the rest of the rate.
 """
 
 from __future__ import annotations
@@ -201,3 +204,111 @@ async def test_ten_times_the_rate_limit_for_ten_seconds(start_sim, start_sidecar
 @pytest.mark.timeout(300)
 async def test_ten_times_the_rate_limit_for_a_minute(start_sim, start_sidecar) -> None:
     await run_overload(start_sim, start_sidecar, seconds=60)
+
+
+# ----- a low-priority flood ------------------------------------------------------------------------
+
+FLOOD_CLIENTS = 3
+FLOOD_RETRY_S = 0.2  # each flood client asks again this long after a 429
+CHATS = 10
+CHAT_EVERY_S = 1.2
+BURST = 8  # the default bucket
+# A long chat (over 130 characters: priority 1) and an email segment (priority 2), both on the deep tier.
+LONG_CHAT = (
+    "Hej! Jag ville bara påminna om att mötet om budgeten flyttas till torsdag klockan tio, "
+    "och att vi går igenom prognosen och kostnaderna för resor då. Meddelande {index}."
+)
+SEGMENT = (
+    "Vi går igenom prognosen och de nya kostnaderna för resor, och sedan bestämmer vi vilka "
+    "två projekt som får vänta till nästa kvartal. Stycke {index}."
+)
+
+
+@dataclass
+class Flood:
+    served: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+async def flood_client(sidecar_url: str, client: int, flood: Flood, stop: asyncio.Event) -> None:
+    """A closed loop: long chats and email segments in turn, each asked again 0.2 s after every 429."""
+    async with aiohttp.ClientSession() as session:
+        for number in itertools.count():
+            kind = "long_chat" if number % 2 == 0 else "email_segment"
+            index = f"{client}-{number}"
+            if kind == "long_chat":
+                body = {"text": LONG_CHAT.format(index=index), "source": "chat"}
+            else:
+                body = {"text": SEGMENT.format(index=index), "source": "email_segment"}
+            while True:
+                if stop.is_set():
+                    return
+                reply = await call(session, sidecar_url + "/v1/text", body)
+                if reply.status != 429:
+                    assert reply.status == 200, reply.describe()
+                    flood.served[kind] += 1
+                    break
+                assert_refusal(reply, "rate_limited", "queue_full")
+                flood.refused[reply.json()["error"]["code"]] += 1
+                await asyncio.sleep(FLOOD_RETRY_S)
+
+
+async def chat_first_tokens(sidecar_url: str, label: str, *, every_s: float) -> list[Reply]:
+    """Short chats as text streams, one every `every_s`: the first token of each is what its listener waits for."""
+    replies = []
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        for index in range(CHATS):
+            await asyncio.sleep(max(0.0, started + index * every_s - time.monotonic()))
+            body = {"text": f"Kort fråga {label} {index}, ses vi i dag?", "source": "chat", "stream": True}
+            replies.append(await call(session, sidecar_url + "/v1/text", body))
+    return replies
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
+
+
+@pytest.mark.timeout(120)
+async def test_a_low_priority_flood_never_refuses_or_slows_a_chat(start_sim, start_sidecar) -> None:
+    # Chats go to a fast tier with a realistic time to first token; the flood's long chats to the deep tier.
+    fast = start_sim("--ttft-ms", "500", "--tokens-per-s", "100", "--parallel", "8", name="fast")
+    deep = start_sim("--ttft-ms", "20", "--tokens-per-s", "200", "--parallel", "8", name="deep")
+    sidecar = start_sidecar(fast.url, deep.url)  # the default rate limit and queue
+    unloaded = await chat_first_tokens(sidecar.url, "lugnt", every_s=0.6)
+    await asyncio.sleep(BURST / RATE_LIMIT_PER_S)  # the bucket is full again
+
+    flood = Flood()
+    stop = asyncio.Event()
+    flooding = [asyncio.create_task(flood_client(sidecar.url, client, flood, stop)) for client in range(FLOOD_CLIENTS)]
+    flood_started = time.monotonic()
+    await asyncio.sleep(1.0)  # the flood has drained the bucket to what it must leave
+    loaded = await chat_first_tokens(sidecar.url, "under flod", every_s=CHAT_EVERY_S)
+    stop.set()
+    await asyncio.gather(*flooding)
+    flood_s = time.monotonic() - flood_started
+
+    for reply in unloaded + loaded:
+        assert reply.status == 200, reply.describe()
+        assert reply.complete, reply.describe()
+        assert reply.lines()[-1]["done"] is True, reply.describe()
+        assert "error" not in reply.lines()[-1], reply.describe()
+    before = [reply.first_byte_s for reply in unloaded if reply.first_byte_s is not None]
+    during = [reply.first_byte_s for reply in loaded if reply.first_byte_s is not None]
+    served = sum(flood.served.values())
+    # What the policy allows the flood: the sustained rate over its run and the burst, less what chats took.
+    allowed = BURST + RATE_LIMIT_PER_S * flood_s - len(loaded)
+    print(
+        f"\nflood of {FLOOD_CLIENTS} clients for {flood_s:.1f} s: chats {len(loaded)} of {CHATS} answered; first token "
+        f"p95 {p95(during):.3f} s (max {max(during):.3f}) under the flood, {p95(before):.3f} s "
+        f"(max {max(before):.3f}) unloaded; flood served {dict(flood.served)} = {served} "
+        f"({served / flood_s:.2f}/s, the policy allows at most {allowed:.0f}), refused {dict(flood.refused)}"
+    )
+    assert len(during) == CHATS
+    assert p95(during) <= 1.2 * p95(before), (sorted(before), sorted(during))
+    # The flood asked for far more than the rate, and still got nearly all the rate the chats left it.
+    assert flood.refused["rate_limited"] > served, flood
+    assert served <= allowed + 1, (served, allowed)
+    assert served >= 0.8 * (RATE_LIMIT_PER_S * flood_s - len(loaded)), (served, flood_s)
+    rejections = sidecar_stats(sidecar.url)["guardian"]["rejections"]
+    assert rejections["guardian_emergency"] == 0, rejections

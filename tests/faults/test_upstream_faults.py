@@ -233,12 +233,12 @@ async def test_fault_after_first_token_is_never_passed_off_as_complete(shared_la
 
 
 @pytest.mark.parametrize(
-    ("tokens_per_s", "whole"),
-    [(3.0, True), (1.5, False)],
+    ("tokens_per_s", "whole", "spoken_by"),
+    [(3.0, True, "fast"), (1.2, False, "fallback")],
     ids=["slow_within_total_timeout", "slower_than_total_timeout"],
 )
 async def test_slow_tokens_answer_late_or_time_out_and_speech_keeps_its_deadline(
-    shared_lane: Lane, tokens_per_s: float, whole: bool
+    shared_lane: Lane, tokens_per_s: float, whole: bool, spoken_by: str
 ) -> None:
     # Gaps between tokens stay under the idle timeout: the stream is slow, never stalled.
     shared_lane.reset()
@@ -247,10 +247,15 @@ async def test_slow_tokens_answer_late_or_time_out_and_speech_keeps_its_deadline
     for name, (text, reply) in replies.items():
         assert reply.elapsed_s < AFTER_FIRST_TOKEN_BOUND_S, (name, reply.describe())
         if name == "speak":
-            # The sentence cannot be complete by the chat deadline (target 3.0 s less the
-            # expected 0.3 s of speech): the original text is spoken instead, on time.
-            assert_spoken(reply, fallback="deadline")
-            assert reply.headers["X-Voicelane-Fallback"] == "deadline"
+            # The sentence cannot be complete by the chat deadline (target 3.0 s less the expected
+            # 0.3 s of speech). At 3 tokens/s its first words are, and are spoken early; at 1.2/s
+            # not even those (20 characters take five tokens): the original text is spoken
+            # instead. Either way on time.
+            if spoken_by == "fast":
+                assert_spoken(reply, tier="fast")
+            else:
+                assert_spoken(reply, fallback="deadline")
+                assert reply.headers["X-Voicelane-Fallback"] == "deadline"
             assert reply.first_byte_s is not None
             assert reply.first_byte_s < CHAT_TTFA_TARGET_S + 1.0, reply.first_byte_s
         elif whole:
@@ -316,12 +321,49 @@ async def test_503_storm_on_one_tier_is_answered_by_the_other_or_refused_clearly
     # The storm passes: within seconds the fast tier answers again.
     requests.delete(fast.url + "/sim/faults", timeout=5)
 
-    async def fast_again() -> bool:
+    async def fast_again(attempt: int) -> bool:
         async with aiohttp.ClientSession() as session:
-            reply = await call(session, sidecar.url + "/v1/text", {"text": "Lugnt igen?", "source": "chat"})
+            # A text of its own each time: an answer the deep tier gave would be served from the cache.
+            body = {"text": f"Lugnt igen {attempt}?", "source": "chat"}
+            reply = await call(session, sidecar.url + "/v1/text", body)
         return reply.status == 200 and reply.json()["tier"] == "fast"
 
     deadline = asyncio.get_running_loop().time() + 15
-    while not await fast_again():
+    attempts = itertools.count()
+    while not await fast_again(next(attempts)):
         assert asyncio.get_running_loop().time() < deadline, "the fast tier never came back"
         await asyncio.sleep(0.5)
+
+
+async def test_a_tier_that_refuses_the_lanes_key_is_not_failed_over_from(start_sim, start_sidecar) -> None:
+    # The fast tier's server wants another key: every call to it is refused with 401. That is the
+    # tier's configuration, not a failure another tier should paper over, nor one that counts towards
+    # opening its circuit (a client could otherwise open circuits with bad requests).
+    fast = start_sim("--protocol", "openai", "--api-key", "the-right-key", "--ttft-ms", "20", name="fast")
+    deep = start_sim("--ttft-ms", "20", name="deep")
+    # Health checks (which the same key guards) are rare here, so only the calls could open the circuit.
+    fast_upstream = {"protocol": "openai", "api_key": "a-wrong-key", "health_interval_s": 60}
+    sidecar = start_sidecar(fast.url, deep.url, config={"upstreams": {"fast": fast_upstream}})
+    async with aiohttp.ClientSession() as session:
+        for index in range(4):
+            text = f"Nyckeln {index} är fel."
+            reply = await call(session, sidecar.url + "/v1/text", {"text": text, "source": "chat"})
+            assert_refusal(reply, "upstream_failed")
+            assert reply.status == 502, reply.describe()
+            assert "refused the request" in reply.json()["error"]["message"], reply.describe()
+            assert "401" in reply.json()["error"]["message"], reply.describe()
+        spoken = await call(
+            session, sidecar.url + "/v1/speak", {"text": "Nyckeln är fortfarande fel.", "source": "chat"}
+        )
+        # A chat always speaks: the original text, since the tier it was routed to refused it.
+        assert_spoken(spoken, fallback="model_failure")
+        # The deep tier is healthy and answers what is routed to it.
+        long_text = "Ett längre meddelande om mötet i morgon, som går till den djupa nivån. " * 3
+        deep_reply = await call(session, sidecar.url + "/v1/text", {"text": long_text, "source": "chat"})
+        assert deep_reply.status == 200, deep_reply.describe()
+        assert deep_reply.json()["tier"] == "deep"
+    assert sim_stats(deep.url)["calls"].get("/api/chat", 0) == 1  # the long text only: nothing failed over
+    # Five refused calls, and one refused health check at start: counted, they would have opened it.
+    fast_state = requests.get(sidecar.url + "/v1/stats", timeout=5).json()["upstreams"]["fast"]
+    assert fast_state["circuit"] == "closed", fast_state
+    assert sim_stats(fast.url)["responses"].get("/v1/chat/completions 401", 0) == 5
