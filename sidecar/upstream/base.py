@@ -35,6 +35,7 @@ from typing import Literal
 import aiohttp
 
 from voicelane.sidecar.config import Protocol, UpstreamConfig
+from voicelane.sidecar.gate_headers import CallInfo
 
 ErrorKind = Literal["refused", "timeout", "http_status", "protocol", "server_error", "cancelled"]
 
@@ -90,6 +91,8 @@ class ChatRequest:
     temperature: float | None = None
     stop: tuple[str, ...] | None = None
     keep_alive: str | None = None
+    # What a gate in front of the server needs to order and coalesce the call (sent as headers).
+    call_info: CallInfo | None = None
 
 
 class UpstreamClient(ABC):

@@ -152,7 +152,10 @@ class HttpUpstreamClient(UpstreamClient):
         session = self.session()
         try:
             async with asyncio.timeout_at(first_token_deadline):
-                response = await session.post(self.base_url + self.chat_path, json=self.chat_body(request))
+                headers = request.call_info.headers() if request.call_info is not None else None
+                response = await session.post(
+                    self.base_url + self.chat_path, json=self.chat_body(request), headers=headers
+                )
         except TimeoutError as exc:
             raise self._timeout_error(
                 exc, first_token=True, deadline_is_total=first_token_deadline == total_deadline

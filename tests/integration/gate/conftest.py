@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sidecar.conftest import Endpoint, start_sim
+from tests.integration.sidecar.conftest import Endpoint, start_sidecar, start_sim
 from voicelane.processes import free_port, running, voicelane_argv
 
-__all__ = ["start_gate", "start_sim"]
+__all__ = ["start_gate", "start_sidecar", "start_sim"]
 
 
 @pytest.fixture

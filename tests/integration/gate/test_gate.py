@@ -80,7 +80,13 @@ async def test_with_two_slots_a_chat_takes_the_reserved_one_while_longer_work_wa
     async with aiohttp.ClientSession() as session:
         long_chats = [
             asyncio.create_task(
-                first_byte_at(session, gate.url, f"Lång chatt {n} om allt möjligt som hände i går och i dag på jobbet.", CallInfo(1), start)
+                first_byte_at(
+                    session,
+                    gate.url,
+                    f"Lång chatt {n} om allt möjligt som hände i går och i dag på jobbet.",
+                    CallInfo(1),
+                    start,
+                )
             )
             for n in range(2)
         ]
@@ -222,3 +228,32 @@ def test_an_overloaded_model_server_process_blocks_model_work_with_retry_after(s
     while requests.post(gate.url + "/api/chat", json=chat("Hej."), timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the guardian never unblocked"
         time.sleep(0.1)
+
+
+async def test_sidecars_in_front_of_the_gate_tell_it_each_calls_priority_class_and_key(
+    start_sim, start_sidecar, start_gate
+) -> None:
+    sim = start_sim("--ttft-ms", "300")
+    gate = start_gate(sim.url, "--slots", "2")
+    pod_a, pod_b = start_sidecar(gate.url, name="pod-a"), start_sidecar(gate.url, name="pod-b")
+    assert pod_a.post("/v1/speak", json={"text": "Hej Anna, ses vi i kväll?", "source": "chat"}).status_code == 200
+    segment = pod_a.post("/v1/speak", json={"text": "Mötet flyttas till torsdag.", "source": "email_segment"})
+    assert segment.status_code == 200
+    finished = gauge(gate.url, "voicelane_gate_requests_total")
+    assert finished["outcome=ok,priority=0,request_class=chat"] == 1
+    assert finished["outcome=ok,priority=2,request_class=email_segment"] == 1
+    # The same notification from two app pods at once: one model call, shared at the gate.
+    calls = sim.get("/sim/stats").json()["calls"]["/api/chat"]
+    text = {"text": "Paketet har kommit till brevlådan.", "source": "notification"}
+    async with aiohttp.ClientSession() as session:
+
+        async def speak(url: str) -> bytes:
+            async with session.post(url + "/v1/speak", json=text) as response:
+                assert response.status == 200
+                return await response.read()
+
+        first, second = await asyncio.gather(speak(pod_a.url), speak(pod_b.url))
+    assert len(first) > 44  # audio beyond the WAV header (each pod synthesises its own: espeak varies a little)
+    assert len(second) > 44
+    assert gauge(gate.url, "voicelane_gate_calls_total")["priority=0,role=joiner"] == 1
+    assert sim.get("/sim/stats").json()["calls"]["/api/chat"] == calls + 1
