@@ -6,7 +6,9 @@ the answer is a JSONPatch that adds the sidecar (injection.py); otherwise the po
 is, with a warning the client sees (kubectl prints it) and a log line. The webhook never denies a
 pod: whatever goes wrong here, including a bug, the pod is admitted unchanged with a warning, and
 the configuration's failurePolicy Ignore covers a webhook that is down or slow. A request that is
-not an AdmissionReview gets HTTP 400 naming what is wrong.
+not an AdmissionReview gets HTTP 400 naming what is wrong; its body is held to the sidecar's rules for
+JSON (`voicelane.sidecar.edge`): it decodes as its Content-Encoding says, nests at most 128 levels,
+and holds no string UTF-8 cannot carry (a lone surrogate escape), each refused naming the field.
 
 TLS: with `--webhook-cert-dir`, the server uses tls.crt and tls.key from it and re-reads them when
 they change (a Secret renewed by cert-manager or the chart). Without it, kopf makes a self-signed
@@ -23,6 +25,7 @@ import datetime
 import functools
 import ipaddress
 import json
+import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Any, Literal
 
 import aiohttp.web
 import kopf
+from aiohttp.http_exceptions import HttpProcessingError
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,6 +50,8 @@ from voicelane.operator.injection import (
 )
 from voicelane.operator.main import host_port
 from voicelane.operator.render import LABEL_LANE
+from voicelane.sidecar.edge import parse_json, parser_reason, unreadable_body
+from voicelane.sidecar.errors import ApiError
 
 # The handler id is the URL path kopf's server routes to it: the chart's webhook calls /mutate-pods.
 WEBHOOK_ID = "mutate-pods"
@@ -247,10 +253,41 @@ def _bad_request(problems: list[str]) -> aiohttp.web.HTTPBadRequest:
     return aiohttp.web.HTTPBadRequest(text=body, content_type="application/json")
 
 
+class QuietHttpRefusals(logging.Filter):
+    """One info line, without a traceback, for each request aiohttp's HTTP parser refuses.
+
+    aiohttp logs those (headers too large, Content-Length beside Transfer-Encoding, a bad chunk
+    size, …) at ERROR with a traceback each, so any client could flood the log. kopf builds the
+    webhook's HTTP server itself, so its answer to them stays aiohttp's own plain-text 400.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | aiohttp.web.RequestPayloadError):
+            line = "Webhook request refused by the HTTP parser: %s", parser_reason(str(exc))
+        elif isinstance(exc, ConnectionError):
+            line = "Webhook client left before its answer: %s", type(exc).__name__
+        else:
+            return True
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.msg, record.args = line[0], line[1:]
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_http_refusals() -> None:
+    """Install `QuietHttpRefusals` on aiohttp's server log, once."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(existing, QuietHttpRefusals) for existing in server_log.filters):
+        server_log.addFilter(QuietHttpRefusals())
+
+
 class InjectionWebhookServer(kopf.WebhookServer):
     """kopf's webhook server, made strict about its input and able to make its own certificate."""
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        quiet_http_refusals()
+
         async def checked(request: Any, **kwargs: Any) -> Any:
             # kopf reads the review with plain indexing: a wrong shape would end in a 500 there.
             problems = review_problems(request)
@@ -264,13 +301,22 @@ class InjectionWebhookServer(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        # kopf decodes the body as text itself; bytes that are not text in the declared charset
-        # would end there in a 500, so they are refused here first.
-        body = await request.read()  # aiohttp keeps the body: kopf reads it again
+        # kopf reads the body and decodes it as JSON itself; a body it cannot read (not what its
+        # Content-Encoding says), bytes that are not text in the declared charset, or JSON it cannot
+        # decode or carry (nested past the recursion limit, lone surrogates) would end there in a 500,
+        # so they are refused here first.
         try:
-            body.decode(request.charset or "utf-8")
+            body = await request.read()  # aiohttp keeps the body: kopf reads it again
+        except aiohttp.web.RequestPayloadError as exc:
+            raise _bad_request([f"body: {unreadable_body(request, exc).message}"]) from None
+        try:
+            text = body.decode(request.charset or "utf-8")
         except (UnicodeDecodeError, LookupError) as exc:
             raise _bad_request([f"body: not text in {request.charset or 'utf-8'}: {exc}"]) from None
+        try:
+            parse_json(text)
+        except ApiError as exc:
+            raise _bad_request([f"body: {exc.message}"]) from None
         response: aiohttp.web.Response = await kopf.WebhookServer._serve(fn, request)
         return response
 

@@ -26,7 +26,14 @@ from voicelane import __version__
 from voicelane.sidecar import transparent
 from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
-from voicelane.sidecar.edge import TextRequest, decode_json_object, parse_text_request, read_body
+from voicelane.sidecar.edge import (
+    REQUEST_ID_KEY,
+    ApiAppRunner,
+    TextRequest,
+    decode_json_object,
+    parse_text_request,
+    read_body,
+)
 from voicelane.sidecar.egress import BoundedStreamResponse, ClientTooSlow
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.followups import FollowUpStore
@@ -96,10 +103,12 @@ async def request_log_middleware(
     try:
         response = await handler(request)
     except (asyncio.CancelledError, ConnectionResetError):
+        # A client that leaves is no error: this one line is all the log says of it.
+        fields["request_id"] = request.get(REQUEST_ID_KEY) or fields["request_id"]
         request_log.info("request abandoned by the client", extra=fields)
         raise
     fields.update(
-        request_id=response.headers.get("X-Request-Id") or fields["request_id"],
+        request_id=response.headers.get("X-Request-Id") or request.get(REQUEST_ID_KEY) or fields["request_id"],
         status=response.status,
         error_code=response.get("error_code") or response.headers.get("X-Voicelane-Error"),
         duration_s=round(time.monotonic() - started, 6),
@@ -117,6 +126,7 @@ async def handle_text(request: web.Request) -> web.StreamResponse:
     received = time.monotonic()
     payload = decode_json_object(await read_body(request, lane.config.limits))
     text_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    request[REQUEST_ID_KEY] = text_request.request_id
     log.debug("text received", extra={"request_id": text_request.request_id, "text": text_request.text})
     job = lane.text_job(
         text=text_request.text,
@@ -203,6 +213,7 @@ async def handle_speak(request: web.Request) -> web.StreamResponse:
     stages = StageClock(time.monotonic())
     payload = decode_json_object(await read_body(request, lane.config.limits))
     speak_request = parse_text_request(payload, lane.config.limits, default_lang=lane.config.default_lang)
+    request[REQUEST_ID_KEY] = speak_request.request_id
     log.debug("text received", extra={"request_id": speak_request.request_id, "text": speak_request.text})
     try:
         submission = speaker.submit(speak_request, stages)
@@ -608,7 +619,7 @@ async def _serve_async(
                 continue
             # Handler cancellation: a client that disconnects stops its handler, so work nobody
             # waits for any more (a queued request, a whole answer being gathered) is let go.
-            runner = web.AppRunner(
+            runner = ApiAppRunner(
                 application,
                 access_log=None,
                 shutdown_timeout=config.server.shutdown_grace_s,
@@ -621,8 +632,8 @@ async def _serve_async(
             log.info("listening on %s", address)
         await stop.wait()
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        for started in reversed(runners):
+            await started.cleanup()
 
 
 # Where the hard limit is unlimited, the kernel still refuses more than its nr_open (2**20 by default).

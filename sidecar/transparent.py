@@ -30,7 +30,7 @@ from aiohttp import web
 
 from voicelane.sidecar.classify import default_class_for_text
 from voicelane.sidecar.config import Protocol, RequestClass, Tier
-from voicelane.sidecar.edge import check_text, decode_json_object, parse_class, read_body
+from voicelane.sidecar.edge import REQUEST_ID, REQUEST_ID_KEY, check_text, decode_json_object, parse_class, read_body
 from voicelane.sidecar.egress import BoundedStreamResponse
 from voicelane.sidecar.errors import ApiError, bad_request
 from voicelane.sidecar.lane import Lane, Submission
@@ -163,6 +163,16 @@ def _messages(payload: dict[str, Any], lane: Lane, *, api: Api) -> list[dict[str
 def _present(body: dict[str, Any], keys: set[str]) -> bool:
     """True if any of `keys` holds something: Ollama's own client sends `"tools": []` with every chat."""
     return any(body[key] not in (None, "", [], {}) for key in keys)
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's X-Request-Id, which is echoed in the answer's headers, or a new one."""
+    given = request.headers.get("X-Request-Id")
+    if not given:
+        return uuid.uuid4().hex
+    if not REQUEST_ID.fullmatch(given):
+        raise bad_request("invalid_field", "the X-Request-Id header must be 1 to 128 letters, digits or . _ : -")
+    return given
 
 
 def _source(request: web.Request) -> RequestClass | None:
@@ -304,9 +314,9 @@ def add_routes(app: web.Application, lane_key: web.AppKey[Lane], metrics_key: we
         lane, metrics = request.app[lane_key], request.app[metrics_key]
         endpoint = {"ollama_chat": "api_chat", "ollama_generate": "api_generate", "openai": "v1_chat_completions"}[api]
         error = _openai_error if api == "openai" else _ollama_error
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         raw = b""
         try:
+            request_id = request[REQUEST_ID_KEY] = _request_id(request)
             raw = await read_body(request, lane.config.limits)
             call = _parse_call(decode_json_object(raw), request, lane, api=api)
         except ApiError as exc:
