@@ -324,10 +324,26 @@ class ResourcesSpec(SpecModel):
     )
 
 
+class EmptyDirSpec(SpecModel):
+    """The model store of a tier without a claim: an emptyDir of each pod, pulled into when the pod starts."""
+
+    size_limit: Quantity | None = Field(
+        None,
+        description="Most the store may hold, e.g. 8Gi; the model server requests and limits as much "
+        "ephemeral-storage more (1Gi more, for its home, /tmp and logs). Unset: derived from the model's "
+        "download size (the README lists the built-in sizes; 16Gi for a model not listed).",
+    )
+
+
 class StorageSpec(SpecModel):
-    """Where pulled models are kept; with neither size nor existingClaim, an emptyDir."""
+    """Where pulled models are kept: a new claim (size), yours (existingClaim) or, with neither, an emptyDir."""
 
     cel_rules = (
+        CelRule(
+            "!has(self.emptyDir) || !(has(self.size) || has(self.existingClaim))",
+            "emptyDir is the store without a claim: set it, or size or existingClaim, not both",
+            lambda s: s.empty_dir is None or (s.size is None and s.existing_claim is None),
+        ),
         CelRule(
             "!(has(self.size) && has(self.existingClaim))",
             "size and existingClaim are mutually exclusive: size asks for a new claim, existingClaim mounts yours",
@@ -350,8 +366,13 @@ class StorageSpec(SpecModel):
     access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
         "ReadWriteOnce",
         description="Access mode of the claim (new or existing). Pods of a ReadWriteMany claim roll over "
-        "with a surge; the others are replaced one after the other (Recreate).",
+        "with a surge; the others are replaced one after the other (Recreate). A tier of more than one "
+        "replica needs ReadWriteMany: each replica does not get a claim of its own.",
     )
+    empty_dir: EmptyDirSpec | None = Field(None, description="Without a claim: the emptyDir's size.")
+
+    def uses_claim(self) -> bool:
+        return self.size is not None or self.existing_claim is not None
 
 
 class Toleration(SpecModel):
@@ -505,6 +526,22 @@ class TierSpec(SpecModel):
             "rewarmInterval must be between 1m and 24h",
             lambda t: 60 <= duration_seconds(t.rewarm_interval) <= 86400,
         ),
+        CelRule(
+            "!has(self.replicas) || self.replicas <= 1 || !has(self.storage)"
+            " || !(has(self.storage.size) || has(self.storage.existingClaim))"
+            " || (has(self.storage.accessMode) && self.storage.accessMode == 'ReadWriteMany')",
+            "more than one replica cannot share a ReadWriteOnce or ReadWriteOncePod claim (one node or one pod "
+            "mounts it): set replicas to 1, storage.accessMode to ReadWriteMany, or leave size and existingClaim "
+            "unset for an emptyDir per pod",
+            lambda t: (
+                t.replicas is None
+                or t.replicas <= 1
+                or t.storage is None
+                or not t.storage.uses_claim()
+                or t.storage.access_mode == "ReadWriteMany"
+            ),
+            field_path=".replicas",
+        ),
         _qualified_keys_rule("podLabels", "pod_labels"),
         _operator_keys_rule("podLabels", "pod_labels", OPERATOR_POD_LABELS, "labels"),
         _qualified_keys_rule("podAnnotations", "pod_annotations"),
@@ -541,7 +578,9 @@ class TierSpec(SpecModel):
         le=1_048_576,
         description="Context window in tokens (OLLAMA_CONTEXT_LENGTH); unset: Ollama's.",
     )
-    storage: StorageSpec | None = Field(None, description="Model store; unset: an emptyDir (pulled again per pod).")
+    storage: StorageSpec | None = Field(
+        None, description="Model store; unset: an emptyDir sized from the model (pulled again per pod)."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Passed to the pod.")
     tolerations: tuple[Toleration, ...] = Field((), max_length=64, description="Passed to the pod.")
     affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed to the pod as is.")

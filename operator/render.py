@@ -10,7 +10,9 @@ Per tier (`fast`, `deep`):
 - a Service `<lane>-<tier>` (fast on port 11435, deep on 11434, both to the pod's
   11434);
 - a PersistentVolumeClaim `<lane>-<tier>-models` when `storage.size` is given
-  (`existingClaim` is mounted as is; without storage an emptyDir holds the models);
+  (`existingClaim` is mounted as is; without a claim an emptyDir holds the models, its
+  `sizeLimit` from `storage.emptyDir.sizeLimit` or the model's download size, and the pod
+  requests that much ephemeral-storage and more for its scratch space);
 - a PodDisruptionBudget `<lane>-<tier>` when the tier has more than one replica, or leaves
   its replicas unset (to an autoscaler: the Deployment then has no `replicas` of the operator's).
 Lane-wide: the ConfigMap `<lane>-sidecar` (`sidecar.yaml`, the complete sidecar
@@ -41,7 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -84,7 +88,35 @@ RUN_AS_UID = 65532
 MODELS_PATH = "/models"
 HOME_PATH = "/home/ollama"
 WARMER_CHECK_SECONDS = 10
-WARMER_RESOURCES = {"cpu": "100m", "memory": "128Mi"}
+# The warmer writes nothing but its log lines.
+WARMER_RESOURCES = {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "64Mi"}
+# Besides the model store, the model server and the pull write HOME (keys), /tmp and their logs.
+HOME_SIZE_LIMIT = "256Mi"
+TMP_SIZE_LIMIT = "256Mi"
+SCRATCH_STORAGE = "1Gi"  # HOME, /tmp and up to 512Mi of logs
+
+# Download sizes of common models (as ollama.com lists them, in bytes), the base of the default emptyDir
+# sizeLimit: the size with a quarter more, rounded up to whole GiB. Keyed by the name `ollama ps` shows.
+MODEL_DOWNLOAD_BYTES: Mapping[str, int] = {
+    "gemma3:1b": 815_000_000,
+    "gemma3:4b": 3_300_000_000,
+    "llama3.1:8b": 4_900_000_000,
+    "llama3.1:latest": 4_900_000_000,
+    "llama3.2:1b": 1_300_000_000,
+    "llama3.2:3b": 2_000_000_000,
+    "llama3.2:latest": 2_000_000_000,
+    "llama3:8b": 4_700_000_000,
+    "llama3:latest": 4_700_000_000,
+    "qwen2.5:0.5b": 398_000_000,
+    "qwen2.5:1.5b": 986_000_000,
+    "qwen2.5:3b": 1_900_000_000,
+    "qwen2.5:7b": 4_700_000_000,
+    "qwen2.5:latest": 4_700_000_000,
+    "smollm2:135m": 271_000_000,
+}
+MODEL_STORE_HEADROOM = Decimal("1.25")
+# Enough for most 13B models at 4-bit quantization; a tier of another model says its own size.
+UNKNOWN_MODEL_STORE_LIMIT = "16Gi"
 # Generous: an 8B model pulls gigabytes before its first load.
 PROGRESS_DEADLINE_SECONDS = 3600
 STARTUP_PROBE_PERIOD_SECONDS = 5
@@ -216,6 +248,46 @@ def loaded_model_name(model: str) -> str:
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
 
+# --- the model store ---------------------------------------------------------------------
+
+_GI = 2**30
+_MI = 2**20
+
+
+def byte_quantity(amount: Decimal) -> str:
+    """Bytes as a quantity: whole GiB as `NGi`, anything else rounded up to whole MiB."""
+    if amount % _GI == 0:
+        return f"{int(amount // _GI)}Gi"
+    return f"{math.ceil(amount / _MI)}Mi"
+
+
+def default_model_store_limit(model: str) -> str:
+    """The emptyDir sizeLimit of a model when the lane sets none (see MODEL_DOWNLOAD_BYTES)."""
+    download = MODEL_DOWNLOAD_BYTES.get(loaded_model_name(model))
+    if download is None:
+        return UNKNOWN_MODEL_STORE_LIMIT
+    return f"{max(1, math.ceil(download * MODEL_STORE_HEADROOM / _GI))}Gi"
+
+
+def model_store_size_limit(tier_spec: TierSpec) -> str | None:
+    """The sizeLimit of a tier's model-store emptyDir; None when a claim holds the models."""
+    storage = tier_spec.storage
+    if storage is not None and storage.uses_claim():
+        return None
+    if storage is not None and storage.empty_dir is not None and storage.empty_dir.size_limit is not None:
+        return storage.empty_dir.size_limit
+    return default_model_store_limit(tier_spec.model)
+
+
+def model_server_ephemeral_storage(tier_spec: TierSpec) -> str:
+    """Ephemeral storage of the model server and the pull: the emptyDir model store, if any, and scratch."""
+    total = parse_quantity(SCRATCH_STORAGE)
+    store = model_store_size_limit(tier_spec)
+    if store is not None:
+        total += parse_quantity(store)
+    return byte_quantity(total)
+
+
 # --- the sidecar configuration ---------------------------------------------------------
 
 
@@ -278,13 +350,29 @@ def tier_warnings(spec: VoiceLaneSpec | Mapping[str, Any]) -> list[str]:
                 "the kubelet's static CPU manager pins only whole CPUs, so this tier shares cores"
             )
         storage = tier_spec.storage
-        uses_claim = storage is not None and (storage.size is not None or storage.existing_claim is not None)
-        several = tier_spec.replicas is not None and tier_spec.replicas > 1
-        if uses_claim and storage is not None and several and storage.access_mode != "ReadWriteMany":
+        if (
+            storage is not None
+            and storage.uses_claim()
+            and tier_spec.replicas is None
+            and storage.access_mode != "ReadWriteMany"
+        ):
             warnings.append(
-                f"spec.{tier}.storage is a {storage.access_mode} claim "
-                f"shared by {tier_spec.replicas} replicas: "
-                "pods on different nodes cannot mount it; use ReadWriteMany or one replica"
+                f"spec.{tier}.storage.accessMode is {storage.access_mode} and spec.{tier}.replicas is unset: "
+                "a scale above 1 (an autoscaler, kubectl scale) leaves the pods that cannot mount the claim "
+                "Pending; use ReadWriteMany"
+            )
+        store = model_store_size_limit(tier_spec)
+        download = MODEL_DOWNLOAD_BYTES.get(loaded_model_name(tier_spec.model))
+        if store is not None and download is None and store == default_model_store_limit(tier_spec.model):
+            warnings.append(
+                f"spec.{tier}.model {tier_spec.model} has no built-in download size: its emptyDir is limited to "
+                f"{UNKNOWN_MODEL_STORE_LIMIT} (and as much ephemeral-storage requested); "
+                f"set spec.{tier}.storage.emptyDir.sizeLimit to fit it"
+            )
+        elif store is not None and download is not None and parse_quantity(store) < download:
+            warnings.append(
+                f"spec.{tier}.storage.emptyDir.sizeLimit is {store}, less than the {download / 1e9:.1f} GB "
+                f"{tier_spec.model} downloads: the pod is evicted while it pulls"
             )
         if tier_spec.replicas == 0:
             warnings.append(f"spec.{tier}.replicas is 0: the {tier} tier has no pods and the lane cannot be ready")
@@ -303,8 +391,10 @@ def _metadata(name: str, namespace: str, labels: dict[str, str], owner: dict[str
     return {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}
 
 
-def _resources(cpu: str, memory: str, extended: Mapping[str, int] | None = None) -> dict[str, Any]:
-    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+def _resources(
+    cpu: str, memory: str, ephemeral_storage: str, extended: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_storage}
     # Extended resources cannot be overcommitted: Kubernetes requires their requests to equal their limits.
     amounts.update((name, str(count)) for name, count in sorted((extended or {}).items()))
     return {"requests": dict(amounts), "limits": dict(amounts)}
@@ -372,18 +462,17 @@ def _model_store_volume(lane_name: str, tier: TierName, tier_spec: TierSpec) -> 
         return {"name": "models", "persistentVolumeClaim": {"claimName": storage.existing_claim}}
     if storage is not None and storage.size is not None:
         return {"name": "models", "persistentVolumeClaim": {"claimName": claim_name(lane_name, tier)}}
-    return {"name": "models", "emptyDir": {}}
+    return {"name": "models", "emptyDir": {"sizeLimit": model_store_size_limit(tier_spec)}}
 
 
 def _uses_exclusive_claim(tier_spec: TierSpec) -> bool:
     storage = tier_spec.storage
-    if storage is None or (storage.size is None and storage.existing_claim is None):
-        return False
-    return storage.access_mode != "ReadWriteMany"
+    return storage is not None and storage.uses_claim() and storage.access_mode != "ReadWriteMany"
 
 
 def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, Any]:
     cpu, memory = tier_spec.resources.cpu, tier_spec.resources.memory
+    ephemeral_storage = model_server_ephemeral_storage(tier_spec)
     server_mounts = [
         {"name": "models", "mountPath": MODELS_PATH},
         {"name": "home", "mountPath": HOME_PATH},
@@ -404,7 +493,7 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         )
         + _extra_env(tier_spec),
         # Equal to the server's: keeps the pod Guaranteed without raising its total.
-        "resources": _resources(cpu, memory),
+        "resources": _resources(cpu, memory, ephemeral_storage),
         "securityContext": _container_security(),
         "volumeMounts": server_mounts,
     }
@@ -415,7 +504,7 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
         "env": _model_server_env(tier_spec),
         # Only the model server gets the tier's devices: the pull and the warmer never run the model.
-        "resources": _resources(cpu, memory, tier_spec.resources.extended),
+        "resources": _resources(cpu, memory, ephemeral_storage, tier_spec.resources.extended),
         "securityContext": _container_security(),
         "volumeMounts": server_mounts,
         "startupProbe": _exec_probe(
@@ -445,7 +534,9 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
                 "VOICELANE_CHECK_SECONDS": str(WARMER_CHECK_SECONDS),
             }
         ),
-        "resources": _resources(WARMER_RESOURCES["cpu"], WARMER_RESOURCES["memory"]),
+        "resources": _resources(
+            WARMER_RESOURCES["cpu"], WARMER_RESOURCES["memory"], WARMER_RESOURCES["ephemeral-storage"]
+        ),
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -465,8 +556,8 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         "containers": [server, warmer],
         "volumes": [
             _model_store_volume(lane_name, tier, tier_spec),
-            {"name": "home", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {"sizeLimit": HOME_SIZE_LIMIT}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         ],
     }
     if tier_spec.node_selector:

@@ -11,7 +11,13 @@ import pytest
 
 from tests.unit.operator.conftest import LANE_UID, with_spec
 from voicelane.operator.api import OPERATOR_POD_ANNOTATIONS, OPERATOR_POD_LABELS, SpecError
-from voicelane.operator.render import ANNOTATION_SPEC_HASH, render_children, tier_warnings
+from voicelane.operator.render import (
+    ANNOTATION_SPEC_HASH,
+    MODEL_DOWNLOAD_BYTES,
+    default_model_store_limit,
+    render_children,
+    tier_warnings,
+)
 from voicelane.sidecar.config import load_config
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
@@ -104,7 +110,6 @@ def test_sample_children_and_their_names(sample_lane: dict) -> None:
     assert list(by_kind_and_name(render_children(sample_lane))) == [
         ("ConfigMap", "voice-sidecar"),
         ("NetworkPolicy", "voice-ollama"),
-        ("PersistentVolumeClaim", "voice-fast-models"),
         ("Service", "voice-fast"),
         ("Deployment", "voice-fast"),
         ("Service", "voice-deep"),
@@ -156,18 +161,17 @@ def test_pods_are_guaranteed_qos(sample_lane: dict) -> None:
         for spec in pod["initContainers"] + pod["containers"]:
             resources = spec["resources"]
             assert resources["requests"] == resources["limits"], spec["name"]
-            assert set(resources["requests"]) == {"cpu", "memory"}, spec["name"]
-        assert container(pod, "ollama")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
-        assert container(pod, "pull-model")["resources"]["limits"] == {"cpu": cpu, "memory": memory}
+            assert set(resources["requests"]) == {"cpu", "memory", "ephemeral-storage"}, spec["name"]
+        for name in ("ollama", "pull-model"):
+            limits = container(pod, name)["resources"]["limits"]
+            assert (limits["cpu"], limits["memory"]) == (cpu, memory)
 
 
 def test_extended_resources_go_to_the_model_server_with_requests_equal_to_limits(lane_variants: dict) -> None:
     pod = pod_spec(render_children(lane_variants["gpu"]), "lane-deep")
     devices = {"example.com/fpga": "2", "nvidia.com/gpu": "1"}
-    assert container(pod, "ollama")["resources"] == {
-        "requests": {"cpu": "8", "memory": "24Gi", **devices},
-        "limits": {"cpu": "8", "memory": "24Gi", **devices},
-    }
+    reserved = {"cpu": "8", "memory": "24Gi", "ephemeral-storage": "7Gi", **devices}
+    assert container(pod, "ollama")["resources"] == {"requests": reserved, "limits": reserved}
     # The pull and the warmer never run the model: no device is held for them.
     for name in ("pull-model", "warmer"):
         assert not set(container(pod, name)["resources"]["limits"]) & set(devices), name
@@ -294,25 +298,88 @@ def test_pods_are_hardened(sample_lane: dict) -> None:
             assert any(env["HOME"].startswith(path) for path in mounts), spec["name"]
 
 
-def test_storage_size_asks_for_a_claim_and_the_pods_mount_it(sample_lane: dict) -> None:
-    children = by_kind_and_name(render_children(sample_lane))
-    claim = children[("PersistentVolumeClaim", "voice-fast-models")]["spec"]
+def test_storage_size_asks_for_a_claim_and_the_pods_mount_it(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"replicas": 1, "storage": {"size": "5Gi"}})
+    children = by_kind_and_name(render_children(lane))
+    claim = children[("PersistentVolumeClaim", "lane-fast-models")]["spec"]
     assert claim == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}
-    fast = children[("Deployment", "voice-fast")]["spec"]
-    assert {"name": "models", "persistentVolumeClaim": {"claimName": "voice-fast-models"}} in fast["template"]["spec"][
+    fast = children[("Deployment", "lane-fast")]["spec"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "lane-fast-models"}} in fast["template"]["spec"][
         "volumes"
     ]
     # A ReadWriteOnce claim cannot be mounted by a surge pod on another node.
     assert fast["strategy"] == {"type": "Recreate"}
+    # The models are on the claim: the pod's ephemeral storage is its scratch space only.
+    server = container(fast["template"]["spec"], "ollama")
+    assert server["resources"]["limits"]["ephemeral-storage"] == "1Gi"
 
 
-def test_without_storage_models_live_in_an_empty_dir(sample_lane: dict) -> None:
+def test_without_a_claim_models_live_in_an_empty_dir_the_pod_reserves_storage_for(sample_lane: dict) -> None:
     deep = by_kind_and_name(render_children(sample_lane))[("Deployment", "voice-deep")]["spec"]
-    assert {"name": "models", "emptyDir": {}} in deep["template"]["spec"]["volumes"]
+    pod = deep["template"]["spec"]
+    assert {"name": "models", "emptyDir": {"sizeLimit": "8Gi"}} in pod["volumes"]  # storage.emptyDir.sizeLimit
+    # The store, plus HOME, /tmp and logs; the pull writes the same store, so it reserves the same.
+    for name in ("ollama", "pull-model"):
+        resources = container(pod, name)["resources"]
+        assert resources["requests"]["ephemeral-storage"] == resources["limits"]["ephemeral-storage"] == "9Gi"
+    assert container(pod, "warmer")["resources"]["limits"]["ephemeral-storage"] == "64Mi"
+    scratch = {
+        volume["name"]: volume["emptyDir"]["sizeLimit"] for volume in pod["volumes"] if volume["name"] != "models"
+    }
+    assert scratch == {"home": "256Mi", "tmp": "256Mi"}
     assert deep["strategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
+
+
+@pytest.mark.parametrize(
+    ("model", "size_limit", "ephemeral_storage"),
+    [
+        ("llama3.2:1b", "2Gi", "3Gi"),  # 1.3 GB downloaded
+        ("llama3.1:8b", "6Gi", "7Gi"),  # 4.9 GB
+        ("qwen2.5:0.5b", "1Gi", "2Gi"),  # 398 MB
+        ("registry.ollama.ai/library/qwen2.5", "6Gi", "7Gi"),  # qwen2.5:latest, the 7b
+        ("mirror.example:5000/team/custom:7b", "16Gi", "17Gi"),  # not listed: the fallback
+    ],
+)
+def test_the_default_empty_dir_is_sized_from_the_model(
+    minimal_lane: dict, model: str, size_limit: str, ephemeral_storage: str
+) -> None:
+    pod = pod_spec(render_children(with_spec(minimal_lane, deep={"model": model})), "lane-deep")
+    assert {"name": "models", "emptyDir": {"sizeLimit": size_limit}} in pod["volumes"]
+    assert container(pod, "ollama")["resources"]["limits"]["ephemeral-storage"] == ephemeral_storage
+
+
+def test_an_empty_dir_size_limit_set_in_the_spec_wins(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, fast={"storage": {"emptyDir": {"sizeLimit": "5000M"}}})
+    pod = pod_spec(render_children(lane), "lane-fast")
+    assert {"name": "models", "emptyDir": {"sizeLimit": "5000M"}} in pod["volumes"]
+    # 5,000,000,000 bytes and 1Gi, rounded up to whole MiB.
+    assert container(pod, "ollama")["resources"]["limits"]["ephemeral-storage"] == "5793Mi"
+
+
+def test_a_model_of_unknown_size_is_warned_about_unless_the_spec_sizes_its_store(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"model": "team/custom:13b"})
+    [warning] = tier_warnings(lane["spec"])
+    assert warning.startswith("spec.deep.model team/custom:13b has no built-in download size")
+    assert "set spec.deep.storage.emptyDir.sizeLimit" in warning
+    sized = with_spec(minimal_lane, deep={"model": "team/custom:13b", "storage": {"emptyDir": {"sizeLimit": "9Gi"}}})
+    assert tier_warnings(sized["spec"]) == []
+    on_a_claim = with_spec(minimal_lane, deep={"model": "team/custom:13b", "replicas": 1, "storage": {"size": "20Gi"}})
+    assert tier_warnings(on_a_claim["spec"]) == []
+
+
+def test_an_empty_dir_smaller_than_the_model_is_warned_about(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"storage": {"emptyDir": {"sizeLimit": "4Gi"}}})
+    [warning] = tier_warnings(lane["spec"])
+    assert warning.startswith("spec.deep.storage.emptyDir.sizeLimit is 4Gi, less than the 4.9 GB llama3.1:8b")
+
+
+def test_the_readme_lists_every_built_in_model_size() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    for model in MODEL_DOWNLOAD_BYTES:
+        assert f"`{model}` {default_model_store_limit(model)}" in readme, model
 
 
 def test_an_existing_claim_is_mounted_not_created(lane_variants: dict) -> None:
@@ -561,10 +628,32 @@ def test_fractional_cpu_is_accepted_with_a_warning(minimal_lane: dict) -> None:
     assert warning.startswith("spec.fast.resources.cpu is 1500m, not a whole number of CPUs")
 
 
-def test_a_shared_single_node_claim_with_replicas_is_warned_about(minimal_lane: dict) -> None:
-    lane = with_spec(minimal_lane, deep={"replicas": 2, "storage": {"size": "20Gi"}})
+@pytest.mark.parametrize(
+    "storage",
+    [{"size": "20Gi"}, {"existingClaim": "models"}, {"existingClaim": "models", "accessMode": "ReadWriteOncePod"}],
+)
+def test_a_single_node_claim_for_more_than_one_replica_is_refused_at_replicas(
+    minimal_lane: dict, storage: dict
+) -> None:
+    lane = with_spec(minimal_lane, deep={"replicas": 2, "storage": storage})
+    with pytest.raises(SpecError) as raised:
+        render_children(lane)
+    [problem] = raised.value.problems
+    assert problem.startswith("spec.deep.replicas: more than one replica cannot share a ReadWriteOnce"), problem
+
+
+def test_a_claim_of_one_replica_or_read_write_many_is_accepted(minimal_lane: dict) -> None:
+    one = with_spec(minimal_lane, deep={"replicas": 1, "storage": {"size": "20Gi"}})
+    shared = with_spec(minimal_lane, deep={"replicas": 3, "storage": {"size": "20Gi", "accessMode": "ReadWriteMany"}})
+    for lane in (one, shared):
+        assert render_children(lane)
+        assert tier_warnings(lane["spec"]) == []
+
+
+def test_a_single_node_claim_left_to_an_autoscaler_is_warned_about(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"storage": {"size": "20Gi"}})  # replicas unset
     [warning] = tier_warnings(lane["spec"])
-    assert "spec.deep.storage is a ReadWriteOnce claim shared by 2 replicas" in warning
+    assert warning.startswith("spec.deep.storage.accessMode is ReadWriteOnce and spec.deep.replicas is unset")
 
 
 def test_sidecars_are_told_each_tiers_parallel_slots(sample_lane: dict, tmp_path: Path) -> None:
