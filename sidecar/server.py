@@ -57,6 +57,8 @@ STATE_KEY = web.AppKey("state", dict)
 SPEAKER_KEY = web.AppKey("speaker", Speaker)
 MONITOR_KEY = web.AppKey("monitor", TTFAMonitor)
 FOLLOWUPS_KEY = web.AppKey("followups", FollowUpStore)
+# Set only when the sidecar runs from a configuration file.
+WATCHER_KEY = web.AppKey("config_watcher", ConfigWatcher)
 
 
 @web.middleware
@@ -320,6 +322,8 @@ async def handle_followup_audio(request: web.Request) -> web.Response:
     followup = followups[index]
     if followup.status == "failed":
         raise ApiError(502, "segment_failed", f"segment {index} could not be produced: {followup.error}")
+    if followup.status == "evicted":
+        raise ApiError(410, "segment_evicted", f"segment {index}'s audio was let go for newer follow-ups")
     if followup.status != "ready":
         raise ApiError(409, "segment_pending", f"segment {index} is {followup.status}", retry_after_s=1)
     audio_format = request.query.get("format", "wav")
@@ -567,6 +571,8 @@ def build_app(
         monitor.reconfigure(new.ttfa)
 
     watcher = ConfigWatcher(config_path, flags or {}, on_change=apply_config, metrics=metrics) if config_path else None
+    if watcher is not None:
+        app[WATCHER_KEY] = watcher
     background: list[asyncio.Task[None]] = []
 
     async def prepare_phrase_bank() -> None:
@@ -613,6 +619,8 @@ async def _serve_async(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # SIGHUP means "re-read your configuration" by convention; its default action would end the process.
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload_on_hangup, app.get(WATCHER_KEY)))
     try:
         for application, address in ((app, config.server.listen), (metrics_app, config.server.metrics_listen)):
             if application is None or address is None:
@@ -634,6 +642,13 @@ async def _serve_async(
     finally:
         for started in reversed(runners):
             await started.cleanup()
+
+
+def _reload_on_hangup(watcher: ConfigWatcher | None) -> None:
+    if watcher is None:
+        log.info("SIGHUP: the sidecar runs without a configuration file, so there is nothing to re-read")
+        return
+    watcher.reload_now(reason="SIGHUP")
 
 
 # Where the hard limit is unlimited, the kernel still refuses more than its nr_open (2**20 by default).

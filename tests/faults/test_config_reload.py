@@ -2,8 +2,10 @@
 
 The file is replaced the way kubelet updates a mounted ConfigMap (a new file renamed
 into place, never a half-written one). Valid changes apply without failing a single
-request, the upstream switch included; an invalid file is rejected, logged, counted,
-and the running configuration kept.
+request, the upstream switch included; an invalid file (bytes that are not UTF-8
+included) is rejected, logged, counted, and the running configuration kept, and the
+watcher goes on watching. SIGHUP re-reads the file at once and drops no request, and
+SIGTERM still ends the sidecar cleanly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,10 @@ from tests.faults.wire import Reply, call, metric_value, sidecar_stats, sim_stat
 pytestmark = pytest.mark.timeout(90)
 
 
-def replace_config(path: Path, content: str) -> None:
+def replace_config(path: Path, content: str | bytes) -> None:
     """Write-then-rename, as a ConfigMap volume update is atomic."""
     staging = path.with_suffix(".staging")
-    staging.write_text(content, encoding="utf-8")
+    staging.write_bytes(content.encode() if isinstance(content, str) else content)
     os.replace(staging, path)
 
 
@@ -117,11 +120,14 @@ async def test_config_swapped_under_load_fails_no_request(start_sim, start_sidec
         ("rate_limit:\n  burst: 1\n  sustained_per_s: 50\n", "burst must be >= sustained_per_s"),
         ("upstreams: [this is: not, valid\n", "not valid YAML"),
         ("scheduler:\n  max_waitng: 5\n", "max_waitng"),
+        # Latin-1 where UTF-8 belongs. This killed the watcher for good: nothing logged or counted,
+        # no later file applied, and SIGTERM then exited 1 with a traceback.
+        (b"scheduler:\n  max_waiting: 7  # caf\xe9\n", "not UTF-8 text (byte 34 is"),
     ],
-    ids=["invalid_value", "broken_yaml", "unknown_key"],
+    ids=["invalid_value", "broken_yaml", "unknown_key", "not_utf8"],
 )
 async def test_invalid_config_is_rejected_logged_counted_and_the_old_one_kept(
-    start_sim, start_sidecar, broken: str, why: str
+    start_sim, start_sidecar, broken: str | bytes, why: str
 ) -> None:
     sim = start_sim("--ttft-ms", "30", "--parallel", "8")
     good = settings(sim.url, sim.url, scheduler={"max_waiting": 25})
@@ -204,3 +210,75 @@ async def test_repeated_reloads_leave_no_upstream_connections_behind(start_sim, 
         timeout_s=total_timeout_s + 5,
         what="replaced clients to close their connections",
     )
+
+
+async def test_shutdown_after_a_file_that_is_not_utf8_exits_cleanly(start_sim, start_sidecar) -> None:
+    sim = start_sim("--ttft-ms", "10")
+    sidecar = start_sidecar(sim.url, config=settings(sim.url, sim.url, scheduler={"max_waiting": 25}))
+    config_file: Path = sidecar.config_file  # type: ignore[attr-defined]
+    replace_config(config_file, b"\xff\xfe\x00s\x00c\x00h\x00")  # UTF-16, as some editors save
+    await wait_until_async(
+        lambda: (
+            metric_value(sidecar.get("/metrics").text, "voicelane_config_reloads_total", {"result": "rejected"}) == 1
+        ),
+        timeout_s=10,
+        what="the rejection to be counted",
+    )
+    assert sidecar.get("/healthz").status_code == 200
+    assert sidecar.process.stop() == 0
+    log = sidecar.process.log()
+    assert "not UTF-8 text" in log
+    assert "Traceback" not in log
+
+
+async def test_sighup_reloads_the_configuration_and_drops_no_request(start_sim, start_sidecar) -> None:
+    # Slow tokens: the requests are still running when the signal comes.
+    sim = start_sim("--ttft-ms", "30", "--tokens-per-s", "40", "--parallel", "8")
+    sidecar = start_sidecar(sim.url, config=settings(sim.url, sim.url, scheduler={"max_waiting": 25}))
+    config_file: Path = sidecar.config_file  # type: ignore[attr-defined]
+    long_text = " ".join(f"ord{i}" for i in range(60)) + "."
+
+    async with aiohttp.ClientSession() as session:
+        asks = [
+            ("/v1/text", {"text": f"Ström: {long_text}", "source": "chat", "stream": True}),
+            ("/v1/text", {"text": f"Hel: {long_text}", "source": "chat"}),
+            ("/v1/speak", {"text": f"Tal: {long_text}", "source": "notification"}),
+            ("/api/chat", {"model": "voicelane", "messages": [{"role": "user", "content": long_text}]}),
+        ]
+        in_flight = [asyncio.create_task(call(session, sidecar.url + path, body)) for path, body in asks]
+        await wait_until_async(lambda: sim_stats(sim.url)["in_flight"] >= 3, timeout_s=5, what="the calls to start")
+
+        replace_config(config_file, yaml.safe_dump(settings(sim.url, sim.url, scheduler={"max_waiting": 31})))
+        sidecar.process.signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert sidecar.process.alive(), sidecar.process.log()[-2000:]
+        assert any(not task.done() for task in in_flight), "the signal came while requests ran"
+        replies = await asyncio.gather(*in_flight)
+
+    for (path, _), reply in zip(asks, replies, strict=True):
+        assert reply.status == 200, (path, reply.describe())
+        assert reply.complete, (path, reply.describe())
+    assert replies[0].lines()[-1]["done"] is True
+    assert "error" not in replies[0].lines()[-1]
+    assert sidecar_stats(sidecar.url)["queue"]["max_waiting"] == 31
+    metrics = sidecar.get("/metrics").text
+    assert metric_value(metrics, "voicelane_config_reloads_total", {"result": "applied"}) == 1
+    # One line says what the signal did: reloaded, or (if the file watch got there first) unchanged.
+    assert "SIGHUP: " in sidecar.process.log()
+
+    # A signal with nothing changed is said so; one with a broken file is a counted rejection.
+    sidecar.process.signal(signal.SIGHUP)
+    await wait_until_async(
+        lambda: "is unchanged; nothing to reload" in sidecar.process.log(), timeout_s=5, what="the unchanged line"
+    )
+    replace_config(config_file, "scheduler: [broken\n")
+    sidecar.process.signal(signal.SIGHUP)
+    await wait_until_async(
+        lambda: (
+            metric_value(sidecar.get("/metrics").text, "voicelane_config_reloads_total", {"result": "rejected"}) == 1
+        ),
+        timeout_s=5,
+        what="the rejection",
+    )
+    assert sidecar.process.alive()
+    assert sidecar.process.stop() == 0
