@@ -149,7 +149,6 @@ class FakeApi:
 def lane() -> dict[str, Any]:
     manifest = yaml.safe_load(SAMPLE.read_text(encoding="utf-8"))
     manifest["metadata"] = {"name": "lane", "namespace": "voice", "uid": "lane-uid", "generation": 1}
-    manifest["spec"]["fast"]["storage"] = {"size": "5Gi"}  # a model-store claim too: every kind of child
     return manifest
 
 

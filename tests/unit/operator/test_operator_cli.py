@@ -43,7 +43,7 @@ def test_render_defaults_the_namespace_and_takes_the_operator_namespace(
 def test_render_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(SAMPLE_PATH.read_text(encoding="utf-8")))
     assert main(["render", "-f", "-"]) == 0
-    assert len(list(yaml.safe_load_all(capsys.readouterr().out))) == 7
+    assert len(list(yaml.safe_load_all(capsys.readouterr().out))) == 8
 
 
 def test_render_reports_an_invalid_lane_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:

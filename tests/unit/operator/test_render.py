@@ -110,6 +110,7 @@ def test_sample_children_and_their_names(sample_lane: dict) -> None:
     assert list(by_kind_and_name(render_children(sample_lane))) == [
         ("ConfigMap", "voice-sidecar"),
         ("NetworkPolicy", "voice-ollama"),
+        ("PersistentVolumeClaim", "voice-fast-models"),
         ("Service", "voice-fast"),
         ("Deployment", "voice-fast"),
         ("Service", "voice-deep"),
