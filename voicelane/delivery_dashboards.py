@@ -1002,12 +1002,59 @@ def lane_dashboard() -> model.Dashboard:
             ),
         ],
     )
+    gate = Section(
+        "Model-side gate",
+        [
+            graph(
+                "Gate queue by priority",
+                "Model calls waiting for and holding the model server's slots at its gate, from every app pod of "
+                "the lane. Gate series are filtered by cluster, namespace and lane (the gate runs in the tier pods).",
+                "short",
+                [
+                    Query(
+                        f"sum by (priority) ({per_lane('voicelane_gate_requests_waiting')})", "P{{priority}} waiting"
+                    ),
+                    Query(
+                        f"sum by (priority) ({per_lane('voicelane_gate_requests_running')})", "P{{priority}} running"
+                    ),
+                ],
+                width=8,
+                decimals=0,
+            ),
+            graph(
+                "Gate rejects by reason",
+                "Model calls the gate refused per second: queue_full (its waiting room), guardian_emergency (the "
+                "model server overloaded), deadline_passed (the caller's first-token wait ran out in the queue).",
+                "reqps",
+                [
+                    Query(
+                        f"sum by (reason) (rate({per_lane('voicelane_gate_rejects_total')}[{RATE_WINDOW}]))",
+                        "{{reason}}",
+                    )
+                ],
+                width=8,
+            ),
+            graph(
+                "Gate calls: own model call or shared",
+                "Model calls arriving at the gate per second: leaders make a model call, joiners share an identical "
+                "one from any app pod.",
+                "reqps",
+                [
+                    Query(
+                        f"sum by (role) (rate({per_lane('voicelane_gate_calls_total')}[{RATE_WINDOW}]))",
+                        "{{role}}",
+                    )
+                ],
+                width=8,
+            ),
+        ],
+    )
     return _dashboard(
         "voicelane-lane",
         "VoiceLane / Lane health",
-        "Traffic, errors, admission, guardian, queue, coalescing, cache, model tiers and the operator.",
+        "Traffic, errors, admission, guardian, queue, coalescing, cache, model tiers, the gate and the operator.",
         ("Time to first audio", "/d/voicelane-ttfa/voicelane-time-to-first-audio"),
-        [traffic, admission, queue, coalescing, tiers, operator],
+        [traffic, admission, queue, coalescing, tiers, gate, operator],
     )
 
 

@@ -274,8 +274,10 @@ def test_series_in_panels_are_filtered_by_cluster_namespace_lane_and_pod(query: 
         if name.startswith(("voicelane_operator_", "voicelane:")):
             # The operator runs in its own namespace (dashboards/README.md); constants are per cluster.
             needed: tuple[str, ...] = (CLUSTER,)
-        elif ":" in name:
-            needed = (CLUSTER, NAMESPACE, LANE)  # recorded series are per lane, not per pod
+        elif ":" in name or name.startswith("voicelane_gate_"):
+            # Recorded series are per lane, not per pod; the gate runs in the tier pods, not the app pods
+            # the pod variable lists.
+            needed = (CLUSTER, NAMESPACE, LANE)
         else:
             needed = (CLUSTER, NAMESPACE, LANE, POD)
         missing = [f for f in needed if f not in matchers]

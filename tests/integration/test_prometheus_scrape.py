@@ -2,8 +2,8 @@
 rule file, and answers every dashboard and rule expression: each parses, each panel returns data,
 every rule evaluates without error, and the alerts that the load should trip do trip.
 
-The stack, started once for the module: two upstream simulators (fast and deep tiers), a sidecar
-in front of them, the session's Kubernetes API (tests/support/kube.py: the local control plane, or a
+The stack, started once for the module: two upstream simulators (fast and deep tiers), the gate in
+front of the deep one, a sidecar in front of both, the session's Kubernetes API (tests/support/kube.py: the local control plane, or a
 user's cluster) with one VoiceLane and the operator reconciling it, and Prometheus (Debian package) scraping the sidecar and the operator every second with the
 target labels a PodMonitor/ServiceMonitor would add (namespace, lane, pod) as static labels, and no
 `cluster` label, like the one Prometheus of a single cluster.
@@ -51,6 +51,8 @@ pytestmark = [pytest.mark.tools, pytest.mark.timeout(180)]
 
 SCRAPE_LABELS = {"namespace": "test", "lane": "demo", "pod": "sidecar-0"}
 OPERATOR_LABELS = {"namespace": "voicelane-system", "pod": "operator-0"}
+# The gate runs in the deep tier's pod: same namespace and lane, its own pod.
+GATE_LABELS = {**SCRAPE_LABELS, "pod": "demo-deep-0"}
 # Grafana's built-in variables, wide enough to cover the whole load from the first query on.
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "10m"}
 # One Prometheus, as in a single-cluster install: no series has a `cluster` label, so Grafana offers
@@ -111,6 +113,14 @@ def _start_sim(stack: contextlib.ExitStack, log_dir: Path, name: str) -> tuple[s
     )
     process = stack.enter_context(running(argv, ready_url=url + "/api/version", log_dir=log_dir, name=name))
     return url, process
+
+
+def _start_gate(stack: contextlib.ExitStack, log_dir: Path, upstream: str) -> str:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = voicelane_argv("gate", "--listen", f"127.0.0.1:{port}", "--upstream", upstream, "--slots", "4")
+    stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=log_dir, name="gate"))
+    return url
 
 
 def _start_sidecar(
@@ -206,11 +216,12 @@ def _delete_lanes(api: ApiClient, group: str, version: str, namespace: str) -> N
 
 
 def _start_prometheus(
-    stack: contextlib.ExitStack, log_dir: Path, workdir: Path, sidecar: str, operator: str | None
+    stack: contextlib.ExitStack, log_dir: Path, workdir: Path, sidecar: str, gate: str, operator: str | None
 ) -> Prometheus:
     binary = required_binary("prometheus", "/usr/bin/prometheus")
     scrape_configs: list[dict[str, Any]] = [
-        {"job_name": "voicelane-sidecar", "static_configs": [{"targets": [sidecar], "labels": SCRAPE_LABELS}]}
+        {"job_name": "voicelane-sidecar", "static_configs": [{"targets": [sidecar], "labels": SCRAPE_LABELS}]},
+        {"job_name": "voicelane-gate", "static_configs": [{"targets": [gate], "labels": GATE_LABELS}]},
     ]
     if operator is not None:
         scrape_configs.append(
@@ -366,7 +377,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     notes: list[str] = []
     with contextlib.ExitStack() as processes:
         fast, fast_sim = _start_sim(processes, log_dir, "sim-fast")
-        deep, _ = _start_sim(processes, log_dir, "sim-deep")
+        deep_sim, _ = _start_sim(processes, log_dir, "sim-deep")
+        deep = _start_gate(processes, log_dir, deep_sim)
         config_file = workdir / "sidecar.yaml"
         sidecar, metrics_address, config = _start_sidecar(processes, log_dir, config_file, fast, deep)
         operator = None
@@ -377,9 +389,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         else:
             notes.append("operator/main.py is missing: only the sidecar is scraped")
         prometheus = _start_prometheus(
-            processes, log_dir, workdir, metrics_address, operator.metrics_address if operator else None
+            processes,
+            log_dir,
+            workdir,
+            metrics_address,
+            deep.removeprefix("http://"),
+            operator.metrics_address if operator else None,
         )
         prometheus.wait_for('up{job="voicelane-sidecar"} == 1')
+        prometheus.wait_for('up{job="voicelane-gate"} == 1')
         if operator is not None:
             # The lane comes once Prometheus scrapes the operator, so its reconcile is seen counting.
             prometheus.wait_for('up{job="voicelane-operator"} == 1')
