@@ -35,6 +35,8 @@ class StreamFault(Exception):
 class Decoded:
     tokens: list[str] = field(default_factory=list)
     done: bool = False
+    # A broken line after good ones in the same read: the tokens before it are still the caller's.
+    fault: StreamFault | None = None
 
 
 class LineSplitter:
@@ -86,11 +88,16 @@ class StreamDecoder(ABC):
         self.done_reason: str | None = None
 
     def feed(self, data: bytes) -> Decoded:
+        """The tokens `data` completes; a fault ends the stream after the tokens before it."""
         decoded = Decoded()
         for line in self._lines.feed(data):
             if self.done:
                 break
-            self._line(line, decoded)
+            try:
+                self._line(line, decoded)
+            except StreamFault as fault:
+                decoded.fault = fault
+                break
         decoded.done = self.done
         return decoded
 

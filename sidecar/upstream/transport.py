@@ -200,6 +200,8 @@ class HttpUpstreamClient(UpstreamClient):
                             before_first_token=False,
                         )
                     yield token
+                if decoded.fault is not None:
+                    raise UpstreamError(decoded.fault.kind, decoded.fault.message, before_first_token=tokens == 0)
                 if decoded.done:
                     finished = True
                     return

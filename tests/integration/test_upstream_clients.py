@@ -303,15 +303,22 @@ def test_decoders_refuse_streams_without_their_done_marker() -> None:
 
 
 def test_decoders_report_error_lines_and_garbage() -> None:
-    with pytest.raises(StreamFault) as error_line:
-        OllamaChatDecoder().feed(b'{"error":"out of memory"}\n')
-    assert (error_line.value.kind, error_line.value.message) == ("server_error", "out of memory")
-    with pytest.raises(StreamFault) as sse_error:
-        OpenAIChatDecoder().feed(b'data: {"error":{"message":"overloaded"}}\n\n')
-    assert (sse_error.value.kind, sse_error.value.message) == ("server_error", "overloaded")
+    error_line = OllamaChatDecoder().feed(b'{"error":"out of memory"}\n').fault
+    assert error_line is not None
+    assert (error_line.kind, error_line.message) == ("server_error", "out of memory")
+    sse_error = OpenAIChatDecoder().feed(b'data: {"error":{"message":"overloaded"}}\n\n').fault
+    assert sse_error is not None
+    assert (sse_error.kind, sse_error.message) == ("server_error", "overloaded")
     for garbage in (b"<html>502</html>\n", b"[1, 2]\n"):
-        with pytest.raises(StreamFault) as broken:
-            OllamaChatDecoder().feed(garbage)
-        assert broken.value.kind == "protocol"
-    with pytest.raises(StreamFault):
-        OpenAIChatDecoder().feed(b'{"choices": []}\n\n')
+        broken = OllamaChatDecoder().feed(garbage).fault
+        assert broken is not None
+        assert broken.kind == "protocol"
+    assert OpenAIChatDecoder().feed(b'{"choices": []}\n\n').fault is not None
+
+
+def test_tokens_read_together_with_a_broken_line_still_reach_the_caller() -> None:
+    good = b'{"message":{"content":"Hej"},"done":false}\n{"message":{"content":" Anna"},"done":false}\n'
+    decoded = OllamaChatDecoder().feed(good + b"<html>502</html>\n")
+    assert decoded.tokens == ["Hej", " Anna"]
+    assert decoded.fault is not None
+    assert decoded.fault.kind == "protocol"
