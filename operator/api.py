@@ -674,6 +674,11 @@ class RateLimitPolicy(SpecModel, RateLimitConfig):
         ),
     )
 
+    @model_validator(mode="after")
+    def _burst_covers_rate(self) -> RateLimitPolicy:
+        # Replaces the sidecar's check, which names its own fields (sustained_per_s): the CelRule above.
+        return self
+
 
 class GuardianPolicy(SpecModel, GuardianConfig):
     """Pressure guardian: thresholds and hysteresis for blocking model work."""
@@ -745,6 +750,20 @@ class PolicySpec(SpecModel):
 class RoutingSpec(SpecModel, RoutingConfig):
     """Which tier a text goes to (default complexPatterns: the sidecar's built-in set)."""
 
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> RoutingSpec:
+        # The sidecar's check, reported at the pattern's CRD field rather than at complex_patterns.<name>.
+        for name, pattern in self.complex_patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise PydanticCustomError(
+                    "invalid_pattern",
+                    "invalid regular expression: {reason}",
+                    {"reason": str(exc), "field_path": f".complexPatterns.{name}"},
+                ) from None
+        return self
+
 
 class TTSSpec(SpecModel, TTSConfig):
     """Speech: espeak inside each sidecar, or an OpenAI-compatible speech endpoint."""
@@ -761,6 +780,12 @@ class TTSSpec(SpecModel, TTSConfig):
             lambda t: t.backend == "openai" or t.url is None,
         ),
     )
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> TTSSpec:
+        # Replaces the sidecar's check, which names its own fields (tts.backend): the CelRules above.
+        return self
+
     operator_owned = {
         "apiKey": "secrets do not belong in a VoiceLane; give the sidecar VOICELANE_TTS__API_KEY from a Secret"
     }

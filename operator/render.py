@@ -44,11 +44,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import types
+import typing
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from voicelane.operator.api import (
     ANNOTATION_DEFAULT_CONTAINER,
@@ -68,10 +72,11 @@ from voicelane.operator.api import (
     VoiceLaneSpec,
     check_lane_name,
     duration_seconds,
+    k8s_field_name,
     parse_quantity,
     parse_spec,
 )
-from voicelane.sidecar.config import ConfigError, SidecarConfig, build_config
+from voicelane.sidecar.config import ConfigError, RequestClass, SidecarConfig, UpstreamConfig, build_config
 
 TIER_SERVICE_PORTS: Mapping[str, int] = {"fast": 11435, "deep": 11434}
 OLLAMA_PORT = 11434
@@ -320,12 +325,87 @@ def tier_parallel_slots(tier_spec: TierSpec) -> int | None:
 
 
 def render_sidecar_config(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> SidecarConfig:
-    """The complete sidecar configuration of a lane, validated by the sidecar's own schema."""
+    """The complete sidecar configuration of a lane, validated by the sidecar's own schema.
+
+    The lane's own models check the same fields first, so a failure here is a gap between the two;
+    it is still reported at the lane's field (spec.policy.rateLimit.burst), never the sidecar's key.
+    """
     try:
         return build_config(sidecar_layer(spec, lane_name=lane_name, namespace=namespace))
     except ConfigError as exc:
-        problems = [f"sidecar configuration: {problem}" for problem in exc.problems]
+        problems = [_problem_at_crd_field(problem) for problem in exc.problems]
         raise SpecError("; ".join(problems), problems) from None
+
+
+# Sidecar keys of a tier that the lane sets from the tier's own fields, not from spec.<tier>.upstream.
+_TIER_FIELDS_OF_UPSTREAM_KEYS = {"model": "model", "keep_alive": "keepAlive", "parallel_slots": "numParallel"}
+
+
+def crd_path_of_sidecar_key(key: str) -> str:
+    """`upstreams.fast.first_token_timeout_s` → `spec.fast.upstream.firstTokenTimeoutSeconds`."""
+    parts = [part for part in key.split(".") if part]
+    if len(parts) >= 2 and parts[0] == "upstreams" and parts[1] in TIERS:
+        tier, rest = parts[1], parts[2:]
+        if rest and rest[0] in _TIER_FIELDS_OF_UPSTREAM_KEYS:
+            return f"spec.{tier}.{_TIER_FIELDS_OF_UPSTREAM_KEYS[rest[0]]}"
+        return f"spec.{tier}.upstream" + _crd_subpath(UpstreamConfig, rest)
+    if parts and parts[0] in ("routing", "tts"):
+        return "spec" + _crd_subpath(SidecarConfig, parts)
+    return "spec.policy" + _crd_subpath(SidecarConfig, parts)
+
+
+def _crd_subpath(model: Any, parts: list[str]) -> str:
+    """Walk the sidecar's models: field names in their CRD spelling, map keys and list indexes as they are."""
+    path, node = "", model
+    for part in parts:
+        node = _without_none(node)
+        if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            path += f".{k8s_field_name(part)}"
+            node = node.model_fields[part].annotation
+        elif part.isdigit():
+            path += f"[{part}]"
+            node = next(iter(typing.get_args(node)), None)
+        else:  # a map key (a request class, a pattern name): the CRD spells it the same
+            path += f".{part}"
+            node = typing.get_args(node)[-1] if typing.get_origin(node) is dict else None
+    return path
+
+
+def _without_none(annotation: Any) -> Any:
+    options = [option for option in typing.get_args(annotation) if option is not type(None)]
+    return options[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and options else annotation
+
+
+def _problem_at_crd_field(problem: str) -> str:
+    key, separator, message = problem.partition(": ")
+    if not separator or " " in key:
+        return f"spec: {crd_names_in(problem)}"
+    where = "spec" if key == "<root>" else crd_path_of_sidecar_key(key)
+    return f"{where}: {crd_names_in(message.removeprefix('Value error, '))}"
+
+
+def _sidecar_field_names(annotation: Any, found: set[str]) -> set[str]:
+    for argument in typing.get_args(annotation):
+        _sidecar_field_names(argument, found)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            if name != k8s_field_name(name):
+                found.add(name)
+            _sidecar_field_names(field.annotation, found)
+    return found
+
+
+# The sidecar's own spellings that differ from the CRD's; request classes (email_tldr) are map keys and
+# values the CRD spells the same, so they are left alone.
+SIDECAR_ONLY_FIELD_NAMES = _sidecar_field_names(SidecarConfig, set()) - {str(value) for value in RequestClass}
+_SNAKE_WORD = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
+
+
+def crd_names_in(message: str) -> str:
+    """A sidecar message with its field names spelled as in the CRD (`sustained_per_s` → `sustainedPerSecond`)."""
+    return _SNAKE_WORD.sub(
+        lambda word: k8s_field_name(word[0]) if word[0] in SIDECAR_ONLY_FIELD_NAMES else word[0], message
+    )
 
 
 def sidecar_config_yaml(config: SidecarConfig, *, lane_name: str, namespace: str) -> str:

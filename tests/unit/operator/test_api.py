@@ -88,6 +88,22 @@ def test_operator_owned_sidecar_fields_are_refused_with_the_reason(minimal_lane:
         parse_spec(with_spec(minimal_lane, tts={"apiKey": "sk-1"})["spec"])
 
 
+def test_checks_inherited_from_the_sidecar_name_the_crd_fields(minimal_lane: dict) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(with_spec(minimal_lane, policy={"rateLimit": {"burst": 2, "sustainedPerSecond": 5}})["spec"])
+    assert raised.value.problems == [
+        "spec.policy.rateLimit: burst must be at least sustainedPerSecond: "
+        "a bucket smaller than one second of refill never fills"
+    ]
+    with pytest.raises(SpecError) as raised:
+        parse_spec(with_spec(minimal_lane, tts={"backend": "openai"})["spec"])
+    assert raised.value.problems == ["spec.tts: url is required when backend is openai"]
+    with pytest.raises(SpecError) as raised:
+        parse_spec(with_spec(minimal_lane, routing={"complexPatterns": {"ticket": "([A-Z]+-"}})["spec"])
+    [problem] = raised.value.problems
+    assert problem.startswith("spec.routing.complexPatterns.ticket: invalid regular expression: missing )"), problem
+
+
 def test_a_spec_that_is_not_a_mapping_is_refused() -> None:
     with pytest.raises(SpecError, match="spec: must be a mapping, got list"):
         parse_spec([1, 2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tests.unit.operator.conftest import INVALID_SAMPLES, SAMPLE_PATH
 from voicelane.cli import build_parser, main
 from voicelane.operator.cli import PLACEHOLDER_UID, default_metrics_listen
 from voicelane.operator.crd import crd_yaml
-from voicelane.operator.render import render_children
+from voicelane.operator.render import SIDECAR_ONLY_FIELD_NAMES, render_children
 
 
 def test_render_prints_exactly_what_the_operator_applies(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,6 +64,8 @@ def test_render_names_the_crd_field_of_every_invalid_sample(path: Path, capsys: 
     assert main(["render", "-f", str(path)]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert any(line.startswith(f"voicelane render: {path}: {expected_path}") for line in errors), errors
+    # Only the CRD's names: never the sidecar's spelling of a field (sustained_per_s for sustainedPerSecond).
+    assert not set(re.findall(r"[a-z0-9_]+", "\n".join(errors))) & SIDECAR_ONLY_FIELD_NAMES, errors
 
 
 @pytest.mark.parametrize(

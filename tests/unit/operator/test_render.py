@@ -14,11 +14,12 @@ from voicelane.operator.api import OPERATOR_POD_ANNOTATIONS, OPERATOR_POD_LABELS
 from voicelane.operator.render import (
     ANNOTATION_SPEC_HASH,
     MODEL_DOWNLOAD_BYTES,
+    crd_path_of_sidecar_key,
     default_model_store_limit,
     render_children,
     tier_warnings,
 )
-from voicelane.sidecar.config import load_config
+from voicelane.sidecar.config import ConfigError, load_config
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 COMMON_LABELS = (
@@ -594,6 +595,39 @@ def test_spec_hash_changes_only_for_children_that_change(sample_lane: dict) -> N
     assert digest(before, ("Deployment", "voice-deep")) != digest(after, ("Deployment", "voice-deep"))
     assert digest(before, ("Deployment", "voice-fast")) == digest(after, ("Deployment", "voice-fast"))
     assert digest(before, ("Service", "voice-deep")) == digest(after, ("Service", "voice-deep"))
+
+
+@pytest.mark.parametrize(
+    ("sidecar_key", "crd_path"),
+    [
+        ("rate_limit.sustained_per_s", "spec.policy.rateLimit.sustainedPerSecond"),
+        ("upstreams.deep.first_token_timeout_s", "spec.deep.upstream.firstTokenTimeoutSeconds"),
+        ("upstreams.fast.keep_alive", "spec.fast.keepAlive"),
+        ("upstreams.fast.parallel_slots", "spec.fast.numParallel"),
+        ("routing.complex_patterns.long_digits", "spec.routing.complexPatterns.long_digits"),
+        ("tts.classes.email_tldr.rate", "spec.tts.classes.email_tldr.rate"),
+        ("ttfa.targets.email_tldr", "spec.policy.ttfa.targets.emailTldr"),
+        ("phrase_bank.phrases.2", "spec.policy.phraseBank.phrases[2]"),
+        ("default_lang", "spec.policy.defaultLang"),
+    ],
+)
+def test_sidecar_keys_map_to_their_crd_fields(sidecar_key: str, crd_path: str) -> None:
+    assert crd_path_of_sidecar_key(sidecar_key) == crd_path
+
+
+def test_a_sidecar_configuration_error_is_reported_at_the_crd_field(
+    minimal_lane: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane's models check every sidecar field first; should the two ever differ, the lane's names still show.
+    def refuse(*layers: object) -> None:
+        raise ConfigError(["rate_limit.sustained_per_s: Value error, sustained_per_s must not exceed max_waiting"])
+
+    monkeypatch.setattr("voicelane.operator.render.build_config", refuse)
+    with pytest.raises(SpecError) as raised:
+        render_children(minimal_lane)
+    assert raised.value.problems == [
+        "spec.policy.rateLimit.sustainedPerSecond: sustainedPerSecond must not exceed maxWaiting"
+    ]
 
 
 @pytest.mark.parametrize(
