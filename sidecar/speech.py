@@ -400,12 +400,11 @@ class Speaker:
             spoken.append(item)
             await self._synthesize(request, sentence, out)
 
-    async def synthesize_into(
-        self, request: TextRequest, sentence: str, out: Broadcast[bytes], pcm: bytearray, stages: StageClock | None
-    ) -> None:
-        """Speak `sentence` at the request's priority, appending its PCM to `pcm` and publishing it to `out`."""
-        priority = self.lane.priority(request.request_class, request.text)
-        await self._synthesize(request, sentence, _CollectingOut(out, pcm, priority, stages))
+    async def synthesize_whole(self, request: TextRequest, text: str) -> bytes:
+        """Speak `text` at the request's priority and return all of its PCM; the caller bounds how long it is."""
+        out = _CollectingOut(self.lane.priority(request.request_class, request.text))
+        await self._synthesize(request, text, out)
+        return b"".join(out.chunks)
 
     async def _synthesize(self, request: TextRequest, text: str, out: _Out) -> None:
         """Speak `text` piece by piece, each piece in a turn of the synthesis gate at `out.priority`."""
@@ -452,14 +451,12 @@ class Speaker:
                 text=phrase, request_class=bank.source, target_lang=request.target_lang, request_id="phrase-bank"
             )
             self.lane.prime_text(text_job, phrase)
-            out: Broadcast[bytes] = Broadcast()
-            pcm = bytearray()
             try:
-                await self.synthesize_into(request, phrase, out, pcm, None)
+                pcm = await self.synthesize_whole(request, phrase)
             except ApiError:
                 log.warning("phrase bank: could not synthesize a phrase; it will be synthesized on first use")
                 continue
-            result = AudioResult(bytes(pcm), self.backend.sample_rate, "phrase_bank", None, phrase)
+            result = AudioResult(pcm, self.backend.sample_rate, "phrase_bank", None, phrase)
             self.lane.cache.put(self.audio_key(request, text_job.key), result, result.size_bytes, pinned=True)
             prepared += 1
         return prepared
@@ -501,22 +498,17 @@ class _StreamOut:
 
 
 class _CollectingOut:
-    """The whole audio collected in a buffer (phrase bank, email follow-ups) and published to a broadcast."""
+    """The whole audio collected (phrase bank, email follow-ups), as chunks to join once at the end."""
 
-    def __init__(self, out: Broadcast[bytes], pcm: bytearray, priority: int, stages: StageClock | None) -> None:
-        self.out = out
-        self.pcm = pcm
+    def __init__(self, priority: int) -> None:
+        self.chunks: list[bytes] = []
         self.priority = priority
-        self.stages = stages
 
     async def ready_for_more(self) -> None:
         return None  # its caller keeps the whole audio anyway
 
     def publish(self, chunk: bytes) -> None:
-        if self.stages is not None:
-            self.stages.mark("tts_first_byte")
-        self.pcm.extend(chunk)
-        self.out.publish(chunk)
+        self.chunks.append(chunk)
 
 
 def _is_refusal(exc: BaseException) -> bool:
