@@ -36,6 +36,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from voicelane.sidecar.config import (
+    DEFAULT_COMPLEX_PATTERNS,
     CacheConfig,
     ClassesConfig,
     GuardianConfig,
@@ -44,6 +45,7 @@ from voicelane.sidecar.config import (
     PromptsConfig,
     Protocol,
     RateLimitConfig,
+    RequestClass,
     RoutingConfig,
     SchedulerConfig,
     ServerConfig,
@@ -52,6 +54,7 @@ from voicelane.sidecar.config import (
     TTFATargets,
     TTSConfig,
     UpstreamConfig,
+    VoiceStyle,
 )
 
 GROUP = "voicelane.dev"
@@ -246,6 +249,35 @@ Quantity = Annotated[
 ]
 
 GoDuration = Annotated[str, Field(pattern=GO_DURATION_PATTERN, max_length=32)]
+
+
+def _byte_size(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a size such as 64Ki, 64Mi or 1Gi")
+    parse_quantity(value)
+    return value
+
+
+# A size in bytes, written as a quantity string (64Mi). A string only, not int-or-string: the CEL range
+# rules read it with quantity(), which takes strings.
+ByteSize = Annotated[
+    str,
+    BeforeValidator(_byte_size),
+    WithJsonSchema({"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 32}),
+]
+
+
+def byte_size_range_rule(field: str, python_name: str, least: str, most: str) -> CelRule:
+    """A ByteSize field between two sizes, in CEL (Kubernetes' quantity library) and in Python."""
+    return CelRule(
+        # A size that is no quantity is the schema's to refuse (the API server runs the rule all the same).
+        f"!has(self.{field}) || !isQuantity(self.{field}) || (quantity(self.{field}).compareTo(quantity('{least}')) >= 0"
+        f" && quantity(self.{field}).compareTo(quantity('{most}')) <= 0)",
+        f"{field} must be between {least} and {most}",
+        lambda m: parse_quantity(least) <= parse_quantity(getattr(m, python_name)) <= parse_quantity(most),
+        field_path=f".{field}",
+    )
+
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 _DURATION_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -654,6 +686,13 @@ class ServerPolicy(SpecModel, ServerConfig):
 class LimitsPolicy(SpecModel, LimitsConfig):
     """Bounds on what an app may send to its sidecar."""
 
+    cel_rules = (byte_size_range_rule("maxBodySize", "max_body_size", "256", "64Mi"),)
+    operator_owned = {"maxBodyBytes": "it is maxBodySize now, a size such as 64Ki"}
+
+    max_body_size: ByteSize = Field("64Ki", description="Larger request bodies are refused with 413 (256 to 64Mi).")
+    # The sidecar's own field, given max_body_size's bytes when the lane renders.
+    max_body_bytes: SkipJsonSchema[int] = Field(65536, exclude=True)
+
 
 class ClassesPolicy(SpecModel, ClassesConfig):
     """Length bounds of the request classes."""
@@ -683,6 +722,12 @@ class RateLimitPolicy(SpecModel, RateLimitConfig):
 class GuardianPolicy(SpecModel, GuardianConfig):
     """Pressure guardian: thresholds and hysteresis for blocking model work."""
 
+    sources: tuple[Literal["Local", "Upstream"], ...] = Field(  # type: ignore[assignment]  # Kubernetes enum style
+        ("Local", "Upstream"),
+        description="Pressure sources consulted by each check: Local (this pod's CPU and memory), "
+        "Upstream (the tiers' recent first-token times and errors). Unset: both.",
+    )
+
     cel_rules = (
         CelRule(
             "!has(self.sustainSeconds) || !has(self.sampleIntervalSeconds) || self.sustainSeconds >= self.sampleIntervalSeconds",
@@ -699,13 +744,35 @@ class SingleFlightPolicy(SpecModel, SingleFlightConfig):
 class CachePolicy(SpecModel, CacheConfig):
     """Cache of finished texts and audio."""
 
+    cel_rules = (byte_size_range_rule("maxSize", "max_size", "1", "16Gi"),)
+    operator_owned = {"maxBytes": "it is maxSize now, a size such as 64Mi"}
+
+    max_size: ByteSize = Field("64Mi", description="Bound on cached text and audio (1 to 16Gi).")
+    # The sidecar's own field, given max_size's bytes when the lane renders.
+    max_bytes: SkipJsonSchema[int] = Field(64 * 2**20, exclude=True)
+
+
+CLASS_NAMES = ", ".join(str(request_class) for request_class in RequestClass)
+
 
 class PhraseBankPolicy(SpecModel, PhraseBankConfig):
     """Phrases prepared at start-up (default: the sidecar's built-in set)."""
 
+    source: RequestClass = Field(
+        RequestClass.CHAT,
+        description=f"The request class the phrases are prepared as: one of {CLASS_NAMES}, the `source` "
+        "an app sends (class names are spelled as apps send them).",
+    )
+
 
 class PromptsPolicy(SpecModel, PromptsConfig):
     """Prompt templates per request class (default: the sidecar's built-in set)."""
+
+    templates: dict[RequestClass, str] = Field(
+        default_factory=PromptsConfig.model_fields["templates"].default_factory,  # type: ignore[arg-type]
+        description=f"Prompt template per request class; the keys are request class names ({CLASS_NAMES}). "
+        "Unset: the sidecar's built-in templates.",
+    )
 
 
 class TTFATargetsPolicy(SpecModel, TTFATargets):
@@ -744,11 +811,24 @@ class PolicySpec(SpecModel):
     prompts: PromptsPolicy = PromptsPolicy()
     ttfa: TTFAPolicy = TTFAPolicy()
     default_lang: str = Field("sv", min_length=2, max_length=16, description="Language spoken when none is asked.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["Debug", "Info", "Warning", "Error"] = "Info"
+
+
+# The routing modes in Kubernetes spelling, and the sidecar's name for each.
+ROUTING_MODES: Mapping[str, str] = {"Auto": "auto", "FastOnly": "fast_only", "DeepOnly": "deep_only"}
 
 
 class RoutingSpec(SpecModel, RoutingConfig):
     """Which tier a text goes to (default complexPatterns: the sidecar's built-in set)."""
+
+    mode: Literal["Auto", "FastOnly", "DeepOnly"] = Field(  # type: ignore[assignment]  # Kubernetes enum style
+        "Auto", description="Auto routes by length and patterns; FastOnly and DeepOnly send every request to one tier."
+    )
+    complex_patterns: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_COMPLEX_PATTERNS),
+        description="Regular expressions by a name of your choice; a match sends the text to the deep tier. "
+        "Unset: the sidecar's built-in set (" + ", ".join(DEFAULT_COMPLEX_PATTERNS) + ").",
+    )
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> RoutingSpec:
@@ -765,20 +845,33 @@ class RoutingSpec(SpecModel, RoutingConfig):
         return self
 
 
+# The speech backends in Kubernetes spelling, and the sidecar's name for each.
+TTS_BACKENDS: Mapping[str, str] = {"Espeak": "espeak", "OpenAI": "openai"}
+
+
 class TTSSpec(SpecModel, TTSConfig):
     """Speech: espeak inside each sidecar, or an OpenAI-compatible speech endpoint."""
 
     cel_rules = (
         CelRule(
-            "!has(self.backend) || self.backend != 'openai' || has(self.url)",
-            "url is required when backend is openai",
-            lambda t: t.backend != "openai" or t.url is not None,
+            "!has(self.backend) || self.backend != 'OpenAI' || has(self.url)",
+            "url is required when backend is OpenAI",
+            lambda t: t.backend != "OpenAI" or t.url is not None,
         ),
         CelRule(
-            "(has(self.backend) && self.backend == 'openai') || !has(self.url)",
-            "url is used only with backend: openai; set the backend too",
-            lambda t: t.backend == "openai" or t.url is None,
+            "(has(self.backend) && self.backend == 'OpenAI') || !has(self.url)",
+            "url is used only with backend: OpenAI; set the backend too",
+            lambda t: t.backend == "OpenAI" or t.url is None,
         ),
+    )
+
+    backend: Literal["Espeak", "OpenAI"] = Field(  # type: ignore[assignment]  # Kubernetes enum style
+        "Espeak", description="Espeak speaks inside each sidecar; OpenAI calls the speech endpoint at url."
+    )
+    classes: dict[RequestClass, VoiceStyle] = Field(
+        default_factory=TTSConfig.model_fields["classes"].default_factory,  # type: ignore[arg-type]
+        description=f"Voice per request class; the keys are request class names ({CLASS_NAMES}). "
+        "Unset: notifications a little faster and cheerful.",
     )
 
     @model_validator(mode="after")
@@ -822,6 +915,17 @@ LANE_NAME_RULE = CelRule(
     lambda name: len(name) <= MAX_LANE_NAME_LENGTH and re.fullmatch(LANE_NAME_PATTERN, name) is not None,
     field_path=".metadata.name",
 )
+
+# The log levels in Kubernetes spelling, and the sidecar's name for each.
+LOG_LEVELS: Mapping[str, str] = {"Debug": "debug", "Info": "info", "Warning": "warning", "Error": "error"}
+# The guardian's pressure sources in Kubernetes spelling, and the sidecar's name for each.
+GUARDIAN_SOURCES: Mapping[str, str] = {"Local": "local", "Upstream": "upstream"}
+
+# Sidecar configuration fields a VoiceLane sets under another name or in another form.
+RENAMED_SIDECAR_FIELDS: Mapping[str, str] = {
+    "limits.max_body_bytes": "spec.policy.limits.maxBodySize",
+    "cache.max_bytes": "spec.policy.cache.maxSize",
+}
 
 # Sidecar configuration fields that no VoiceLane field reaches, and why.
 OPERATOR_OWNED_SIDECAR_FIELDS: Mapping[str, str] = {

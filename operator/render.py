@@ -57,6 +57,7 @@ from pydantic import BaseModel
 from voicelane.operator.api import (
     ANNOTATION_DEFAULT_CONTAINER,
     API_VERSION,
+    GUARDIAN_SOURCES,
     KIND,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -65,7 +66,11 @@ from voicelane.operator.api import (
     LABEL_NAME,
     LABEL_PART_OF,
     LABEL_TIER,
+    LOG_LEVELS,
+    RENAMED_SIDECAR_FIELDS,
+    ROUTING_MODES,
     TIERS,
+    TTS_BACKENDS,
     SpecError,
     TierName,
     TierSpec,
@@ -266,6 +271,11 @@ def byte_quantity(amount: Decimal) -> str:
     return f"{math.ceil(amount / _MI)}Mi"
 
 
+def byte_count(size: str) -> int:
+    """The bytes of a size quantity (64Ki → 65536), a fraction of a byte rounded up."""
+    return math.ceil(parse_quantity(size))
+
+
 def default_model_store_limit(model: str) -> str:
     """The emptyDir sizeLimit of a model when the lane sets none (see MODEL_DOWNLOAD_BYTES)."""
     download = MODEL_DOWNLOAD_BYTES.get(loaded_model_name(model))
@@ -300,8 +310,15 @@ def sidecar_layer(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> dic
     """The lane's spec mapped onto the sidecar's configuration keys (before validation)."""
     layer: dict[str, Any] = spec.policy.model_dump(mode="json")
     layer["server"]["metrics_listen"] = SIDECAR_METRICS_LISTEN
-    layer["routing"] = spec.routing.model_dump(mode="json")
-    layer["tts"] = spec.tts.model_dump(mode="json")
+    # Kubernetes spellings (FastOnly, 64Ki) into the sidecar's own (fast_only, 65536).
+    layer["log_level"] = LOG_LEVELS[spec.policy.log_level]
+    layer["guardian"]["sources"] = [GUARDIAN_SOURCES[source] for source in spec.policy.guardian.sources]
+    del layer["limits"]["max_body_size"]
+    layer["limits"]["max_body_bytes"] = byte_count(spec.policy.limits.max_body_size)
+    del layer["cache"]["max_size"]
+    layer["cache"]["max_bytes"] = byte_count(spec.policy.cache.max_size)
+    layer["routing"] = {**spec.routing.model_dump(mode="json"), "mode": ROUTING_MODES[spec.routing.mode]}
+    layer["tts"] = {**spec.tts.model_dump(mode="json"), "backend": TTS_BACKENDS[spec.tts.backend]}
     layer["upstreams"] = {
         tier: {
             **spec.tier(tier).upstream.model_dump(mode="json"),
@@ -343,6 +360,8 @@ _TIER_FIELDS_OF_UPSTREAM_KEYS = {"model": "model", "keep_alive": "keepAlive", "p
 
 def crd_path_of_sidecar_key(key: str) -> str:
     """`upstreams.fast.first_token_timeout_s` → `spec.fast.upstream.firstTokenTimeoutSeconds`."""
+    if key in RENAMED_SIDECAR_FIELDS:
+        return RENAMED_SIDECAR_FIELDS[key]
     parts = [part for part in key.split(".") if part]
     if len(parts) >= 2 and parts[0] == "upstreams" and parts[1] in TIERS:
         tier, rest = parts[1], parts[2:]

@@ -22,6 +22,7 @@ from typing import Any
 import celpy
 import jsonschema
 from celpy import celtypes
+from kubernetes.utils.quantity import parse_quantity
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,30 @@ def error_path(error: jsonschema.ValidationError) -> str:
     return path or "<root>"
 
 
+def _quantity(text: Any) -> celtypes.DoubleType:
+    return celtypes.DoubleType(float(parse_quantity(str(text))))
+
+
+def _is_quantity(text: Any) -> celtypes.BoolType:
+    try:
+        parse_quantity(str(text))
+    except ValueError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def _compare_to(left: Any, right: Any) -> celtypes.IntType:
+    return celtypes.IntType((left > right) - (left < right))
+
+
+# The part of Kubernetes' CEL quantity library the CRD's rules use: isQuantity, quantity and compareTo.
+KUBERNETES_CEL_FUNCTIONS = {"isQuantity": _is_quantity, "quantity": _quantity, "compareTo": _compare_to}
+
+
 @functools.cache
 def _program(rule: str) -> Any:
     environment = celpy.Environment()
-    return environment.program(environment.compile(rule))
+    return environment.program(environment.compile(rule), functions=KUBERNETES_CEL_FUNCTIONS)
 
 
 def to_cel(schema: dict[str, Any], value: Any) -> Any:

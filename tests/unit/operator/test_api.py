@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 import pytest
@@ -11,13 +12,18 @@ from pydantic import BaseModel
 from tests.unit.operator.conftest import with_spec
 from voicelane.operator.api import (
     DEFAULT_OLLAMA_IMAGE,
+    GUARDIAN_SOURCES,
+    LOG_LEVELS,
     OPERATOR_OWNED_SIDECAR_FIELDS,
+    RENAMED_SIDECAR_FIELDS,
+    ROUTING_MODES,
+    TTS_BACKENDS,
     SpecError,
     duration_seconds,
     k8s_field_name,
     parse_spec,
 )
-from voicelane.sidecar.config import SidecarConfig
+from voicelane.sidecar.config import GuardianConfig, RoutingConfig, SidecarConfig, TTSConfig
 
 
 def leaf_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -96,12 +102,53 @@ def test_checks_inherited_from_the_sidecar_name_the_crd_fields(minimal_lane: dic
         "a bucket smaller than one second of refill never fills"
     ]
     with pytest.raises(SpecError) as raised:
-        parse_spec(with_spec(minimal_lane, tts={"backend": "openai"})["spec"])
-    assert raised.value.problems == ["spec.tts: url is required when backend is openai"]
+        parse_spec(with_spec(minimal_lane, tts={"backend": "OpenAI"})["spec"])
+    assert raised.value.problems == ["spec.tts: url is required when backend is OpenAI"]
     with pytest.raises(SpecError) as raised:
         parse_spec(with_spec(minimal_lane, routing={"complexPatterns": {"ticket": "([A-Z]+-"}})["spec"])
     [problem] = raised.value.problems
     assert problem.startswith("spec.routing.complexPatterns.ticket: invalid regular expression: missing )"), problem
+
+
+@pytest.mark.parametrize(
+    ("spelled", "sidecar_field"),
+    [
+        (ROUTING_MODES, RoutingConfig.model_fields["mode"]),
+        (TTS_BACKENDS, TTSConfig.model_fields["backend"]),
+        (LOG_LEVELS, SidecarConfig.model_fields["log_level"]),
+        (GUARDIAN_SOURCES, GuardianConfig.model_fields["sources"]),
+    ],
+)
+def test_every_sidecar_enum_value_has_one_kubernetes_spelling(spelled: dict, sidecar_field: Any) -> None:
+    annotation = sidecar_field.annotation
+    literal = typing.get_args(annotation)[0] if typing.get_origin(annotation) is tuple else annotation
+    assert sorted(spelled.values()) == sorted(typing.get_args(literal))
+    assert all(name[:1].isupper() and "_" not in name for name in spelled)  # FastOnly, not fast_only
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new"),
+    [
+        ({"routing": {"mode": "fast_only"}}, "spec.routing.mode: Input should be 'Auto', 'FastOnly' or 'DeepOnly'", ""),
+        ({"policy": {"logLevel": "debug"}}, "spec.policy.logLevel: Input should be 'Debug'", ""),
+        ({"tts": {"backend": "espeak"}}, "spec.tts.backend: Input should be 'Espeak' or 'OpenAI'", ""),
+        (
+            {"policy": {"limits": {"maxBodyBytes": 65536}}},
+            "spec.policy.limits: maxBodyBytes cannot be set here",
+            "maxBodySize",
+        ),
+        ({"policy": {"cache": {"maxBytes": 1024}}}, "spec.policy.cache: maxBytes cannot be set here", "maxSize"),
+        ({"policy": {"cache": {"maxSize": 1024}}}, "spec.policy.cache.maxSize: 1024 is not a size such as 64Ki", ""),
+    ],
+)
+def test_the_earlier_spellings_are_refused_naming_the_new_one(
+    minimal_lane: dict, section: dict, old: str, new: str
+) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(with_spec(minimal_lane, **section)["spec"])
+    [problem] = raised.value.problems
+    assert problem.startswith(old), problem
+    assert new in problem
 
 
 def test_a_spec_that_is_not_a_mapping_is_refused() -> None:
@@ -120,6 +167,7 @@ def test_every_sidecar_field_is_reachable_from_a_voicelane(minimal_lane: dict) -
             f"upstreams.{tier}.keep_alive",
             f"upstreams.{tier}.parallel_slots",
         }  # the tier's model, keepAlive, numParallel times replicas
+    reachable |= set(RENAMED_SIDECAR_FIELDS)  # set in another form: maxBodySize: 64Ki for max_body_bytes: 65536
     unreachable = leaf_paths(SidecarConfig) - reachable
     assert unreachable == set(OPERATOR_OWNED_SIDECAR_FIELDS)
 

@@ -554,12 +554,15 @@ def test_policy_changes_reach_the_sidecar_configuration(minimal_lane: dict, tmp_
         minimal_lane,
         policy={
             "rateLimit": {"burst": 12, "sustainedPerSecond": 6},
-            "guardian": {"cpuThresholdPercent": 70},
+            "guardian": {"cpuThresholdPercent": 70, "sources": ["Upstream"]},
             "ttfa": {"targets": {"chat": 2.0}},
             "scheduler": {"maxWaiting": 5},
+            "limits": {"maxBodySize": "128Ki"},
+            "cache": {"maxSize": "1.5Gi"},
+            "logLevel": "Warning",
         },
-        routing={"fastMaxChars": 100},
-        tts={"backend": "openai", "url": "http://speech.voice.svc:8000"},
+        routing={"fastMaxChars": 100, "mode": "FastOnly"},
+        tts={"backend": "OpenAI", "url": "http://speech.voice.svc:8000"},
         fast={"keepAlive": "1h", "upstream": {"numPredict": 64}},
     )
     configmap = by_kind_and_name(render_children(lane))[("ConfigMap", "lane-sidecar")]
@@ -572,6 +575,9 @@ def test_policy_changes_reach_the_sidecar_configuration(minimal_lane: dict, tmp_
     assert config.scheduler.max_waiting == 5
     assert config.routing.fast_max_chars == 100
     assert (config.tts.backend, config.tts.url) == ("openai", "http://speech.voice.svc:8000")
+    # Kubernetes spellings become the sidecar's: enum values, and sizes in bytes.
+    assert (config.routing.mode, config.log_level, config.guardian.sources) == ("fast_only", "warning", ("upstream",))
+    assert (config.limits.max_body_bytes, config.cache.max_bytes) == (128 * 1024, 1536 * 2**20)
     assert (config.upstreams.fast.keep_alive, config.upstreams.fast.num_predict) == ("1h", 64)
 
 
@@ -609,6 +615,8 @@ def test_spec_hash_changes_only_for_children_that_change(sample_lane: dict) -> N
         ("ttfa.targets.email_tldr", "spec.policy.ttfa.targets.emailTldr"),
         ("phrase_bank.phrases.2", "spec.policy.phraseBank.phrases[2]"),
         ("default_lang", "spec.policy.defaultLang"),
+        ("cache.max_bytes", "spec.policy.cache.maxSize"),
+        ("limits.max_body_bytes", "spec.policy.limits.maxBodySize"),
     ],
 )
 def test_sidecar_keys_map_to_their_crd_fields(sidecar_key: str, crd_path: str) -> None:
