@@ -58,7 +58,12 @@ async def read_body(request: web.Request, limits: LimitsConfig) -> bytes:
     """Read the body with a size cap and a time cap, refusing early rather than buffering everything."""
     declared = request.content_length
     if declared is not None and declared > limits.max_body_bytes:
-        raise ApiError(413, "body_too_large", f"request body of {declared} bytes exceeds {limits.max_body_bytes}")
+        raise ApiError(
+            413,
+            "body_too_large",
+            f"request body of {declared} bytes exceeds {limits.max_body_bytes}",
+            close_connection=True,
+        )
     body = bytearray()
 
     async def _read() -> None:
@@ -68,13 +73,21 @@ async def read_body(request: web.Request, limits: LimitsConfig) -> bytes:
                 return
             body.extend(chunk)
             if len(body) > limits.max_body_bytes:
-                raise ApiError(413, "body_too_large", f"request body exceeds {limits.max_body_bytes} bytes")
+                raise ApiError(
+                    413,
+                    "body_too_large",
+                    f"request body exceeds {limits.max_body_bytes} bytes",
+                    close_connection=True,
+                )
 
     try:
         await asyncio.wait_for(_read(), timeout=limits.body_read_timeout_s)
     except TimeoutError:
         raise ApiError(
-            408, "body_timeout", f"request body not received within {limits.body_read_timeout_s} s"
+            408,
+            "body_timeout",
+            f"request body not received within {limits.body_read_timeout_s} s",
+            close_connection=True,
         ) from None
     except web.RequestPayloadError as exc:
         raise unreadable_body(request, exc) from None
@@ -86,11 +99,15 @@ def unreadable_body(request: web.BaseRequest, exc: web.RequestPayloadError) -> A
     cause = exc.__cause__
     if isinstance(cause, ContentEncodingError):
         encoding = request.headers.get("Content-Encoding", "")
-        return bad_request(
-            "invalid_content_encoding", f"the body does not decode as its Content-Encoding header says ({encoding})"
+        code, message = (
+            "invalid_content_encoding",
+            f"the body does not decode as its Content-Encoding header says ({encoding})",
         )
-    reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
-    return bad_request("invalid_body", f"request body could not be read: {parser_reason(reason)}")
+    else:
+        reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+        code, message = "invalid_body", f"request body could not be read: {parser_reason(reason)}"
+    # Where this body ends is unknown, so nothing after it on the connection can be read as a request.
+    return ApiError(400, code, message, close_connection=True)
 
 
 def parse_json(text: str) -> Any:
@@ -240,6 +257,25 @@ class ApiRequestHandler(web.RequestHandler):
 
     __slots__ = ()
 
+    def data_received(self, data: bytes) -> None:
+        # When aiohttp's parser fails part-way through a body (a bad chunk size in a later packet, a
+        # deflate body that ends unfinished), it queues its refusal for after the request being read
+        # and leaves that request's body open: its handler would wait for the rest until the body
+        # timeout. That body fails at once instead, with the parser's reason.
+        receiving: web.BaseRequest | None = getattr(self, "_current_request", None)
+        pending = getattr(self, "_messages", None)
+        queued = len(pending) if pending is not None else 0
+        super().data_received(data)
+        if receiving is None or pending is None or receiving.content.is_eof() or receiving.content.exception():
+            return
+        for message, _ in list(pending)[queued:]:
+            refusal = getattr(message, "exc", None)
+            if isinstance(refusal, HttpProcessingError):
+                failed = web.RequestPayloadError(refusal.message)
+                failed.__cause__ = refusal
+                receiving.content.set_exception(failed)
+                return
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -252,9 +288,15 @@ class ApiRequestHandler(web.RequestHandler):
             # ends the connection quietly when this raises ConnectionError.
             raise ConnectionError("the client left before its answer was complete") from exc
         if isinstance(exc, ContentEncodingError):
-            # aiohttp decodes gzip and deflate itself; other codings it names by the package to install.
-            reason = "unsupported Content-Encoding"
-            error = bad_request("invalid_content_encoding", f"{reason}: gzip and deflate are the codings read")
+            # aiohttp decodes gzip and deflate; for other codings it names the package it would need.
+            unsupported = "install" in exc.message
+            reason = (
+                "unsupported Content-Encoding" if unsupported else "the body does not decode as its Content-Encoding"
+            )
+            error = bad_request(
+                "invalid_content_encoding",
+                f"{reason}: gzip and deflate are the codings read" if unsupported else f"{reason} header says",
+            )
         elif isinstance(exc, HttpProcessingError):
             reason = parser_reason(exc.message or message or "")
             error = ApiError(status, "invalid_http", f"not a valid HTTP request: {reason}")

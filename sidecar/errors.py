@@ -23,6 +23,7 @@ class ApiError(Exception):
         *,
         retry_after_s: float | None = None,
         details: dict[str, Any] | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,6 +31,9 @@ class ApiError(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
         self.details = details or {}
+        # Set when the connection cannot carry another request (a body that could not be read to its
+        # end): the answer then says `Connection: close`, so no client sends its next request into it.
+        self.close_connection = close_connection
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -47,7 +51,12 @@ class ApiError(Exception):
             self.body(), status=self.status, headers={**self.headers(), **(extra_headers or {})}
         )
         response["error_code"] = self.code  # for the request log
+        self.apply_connection(response)
         return response
+
+    def apply_connection(self, response: web.StreamResponse) -> None:
+        if self.close_connection:
+            response.force_close()
 
 
 def bad_request(code: str, message: str, **details: Any) -> ApiError:

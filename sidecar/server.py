@@ -66,6 +66,17 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every failure leaves as structured JSON; an unexpected one is logged and still structured."""
+    response = await _answer_or_refuse(request, handler)
+    if response.status >= 400 and not response.prepared and not request.content.is_eof():
+        # Refused before its body was read: aiohttp reads the rest away or gives up and closes, so the
+        # answer says so, and the client sends its next request on a new connection.
+        response.force_close()
+    return response
+
+
+async def _answer_or_refuse(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

@@ -704,17 +704,20 @@ async def _merged_listing(lane: Lane, path: str, *, key: str, protocols: tuple[P
 
 def _ollama_error(exc: ApiError, headers: dict[str, str] | None = None) -> web.Response:
     # Ollama's error body is {"error": "..."}; keep the code in a header for machines.
-    return web.json_response(
+    response = web.json_response(
         {"error": exc.message},
         status=exc.status,
         headers={**(headers or {}), **exc.headers(), "X-Voicelane-Error": exc.code},
     )
+    exc.apply_connection(response)
+    return response
 
 
 def _openai_error(exc: ApiError, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
     response = web.json_response(body, status=exc.status, headers={**(headers or {}), **exc.headers()})
     response["error_code"] = exc.code  # for the request log
+    exc.apply_connection(response)
     return response
 
 

@@ -276,6 +276,52 @@ def test_an_unsupported_content_encoding_is_refused_by_name(lane: LiveLane) -> N
     assert "install" not in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "head", "later", "code"),
+    [
+        ("/v1/text", b"Transfer-Encoding: chunked", [b'5\r\n{"tex\r\n', b"zz\r\n"], "invalid_body"),
+        ("/api/chat", b"Transfer-Encoding: chunked", [b'5\r\n{"mod\r\n', b"zz\r\n"], "invalid_body"),
+        ("/v1/speak", b"Content-Encoding: deflate\r\nContent-Length: 4", [b"[{}]"], "invalid_content_encoding"),
+    ],
+    ids=["bad_chunk_size_later", "bad_chunk_size_later_transparent", "deflate_that_never_ends"],
+)
+def test_a_body_the_parser_fails_part_way_through_is_refused_at_once(
+    lane: LiveLane, endpoint: str, head: bytes, later: list[bytes], code: str
+) -> None:
+    # The request's head arrives first, so its handler is already reading the body when the parser
+    # fails; aiohttp left that body open, and the handler waited for the body timeout (10 s).
+    host, port = lane.url.removeprefix("http://").split(":")
+    logs = LogCursor(lane)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST " + endpoint.encode() + b" HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+        for piece in later:
+            time.sleep(0.2)
+            sock.sendall(piece)
+        answer = sock.recv(65536)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 400"), answer
+    assert time.monotonic() - started < 3
+    assert b"Connection: close" in head_part  # the rest of this connection cannot be read as requests
+    error = json.loads(body)["error"]
+    if endpoint.startswith("/api/"):  # Ollama's error format: the code in a header
+        assert f"X-Voicelane-Error: {code}".encode() in head_part
+    else:
+        assert error["code"] == code
+    assert [r["error_code"] for r in logs.records() if r.get("msg") == "request finished"] == [code]
+
+
+def test_an_answer_to_a_body_it_could_not_read_closes_the_connection(lane: LiveLane) -> None:
+    # Otherwise a client sends its next request into a connection the sidecar is about to close.
+    with requests.Session() as session:
+        refused = session.post(
+            lane.url + "/v1/text", data=BODY, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+        assert refused.status_code == 400
+        assert refused.headers["Connection"] == "close"
+        assert session.post(lane.url + "/v1/text", data=BODY, timeout=30).status_code == 200
+
+
 # ----- clients that leave mid-speech ------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """The operator's injection webhook served in-process over plain HTTP, for tests of what it does with its input.
 
 The server is the operator's own (`InjectionWebhookServer`, on kopf's aiohttp server); behind it,
-instead of kopf's admission machinery, a stand-in decides with the webhook's `admit_pod` (a lane
-that exists, `voice`) and answers as kopf does. It runs on an event loop of its own in a thread, so
+instead of kopf's admission machinery, a stand-in calls the operator's own mutating handler (with a
+lane `voice` in namespace `apps` that exists) as kopf does, and answers as kopf does. It runs on an event loop of its own in a thread, so
 that synchronous tests (hypothesis among them) can call it; every log record of the process is kept.
 """
 
@@ -16,7 +16,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from voicelane.operator.webhook import InjectionWebhookServer, admit_pod
+import kopf
+
+from voicelane.operator.webhook import InjectionWebhookServer, mutate_handler
 from voicelane.processes import free_port
 
 LANE = {
@@ -34,16 +36,21 @@ async def get_lane(namespace: str, name: str) -> Mapping[str, Any] | None:
     return LANE if (namespace, name) == ("apps", "voice") else None
 
 
+MUTATE_POD = mutate_handler(get_lane, image="registry.example/voicelane:1")
+
+
 async def decide(request: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """What kopf's admission function answers, with the webhook's own decision inside."""
+    """What kopf's admission function does with a review: the mutating handler on its object, then the answer."""
     review = request["request"]
-    pod = review.get("object") or review.get("oldObject") or {}
-    namespace = str((pod.get("metadata") or {}).get("namespace") or review.get("namespace") or "")
-    admission = await admit_pod(pod, namespace=namespace, get_lane=get_lane, image="img:1")
+    body = kopf.Body(review.get("object") or review.get("oldObject"))
+    warnings: list[str] = []
+    await MUTATE_POD(
+        body=body, patch=kopf.Patch(body=body), warnings=warnings, logger=logging.getLogger("kopf.objects")
+    )
     return {
         "apiVersion": request["apiVersion"],
         "kind": "AdmissionReview",
-        "response": {"uid": review["uid"], "allowed": True, "warnings": list(admission.warnings)},
+        "response": {"uid": review["uid"], "allowed": True, "warnings": warnings},
     }
 
 
