@@ -17,13 +17,16 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+import voicelane.sidecar
 from tests.api.live import LiveLane, live_lane
 from tests.faults.conftest import CRASH_MARKS
+from voicelane.sidecar.edge import REQUEST_ID
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,6 +165,13 @@ def test_a_request_id_header_that_cannot_be_echoed_is_refused(lane: LiveLane) ->
     assert response.headers["X-Voicelane-Error"] == "invalid_field"
     assert "X-Request-Id" in error_message(response)
     assert post(lane, "/api/chat", body, **{"X-Request-Id": "chat-1.a:b"}).headers["X-Request-Id"] == "chat-1.a:b"
+
+
+def test_the_documented_request_id_header_is_the_one_enforced() -> None:
+    spec = json.loads(Path(voicelane.sidecar.__file__).with_name("openapi.json").read_text(encoding="utf-8"))
+    schema = spec["components"]["parameters"]["RequestIdHeader"]["schema"]
+    assert schema["pattern"] == f"^{REQUEST_ID.pattern.removesuffix('{1,128}')}*$"
+    assert schema["maxLength"] == 128
 
 
 # ----- bodies that are not what they say ----------------------------------------------------------
