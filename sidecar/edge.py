@@ -287,16 +287,13 @@ class ApiRequestHandler(web.RequestHandler):
             # The client left while its answer was being written (the request log has its line): aiohttp
             # ends the connection quietly when this raises ConnectionError.
             raise ConnectionError("the client left before its answer was complete") from exc
-        if isinstance(exc, ContentEncodingError):
-            # aiohttp decodes gzip and deflate; for other codings it names the package it would need.
-            unsupported = "install" in exc.message
-            reason = (
-                "unsupported Content-Encoding" if unsupported else "the body does not decode as its Content-Encoding"
-            )
-            error = bad_request(
-                "invalid_content_encoding",
-                f"{reason}: gzip and deflate are the codings read" if unsupported else f"{reason} header says",
-            )
+        if isinstance(exc, ContentEncodingError) and "install" in exc.message:
+            # aiohttp decodes gzip and deflate; for any other coding it names the package it would need.
+            reason = "unsupported Content-Encoding"
+            error = bad_request("invalid_content_encoding", f"{reason}: gzip and deflate are the codings read")
+        elif isinstance(exc, ContentEncodingError):
+            reason = "the body does not decode as its Content-Encoding header says"
+            error = bad_request("invalid_content_encoding", reason)
         elif isinstance(exc, HttpProcessingError):
             reason = parser_reason(exc.message or message or "")
             error = ApiError(status, "invalid_http", f"not a valid HTTP request: {reason}")
@@ -318,7 +315,8 @@ class ApiRequestHandler(web.RequestHandler):
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
         if isinstance(exc, web.RequestPayloadError | HttpProcessingError | ConnectionError):
-            # The rest of a body its handler refused already, drained before the connection closes.
+            # A broken body its handler has refused already, met again while aiohttp drains it before
+            # closing the connection (or a client gone meanwhile): nothing new to report.
             log.debug("connection closed after an unreadable request body: %s", parser_reason(str(exc)))
             return
         super().log_exception(*args, **kw)
