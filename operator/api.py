@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from voicelane import __version__
 from voicelane.sidecar.config import (
     DEFAULT_COMPLEX_PATTERNS,
     CacheConfig,
@@ -71,6 +72,9 @@ TierName = Literal["fast", "deep"]
 # Pinned rather than `latest`, so a lane's pods do not change under it: the release the real-stack
 # tests run (voicelane/gobuild/modules/ollama), so the scripts the pods run are proven on that binary.
 DEFAULT_OLLAMA_IMAGE = "ollama/ollama:0.17.4"
+# The sidecar's image also runs the gate (`voicelane gate`): one image for the lane's own code.
+SIDECAR_IMAGE_REPOSITORY = "ghcr.io/voicelane/voicelane-sidecar"
+DEFAULT_SIDECAR_IMAGE = f"{SIDECAR_IMAGE_REPOSITORY}:{__version__}"
 
 # Labels the operator puts on every child. On a tier's pods they select the pods (Service, Deployment,
 # NetworkPolicy, disruption budget), so a lane's podLabels cannot set them.
@@ -886,6 +890,27 @@ class TTSSpec(SpecModel, TTSConfig):
     api_key: SkipJsonSchema[None] = Field(None, exclude=True)
 
 
+class GateSpec(SpecModel):
+    """The model-side gate: a second container in each tier pod, in front of Ollama (README: The gate)."""
+
+    enabled: bool = Field(
+        False,
+        description="Run `voicelane gate` in each tier pod: the Service reaches Ollama only through it, and every "
+        "app pod's model calls share one priority queue, waiting room, single-flight and guardian per server.",
+    )
+    image: str = Field(
+        DEFAULT_SIDECAR_IMAGE, max_length=512, pattern=IMAGE_PATTERN, description="Image that runs the gate."
+    )
+    cpu: Quantity = Field("250m", description="The gate's CPU, requested and limited alike.")
+    memory: Quantity = Field("128Mi", description="The gate's memory, requested and limited alike.")
+    reserve_for_chats: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Of the server's parallel slots, how many only priority 0 (chats) may take; never the last.",
+    )
+
+
 class VoiceLaneSpec(SpecModel):
     """A low-latency voice lane: fast and deep Ollama tiers and the policy of the sidecars that use them."""
 
@@ -902,6 +927,7 @@ class VoiceLaneSpec(SpecModel):
     routing: RoutingSpec = RoutingSpec()
     policy: PolicySpec = PolicySpec()
     tts: TTSSpec = TTSSpec()
+    gate: GateSpec = GateSpec()
 
     def tier(self, name: TierName) -> TierSpec:
         return self.fast if name == "fast" else self.deep

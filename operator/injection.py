@@ -28,7 +28,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from voicelane import __version__
+from voicelane.operator.api import DEFAULT_SIDECAR_IMAGE
 from voicelane.operator.render import (
     LABEL_LANE,
     LABEL_TIER,
@@ -38,8 +38,6 @@ from voicelane.operator.render import (
 )
 from voicelane.sidecar.config import ServerConfig
 
-SIDECAR_IMAGE_REPOSITORY = "ghcr.io/voicelane/voicelane-sidecar"
-DEFAULT_SIDECAR_IMAGE = f"{SIDECAR_IMAGE_REPOSITORY}:{__version__}"
 SIDECAR_CONTAINER_NAME = "voicelane-sidecar"
 # Kubernetes port names are IANA service names: at most 15 characters. The chart's PodMonitor
 # scrapes the port of this name (podMonitor.port).

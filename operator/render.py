@@ -71,6 +71,7 @@ from voicelane.operator.api import (
     ROUTING_MODES,
     TIERS,
     TTS_BACKENDS,
+    GateSpec,
     SpecError,
     TierName,
     TierSpec,
@@ -85,6 +86,10 @@ from voicelane.sidecar.config import ConfigError, RequestClass, SidecarConfig, U
 
 TIER_SERVICE_PORTS: Mapping[str, int] = {"fast": 11435, "deep": 11434}
 OLLAMA_PORT = 11434
+# With the gate, Ollama listens on loopback inside the pod, where only the gate (and the pod's own
+# pull, warmer and probes) reach it; the gate takes OLLAMA_PORT and the Service's target port name.
+GATED_OLLAMA_PORT = 11400
+GATE_CONTAINER_NAME = "gate"
 SIDECAR_METRICS_LISTEN = "0.0.0.0:9464"
 SIDECAR_CONFIG_KEY = "sidecar.yaml"
 
@@ -141,6 +146,10 @@ _RESIDENT_CHECK = (
     'OLLAMA_HOST="127.0.0.1:${OLLAMA_HOST##*:}" ollama ps'
     " | awk 'NR > 1 { print $1 }' | grep -Fxq -- \"$VOICELANE_MODEL\""
 )
+
+# The server answers at all (its liveness, when the gate holds the pod's port).
+_SERVER_ANSWERS = 'OLLAMA_HOST="127.0.0.1:${OLLAMA_HOST##*:}" ollama list >/dev/null'
+GATE_EPHEMERAL_STORAGE = "64Mi"
 
 _PULL_SCRIPT = """\
 set -eu
@@ -519,10 +528,10 @@ def _extra_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
     return [var.model_dump(by_alias=True, exclude_none=True) for var in tier_spec.env]
 
 
-def model_server_environment(tier_spec: TierSpec) -> dict[str, str]:
+def model_server_environment(tier_spec: TierSpec, *, gated: bool = False) -> dict[str, str]:
     """The Ollama settings a tier's model server runs with (the spec's own `env` entries aside)."""
     pairs = {
-        "OLLAMA_HOST": f"0.0.0.0:{OLLAMA_PORT}",
+        "OLLAMA_HOST": f"127.0.0.1:{GATED_OLLAMA_PORT}" if gated else f"0.0.0.0:{OLLAMA_PORT}",
         "OLLAMA_MODELS": MODELS_PATH,
         "HOME": HOME_PATH,
         "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
@@ -541,8 +550,8 @@ def model_server_environment(tier_spec: TierSpec) -> dict[str, str]:
     return pairs
 
 
-def _model_server_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
-    return _env(model_server_environment(tier_spec)) + _extra_env(tier_spec)
+def _model_server_env(tier_spec: TierSpec, *, gated: bool) -> list[dict[str, Any]]:
+    return _env(model_server_environment(tier_spec, gated=gated)) + _extra_env(tier_spec)
 
 
 def _exec_probe(command: str, *, period: int, failures: int) -> dict[str, Any]:
@@ -569,7 +578,39 @@ def _uses_exclusive_claim(tier_spec: TierSpec) -> bool:
     return storage is not None and storage.uses_claim() and storage.access_mode != "ReadWriteMany"
 
 
-def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, Any]:
+def _gate_container(tier_spec: TierSpec, gate: GateSpec) -> dict[str, Any]:
+    """`voicelane gate` in front of the pod's Ollama: the tier's port, its slots, its model and limits."""
+
+    def probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 2, **timing}
+
+    return {
+        "name": GATE_CONTAINER_NAME,
+        "image": gate.image,
+        "command": ["voicelane", "gate"],
+        "args": [
+            *("--listen", f"0.0.0.0:{OLLAMA_PORT}"),
+            *("--upstream", f"http://127.0.0.1:{GATED_OLLAMA_PORT}"),
+            *("--slots", str(tier_spec.num_parallel)),
+            *("--reserve-for-chats", str(gate.reserve_for_chats)),
+            *("--model", loaded_model_name(tier_spec.model)),
+            # The guardian judges Ollama's own processes (the pod shares its process namespace)
+            # against the limits of Ollama's container.
+            *("--cpu-limit", tier_spec.resources.cpu, "--memory-limit", tier_spec.resources.memory),
+        ],
+        "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
+        "resources": _resources(gate.cpu, gate.memory, GATE_EPHEMERAL_STORAGE),
+        "securityContext": _container_security(),
+        # Ready once the model is loaded (Ollama's /api/ps, read by the gate).
+        "readinessProbe": probe("/readyz", periodSeconds=5, failureThreshold=3),
+        "livenessProbe": probe("/healthz", periodSeconds=10, failureThreshold=3),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec, gate: GateSpec | None = None) -> dict[str, Any]:
+    gated = gate is not None and gate.enabled
+    loopback_host = f"127.0.0.1:{GATED_OLLAMA_PORT}" if gated else _LOOPBACK_HOST
     cpu, memory = tier_spec.resources.cpu, tier_spec.resources.memory
     ephemeral_storage = model_server_ephemeral_storage(tier_spec)
     server_mounts = [
@@ -584,7 +625,7 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         "command": ["sh", "-c", _PULL_SCRIPT],
         "env": _env(
             {
-                "OLLAMA_HOST": _LOOPBACK_HOST,
+                "OLLAMA_HOST": loopback_host,
                 "OLLAMA_MODELS": MODELS_PATH,
                 "HOME": HOME_PATH,
                 "VOICELANE_MODEL": model,
@@ -601,7 +642,7 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         "image": tier_spec.image,
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
-        "env": _model_server_env(tier_spec),
+        "env": _model_server_env(tier_spec, gated=gated),
         # Only the model server gets the tier's devices: the pull and the warmer never run the model.
         "resources": _resources(cpu, memory, ephemeral_storage, tier_spec.resources.extended),
         "securityContext": _container_security(),
@@ -611,21 +652,28 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
         ),
         # Six misses (a minute) leave the warmer time to reload an unloaded model.
         "readinessProbe": _exec_probe(_RESIDENT_CHECK, period=10, failures=6),
-        "livenessProbe": {
-            "httpGet": {"path": "/api/version", "port": "http"},
-            "periodSeconds": 20,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
-            "successThreshold": 1,
-        },
+        "livenessProbe": (
+            # Behind the gate Ollama listens on loopback, which the kubelet cannot reach.
+            _exec_probe(_SERVER_ANSWERS, period=20, failures=3)
+            if gated
+            else {
+                "httpGet": {"path": "/api/version", "port": "http"},
+                "periodSeconds": 20,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+                "successThreshold": 1,
+            }
+        ),
     }
+    if gated:
+        del server["ports"]  # the gate holds the pod's port and its name, which the Service targets
     warmer = {
         "name": "warmer",
         "image": tier_spec.image,
         "command": ["sh", "-c", _WARMER_SCRIPT],
         "env": _env(
             {
-                "OLLAMA_HOST": _LOOPBACK_HOST,
+                "OLLAMA_HOST": loopback_host,
                 "HOME": "/tmp",
                 "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
                 "VOICELANE_MODEL": model,
@@ -652,13 +700,15 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec) -> dict[str, 
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "initContainers": [pull_model],
-        "containers": [server, warmer],
+        "containers": [server, _gate_container(tier_spec, gate), warmer] if gate and gate.enabled else [server, warmer],
         "volumes": [
             _model_store_volume(lane_name, tier, tier_spec),
             {"name": "home", "emptyDir": {"sizeLimit": HOME_SIZE_LIMIT}},
             {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         ],
     }
+    if gated:
+        pod["shareProcessNamespace"] = True  # the gate's guardian reads Ollama's processes
     if tier_spec.node_selector:
         pod["nodeSelector"] = dict(sorted(tier_spec.node_selector.items()))
     if tier_spec.tolerations:
@@ -693,7 +743,12 @@ TIER_CHECKOV_SKIPS = {
 
 
 def _deployment(
-    lane_name: str, namespace: str, tier: TierName, tier_spec: TierSpec, owner: dict[str, Any]
+    lane_name: str,
+    namespace: str,
+    tier: TierName,
+    tier_spec: TierSpec,
+    owner: dict[str, Any],
+    gate: GateSpec | None = None,
 ) -> dict[str, Any]:
     labels = lane_labels(lane_name, component="model-server", tier=tier)
     if _uses_exclusive_claim(tier_spec):
@@ -725,7 +780,7 @@ def _deployment(
                         ANNOTATION_DEFAULT_CONTAINER: MODEL_SERVER_NAME,
                     },
                 },
-                "spec": _pod_spec(lane_name, tier, tier_spec),
+                "spec": _pod_spec(lane_name, tier, tier_spec, gate),
             },
         },
     }
@@ -893,7 +948,7 @@ def render_children(lane: Mapping[str, Any], *, operator_namespace: str | None =
         children += [
             _claim(name, namespace, tier, tier_spec, owner),
             _service(name, namespace, tier, owner),
-            _deployment(name, namespace, tier, tier_spec, owner),
+            _deployment(name, namespace, tier, tier_spec, owner, spec.gate),
             _disruption_budget(name, namespace, tier, tier_spec, owner),
         ]
     return [_finished(child) for child in children if child is not None]

@@ -30,10 +30,10 @@ from typing import Any
 import yaml
 
 from voicelane.operator import rbac, render
+from voicelane.operator.api import SIDECAR_IMAGE_REPOSITORY
 from voicelane.operator.cli import PLACEHOLDER_UID
 from voicelane.operator.injection import (
     IMAGE_UID,
-    SIDECAR_IMAGE_REPOSITORY,
     SIDECAR_METRICS_PORT_NAME,
     inject,
     restricted_container_security,

@@ -51,7 +51,7 @@ def env_of(container_spec: dict[str, Any]) -> dict[str, str]:
 
 
 def lanes_to_validate() -> list[str]:
-    return ["sample", "minimal", "existing-claim", "gpu", "pod-options"]
+    return ["sample", "minimal", "existing-claim", "gpu", "pod-options", "gated"]
 
 
 @pytest.fixture
@@ -97,6 +97,7 @@ def lane_variants(sample_lane: dict, minimal_lane: dict) -> dict[str, dict]:
         "existing-claim": existing,
         "gpu": gpu,
         "pod-options": pod_options,
+        "gated": with_spec(sample_lane, gate={"enabled": True}),
     }
 
 
@@ -155,6 +156,42 @@ def test_services_expose_the_tier_ports_to_ollama(sample_lane: dict, tier: str, 
     server = container(deployment["template"]["spec"], "ollama")
     assert server["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
     assert env_of(server)["OLLAMA_HOST"] == "0.0.0.0:11434"
+
+
+@pytest.mark.parametrize(("tier", "port"), [("fast", 11435), ("deep", 11434)])
+def test_with_the_gate_the_service_reaches_ollama_only_through_it(lane_variants: dict, tier: str, port: int) -> None:
+    children = by_kind_and_name(render_children(lane_variants["gated"]))
+    service = children[("Service", f"voice-{tier}")]["spec"]
+    assert service["ports"][0]["targetPort"] == "http"
+    pod = children[("Deployment", f"voice-{tier}")]["spec"]["template"]["spec"]
+    gate, server, warmer = container(pod, "gate"), container(pod, "ollama"), container(pod, "warmer")
+    # The port the Service targets is the gate's; Ollama listens on loopback, where only the pod reaches it.
+    assert gate["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+    assert "ports" not in server
+    assert env_of(server)["OLLAMA_HOST"] == "127.0.0.1:11400"
+    assert env_of(warmer)["OLLAMA_HOST"] == env_of(container(pod, "pull-model"))["OLLAMA_HOST"] == "127.0.0.1:11400"
+    assert "httpGet" not in server["livenessProbe"]  # the kubelet cannot reach loopback
+    args = gate["args"]
+    tier_spec = lane_variants["gated"]["spec"][tier]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert gate["command"] == ["voicelane", "gate"]
+    assert flags["--upstream"] == "http://127.0.0.1:11400"
+    assert flags["--slots"] == str(tier_spec.get("numParallel", 1))
+    assert (flags["--cpu-limit"], flags["--memory-limit"]) == (
+        server["resources"]["limits"]["cpu"],
+        server["resources"]["limits"]["memory"],
+    )
+    assert flags["--model"] == env_of(server)["VOICELANE_MODEL"]
+    assert gate["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert pod["shareProcessNamespace"] is True  # the gate's guardian reads Ollama's processes
+    for spec in pod["initContainers"] + pod["containers"]:
+        assert spec["resources"]["requests"] == spec["resources"]["limits"], spec["name"]  # still Guaranteed
+
+
+def test_without_the_gate_the_pod_has_none(sample_lane: dict) -> None:
+    pod = pod_spec(render_children(sample_lane), "voice-fast")
+    assert [c["name"] for c in pod["containers"]] == ["ollama", "warmer"]
+    assert "shareProcessNamespace" not in pod
 
 
 def test_pods_are_guaranteed_qos(sample_lane: dict) -> None:
