@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import signal
+from typing import TYPE_CHECKING, Any
 
 from voicelane.sidecar.gate_headers import DEFAULT_PRIORITY, PRIORITIES
+
+if TYPE_CHECKING:
+    from voicelane.gate.server import Gate
 
 
 def add_parser(subparsers: Any) -> None:
@@ -65,7 +70,6 @@ def waiting_room(text: str) -> dict[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aiohttp import web
     from kubernetes.utils.quantity import parse_quantity
 
     from voicelane.gate.pressure import ProcessTreePressure, find_by_command, find_by_pid
@@ -101,7 +105,29 @@ def run(args: argparse.Namespace) -> int:
     )
     host, _, port = args.listen.rpartition(":")
     gate = Gate(settings, pressure=pressure)
-    print(f"gate listening on http://{host}:{port} in front of {settings.upstream}", flush=True)
-    # A caller that hangs up must leave the queue at once, not when its next byte fails to send.
-    web.run_app(gate.app(), host=host, port=int(port), print=None, access_log=None, handler_cancellation=True)
+    asyncio.run(_serve(gate, host, int(port)))
     return 0
+
+
+async def _serve(gate: Gate, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT; SIGHUP (there is nothing to re-read) is ignored rather than fatal."""
+    from aiohttp import web
+
+    from voicelane.sidecar.edge import ApiAppRunner
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    # The sidecar's runner: requests its HTTP parser refuses get a JSON answer and one log line, not a
+    # traceback. Handler cancellation: a caller that hangs up leaves the queue at once, not when its
+    # next byte fails to send.
+    runner = ApiAppRunner(gate.app(), access_log=None, handler_cancellation=True, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(f"gate listening on http://{host}:{port} in front of {gate.settings.upstream}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,9 @@ passes the rest of Ollama's API through.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,3 +260,26 @@ async def test_sidecars_in_front_of_the_gate_tell_it_each_calls_priority_class_a
     assert len(second) > 44
     assert gauge(gate.url, "voicelane_gate_calls_total")["priority=0,role=joiner"] == 1
     assert sim.get("/sim/stats").json()["calls"]["/api/chat"] == calls + 1
+
+
+def test_requests_the_http_parser_refuses_and_sighup_neither_crash_the_gate_nor_flood_its_log(
+    start_sim, start_gate
+) -> None:
+    gate = start_gate(start_sim().url)
+    bad_requests = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    )
+    for raw in bad_requests:
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as connection:
+            connection.sendall(raw)
+            answer = connection.recv(65536)
+        assert answer.split(b" ", 2)[1].startswith(b"4"), answer[:80]
+        assert b"application/json" in answer
+    os.kill(gate.process.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    assert requests.post(gate.url + "/api/chat", json=chat("Hej."), timeout=10).status_code == 200
+    log = gate.process.log()
+    assert "Traceback" not in log
+    assert "ERROR" not in log
