@@ -22,6 +22,9 @@ def add_parser(subparsers: Any) -> None:
     up.add_argument("--node-cpu", default="16", help="CPU each node offers (default 16)")
     up.add_argument("--node-memory", default="64Gi", help="memory each node offers (default 64Gi)")
     up.add_argument("--node-pods", type=int, default=110, help="pods each node takes (default 110)")
+    up.add_argument(
+        "--node-ephemeral-storage", default="500Gi", help="ephemeral storage each node offers (default 500Gi)"
+    )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     up.set_defaults(handler=_up)
     down = actions.add_parser("down", help="stop every process the cluster in DIR runs and remove its state")
@@ -35,7 +38,13 @@ def _up(args: argparse.Namespace) -> int:
     from voicelane.cluster.control_plane import DEFAULT_DIR, ClusterError, ControlPlane, NodeShape
     from voicelane.gobuild import BuildError
 
-    shape = NodeShape(count=args.nodes, cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods)
+    shape = NodeShape(
+        count=args.nodes,
+        cpu=args.node_cpu,
+        memory=args.node_memory,
+        pods=args.node_pods,
+        ephemeral_storage=args.node_ephemeral_storage,
+    )
     plane = ControlPlane(args.dir or DEFAULT_DIR, nodes=shape, out=sys.stderr)
     try:
         kubeconfig = plane.up(timeout_s=args.timeout)

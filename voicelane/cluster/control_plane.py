@@ -128,6 +128,7 @@ class ControlPlane:
         api_url = f"https://127.0.0.1:{ports['apiserver']}"
         self._write_kubeconfig(api_url)
         self._write_kwok_config(binaries)
+        self._write_scheduler_config()
         state: dict[str, Any] = {"api_url": api_url, "ports": ports, "processes": {}}
         try:
             for name in COMPONENT_ORDER:
@@ -233,13 +234,9 @@ class ControlPlane:
         if name == "kube-scheduler":
             return [
                 str(binaries["kube-scheduler"]),
-                f"--kubeconfig={admin}",
+                f"--config={folder / 'kube-scheduler.yaml'}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={ports['scheduler']}",
-                "--leader-elect=false",
-                "--profiling=false",
-                "--kube-api-qps=200",  # binds, like the controller manager's writes, above the default 50/s
-                "--kube-api-burst=400",
             ]
         if name == "kwok":
             return [
@@ -303,6 +300,22 @@ class ControlPlane:
         }
         self.kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.kubeconfig.chmod(0o600)
+
+    def _write_scheduler_config(self) -> None:
+        config = {
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            # Binds, like the controller manager's writes, above the client's default 50 requests/s.
+            "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 200, "burst": 400},
+            "leaderElection": {"leaderElect": False},
+            "enableProfiling": False,
+            # A pod whose claim is not bound yet is unschedulable until the claim binds; after a few such
+            # tries the default backoff (1 s doubling to 10 s) keeps it waiting up to 10 s longer than it
+            # has to. Retrying each second costs a test cluster nothing.
+            "podInitialBackoffSeconds": 1,
+            "podMaxBackoffSeconds": 1,
+        }
+        (self.folder / "kube-scheduler.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     def _write_kwok_config(self, binaries: Mapping[str, Path]) -> None:
         stages = [binaries[Path(name).name].read_text(encoding="utf-8") for name in build.KWOK_STAGES]
