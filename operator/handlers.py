@@ -7,7 +7,8 @@ lane is reconciled once per burst and retries failures with backoff itself. A re
 desired children (render.py), lists the live ones, carries out the steps apply.py decides with the
 official kubernetes client (server-side apply under one field manager; apply.py says when a child
 needs no write at all), computes the status with status.py, writes it when it changed, and posts
-Events for what a user would want to know. Reconciles of one lane never overlap.
+Events for what a user would want to know. Reconciles of one lane never overlap, and at most
+`LaneReconciler.MAX_RECONCILING` lanes are reconciled at once.
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ class Outcome:
 class LaneReconciler:
     """Reconciles lanes one at a time each; see the module docstring for what a reconcile does."""
 
+    # Lanes reconciled at once; the others wait their turn. Twice the API requests in flight keeps the
+    # API client busy, while a burst of lanes no longer holds every lane's rendering, listing and
+    # answers in memory at the same time, and the first lanes get their status before the last ones
+    # are written.
+    MAX_RECONCILING = 2 * KubeApi.MAX_IN_FLIGHT
+
     def __init__(
         self,
         api: KubeApi,
@@ -204,6 +211,7 @@ class LaneReconciler:
         self.clock = clock
         self.post_event: EventPoster = post_event or post_kopf_event
         self._locks: dict[LaneKey, asyncio.Lock] = {}
+        self._running = asyncio.Semaphore(self.MAX_RECONCILING)
         self._queued: set[LaneKey] = set()
         self._failures: dict[LaneKey, int] = {}
         # Until when a failed lane waits before its retry (kopf's or a kick's); kicks meanwhile wait for it.
@@ -295,13 +303,14 @@ class LaneReconciler:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def _timed(self, key: LaneKey) -> Outcome:
-        started = self.clock()
-        outcome = Outcome("error")
-        try:
-            outcome = await self._reconcile(key)
-            return outcome
-        finally:
-            self.metrics.observe_reconcile(outcome.result, self.clock() - started)
+        async with self._running:
+            started = self.clock()
+            outcome = Outcome("error")
+            try:
+                outcome = await self._reconcile(key)
+                return outcome
+            finally:
+                self.metrics.observe_reconcile(outcome.result, self.clock() - started)
 
     async def _reconcile(self, key: LaneKey) -> Outcome:
         namespace, name = key
@@ -331,14 +340,20 @@ class LaneReconciler:
         done: list[Step] = []
         problem: Problem | None = None
 
-        async def perform(step: Step) -> tuple[Body | None, Step] | ApiException:
+        async def perform(step: Step) -> tuple[Body | None, Applied | None, Step] | ApiException:
             child = (step.resource.kind, step.namespace, step.name)
             try:
-                return await self._perform(
+                result, performed = await self._perform(
                     step, wanted.get(child), listed.get(child), owner_uid=owner_uid, known=known.get(child)
                 )
             except ApiException as exc:  # a refusal (4xx): shown in the status; the others go on
                 return exc
+            if result is None:
+                return None, None, performed
+            # Of the answer (a Deployment's runs to tens of kilobytes as dicts) only what is read later is
+            # kept while the other children's writes finish: a burst of lanes' answers adds up.
+            made = Applied.of(result, wanted[child]) if child in wanted else None
+            return status_view(result), made, performed
 
         # The children do not depend on one another: write them at once (a lane's first reconcile is
         # eight round trips in parallel, not in a row), then read the answers in the renderer's order.
@@ -348,7 +363,7 @@ class LaneReconciler:
             if isinstance(outcome, ApiException):
                 problem = Problem("ApplyFailed", f"{step.verb} {step.title}: {_api_message(outcome)}")
                 continue
-            result, performed = outcome
+            result, made, performed = outcome
             if performed.verb == Verb.CONFLICT:
                 problem = Problem("ChildConflict", performed.message)
             if performed.verb in (Verb.CREATE, Verb.APPLY, Verb.DELETE):
@@ -358,8 +373,8 @@ class LaneReconciler:
             children.append(result)
             if performed.verb in (Verb.CREATE, Verb.APPLY):
                 self._written[child] = str(result["metadata"].get("resourceVersion"))
-            if child in wanted:
-                applied[child] = Applied.of(result, wanted[child])
+            if made is not None:
+                applied[child] = made
         self._applied[key] = applied
         status = lane_status(lane, children, warnings, problem=problem)
         self._post_change_events(lane, done)
@@ -465,6 +480,27 @@ class LaneReconciler:
             self.post_event(
                 lane, "Warning", reason=str(degraded.get("reason")), message=str(degraded.get("message", ""))
             )
+
+
+def status_view(child: Mapping[str, Any]) -> Body:
+    """What status.py reads of a child (its kind, labels, generation, replicas and status) and what the
+    reconciler reads (its resourceVersion), and no more."""
+    metadata = child.get("metadata") or {}
+    view: Body = {
+        "apiVersion": child.get("apiVersion"),
+        "kind": child.get("kind"),
+        "metadata": {
+            key: metadata[key]
+            for key in ("name", "namespace", "resourceVersion", "generation", "labels")
+            if key in metadata
+        },
+    }
+    replicas = (child.get("spec") or {}).get("replicas")
+    if replicas is not None:
+        view["spec"] = {"replicas": replicas}
+    if "status" in child:
+        view["status"] = child["status"]
+    return view
 
 
 def post_kopf_event(lane: Mapping[str, Any], type: str, *, reason: str, message: str) -> None:

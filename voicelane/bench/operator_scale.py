@@ -8,14 +8,18 @@ then until every lane reports Ready (the Deployment controller rolls the Deploym
 their pods Ready). The reference, in the same run on another fresh control plane, is a plain client
 that writes the very same objects (each lane, its rendered children, its status) with no watch and
 no reconcile loop: the floor the API itself sets. Reported: times, the operator's CPU seconds and
-RSS, the API server's CPU (kube-apiserver and etcd), and operator/reference ratios.
+RSS, the CPU seconds of every control-plane process (kube-apiserver and etcd apart), the requests
+the API server served by verb and resource (its own apiserver_request_total, which no machine load
+moves), and operator/reference ratios.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
+import os
 import ssl
 import tempfile
 import time
@@ -26,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from voicelane.bench.context import SuiteContext
 from voicelane.bench.envelope import SuiteOutcome
@@ -43,8 +48,9 @@ NAMESPACE = "bench"
 # workers); the reference writer gets as many lanes in flight.
 REFERENCE_CONCURRENCY = 6
 CREATE_CONCURRENCY = 16
-# Room on the simulated nodes for every pod of 200 sample lanes (3 pods, 10 CPUs, 28 GiB each).
-NODES = NodeShape(count=4, cpu="600", memory="2Ti", pods=250)
+# Room on the simulated nodes for every pod of 200 sample lanes (3 pods, 10 CPUs, 28 GiB of memory and
+# 15.2 GiB of ephemeral storage each: the deep tier's model is stored in an emptyDir).
+NODES = NodeShape(count=4, cpu="600", memory="2Ti", pods=250, ephemeral_storage="2Ti")
 
 # The shipped sample lane (manifests/samples/voicelane.yaml): both tiers, model storage, a PDB.
 LANE_SPEC: dict[str, Any] = {
@@ -121,18 +127,54 @@ class AdminApi:
         return context
 
 
-@dataclass
-class ApiServerMeter:
-    """CPU seconds of what serves the API: kube-apiserver and its etcd."""
+API_PARTS = ("kube-apiserver", "etcd")
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
-    meters: list[ProcessMeter]
+
+@dataclass
+class ControlPlaneMeter:
+    """CPU seconds of every control-plane process; `cpu_s` is what serves the API: kube-apiserver and its etcd."""
+
+    meters: dict[str, ProcessMeter]
 
     def cpu_s(self) -> float:
-        return sum(meter.cpu_s() for meter in self.meters)
+        return sum(self.meters[part].cpu_s() for part in API_PARTS)
+
+    def cpu_by_part(self) -> dict[str, float]:
+        return {part: meter.cpu_s() for part, meter in self.meters.items()}
+
+
+def cpu_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {part: round(after[part] - before[part], 3) for part in after}
+
+
+def served_requests(session: requests.Session, api: AdminApi) -> collections.Counter[tuple[str, str]]:
+    """The requests the API server has answered so far, by (verb, resource[/subresource]), from its /metrics."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    text = session.get(api.url + "/metrics", timeout=60).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = sample.labels
+            resource = labels.get("resource", "")
+            if labels.get("subresource"):
+                resource += "/" + labels["subresource"]
+            counts[labels.get("verb", ""), resource] += int(sample.value)
+    return counts
+
+
+def request_summary(counts: collections.Counter[tuple[str, str]]) -> dict[str, Any]:
+    """Writes and reads (watches aside), and the writes by resource, busiest first."""
+    writes = {f"{verb} {resource}": n for (verb, resource), n in counts.most_common() if verb in WRITE_VERBS and n}
+    reads = sum(n for (verb, _), n in counts.items() if verb in ("GET", "LIST"))
+    return {"writes": sum(writes.values()), "reads": reads, "writes_by_resource": writes}
 
 
 @contextlib.contextmanager
-def control_plane(ctx: SuiteContext, name: str) -> Iterator[tuple[AdminApi, Path, ApiServerMeter]]:
+def control_plane(ctx: SuiteContext, name: str) -> Iterator[tuple[AdminApi, Path, ControlPlaneMeter]]:
     """A fresh control plane with the CRD and the namespace applied; yields (API, kubeconfig, meter)."""
     with tempfile.TemporaryDirectory(prefix=f"voicelane-{name}-") as folder:
         plane = ControlPlane(Path(folder) / "cluster", nodes=NODES)
@@ -140,7 +182,7 @@ def control_plane(ctx: SuiteContext, name: str) -> Iterator[tuple[AdminApi, Path
         kubeconfig = plane.up()
         try:
             processes = plane.state()["processes"]
-            meter = ApiServerMeter([ProcessMeter(int(processes[part]["pid"])) for part in ("kube-apiserver", "etcd")])
+            meter = ControlPlaneMeter({part: ProcessMeter(int(entry["pid"])) for part, entry in processes.items()})
             api = AdminApi(plane.api_url, plane.pki)
             with api.session() as session:
                 _post(session, api, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", build_crd())
@@ -268,7 +310,9 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
             time.sleep(1.0)
             rss_idle = operator.rss_bytes()
             operator.reset_peak()
-            cpu_start, api_cpu_start = operator.cpu_s(), api_meter.cpu_s()
+            with api.session() as session:
+                requests_start = served_requests(session, api)
+            cpu_start, api_cpu_start, parts_start = operator.cpu_s(), api_meter.cpu_s(), api_meter.cpu_by_part()
             started = time.monotonic()
             statuses = asyncio.run(create_lanes(api, names, CREATE_CONCURRENCY))
             applied_s = time.monotonic() - started
@@ -278,12 +322,18 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
             )
             cpu_converged = operator.cpu_s() - cpu_start
             api_cpu_converged = api_meter.cpu_s() - api_cpu_start
+            parts_converged = cpu_since(parts_start, api_meter.cpu_by_part())
+            with api.session() as session:
+                requests_converged = served_requests(session, api) - requests_start
             converged_at = time.monotonic()
             # The Deployment controller and KWOK roll every Deployment out meanwhile; wait for the rest.
             ready = converged and _wait(ctx, api, size, expected, started, milestones, ("ready",), operator)
             ready_after_converged = time.monotonic() - converged_at
             rss_peak = operator.peak_rss_bytes
             cpu_total = operator.cpu_s() - cpu_start
+            parts_ready = cpu_since(parts_start, api_meter.cpu_by_part())
+            with api.session() as session:
+                requests_ready = served_requests(session, api) - requests_start
             ctx.say(f"measuring the settled operator for {size.steady_window_s:.0f} s (periodic resyncs)")
             steady_cpu, steady_api_cpu = operator.cpu_s(), api_meter.cpu_s()
             time.sleep(size.steady_window_s)
@@ -297,6 +347,8 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
             log_tail = _log_tail(operator_process)
     children_s = milestones.all_at("children_complete", size.lanes)
     status_s = milestones.all_at("status_observed", size.lanes)
+    cores = os.cpu_count() or 1
+    busy_until_ready = cpu_total + sum(parts_ready.values())
     return {
         "lanes": size.lanes,
         "create_statuses": _count(statuses),
@@ -316,6 +368,20 @@ def _operator_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any
         },
         "operator_rss_bytes": {"idle": rss_idle, "peak": rss_peak, "after": rss_after},
         "api_server_cpu_s_until_converged": round(api_cpu_converged, 3),
+        "control_plane_cpu_s": {"until_converged": parts_converged, "until_ready": parts_ready},
+        # The operator's and the control plane's CPU seconds until every lane was Ready, spread over every
+        # core of the machine: no run on this machine can be faster, however quiet it is.
+        "cpu_bound_ready_s": {
+            "cores": cores,
+            "busy_cpu_s": round(busy_until_ready, 3),
+            "seconds": round(busy_until_ready / cores, 3),
+        }
+        if ready
+        else None,
+        "api_requests": {
+            "until_converged": request_summary(requests_converged),
+            "until_ready": request_summary(requests_ready) if ready else None,
+        },
         "settled": steady,
         "timeline": milestones.timeline,
         "operator_log_warnings": log_tail,
@@ -396,12 +462,15 @@ async def write_directly(api: AdminApi, names: list[str], concurrency: int) -> d
 def _reference_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, Any]:
     names = [f"lane-{index:04d}" for index in range(size.lanes)]
     with control_plane(ctx, "reference") as (api, _, api_meter):
+        with api.session() as session:
+            requests_start = served_requests(session, api)
         cpu_start = api_meter.cpu_s()
         started = time.monotonic()
         made = asyncio.run(write_directly(api, names, REFERENCE_CONCURRENCY))
         elapsed = time.monotonic() - started
         api_cpu = api_meter.cpu_s() - cpu_start
         with api.session() as session:
+            served = request_summary(served_requests(session, api) - requests_start)
             check = poll(session, api, expected, elapsed)
     ctx.say(f"reference: {size.lanes} lanes with children and statuses written in {elapsed:.1f} s")
     return {
@@ -411,6 +480,9 @@ def _reference_run(ctx: SuiteContext, size: Size, expected: int) -> dict[str, An
         "lanes_with_all_children": len(check.children_complete),
         "lanes_with_status": len(check.status_observed),
         "api_server_cpu_s": round(api_cpu, 3),
+        # Writes the API server served meanwhile (controllers' included) and its CPU per write.
+        "api_writes": served["writes"],
+        "api_server_cpu_s_per_write": per_item(api_cpu, served["writes"]),
         "concurrency": REFERENCE_CONCURRENCY,
     }
 
@@ -438,6 +510,7 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "operator_rss_peak_vs_idle": ratio(
             operator["operator_rss_bytes"]["peak"], operator["operator_rss_bytes"]["idle"]
         ),
+        "all_ready_vs_cpu_bound": ratio(operator["all_ready_s"], (operator["cpu_bound_ready_s"] or {}).get("seconds")),
     }
     settings = {
         "lanes": size.lanes,
@@ -449,7 +522,8 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         "timeout_s": size.timeout_s,
         "operator": f"voicelane operator --kubeconfig PATH --namespace {NAMESPACE} --metrics-listen 127.0.0.1:PORT",
         "control_plane": f"voicelane cluster up --nodes {NODES.count} --node-cpu {NODES.cpu} "
-        f"--node-memory {NODES.memory} --node-pods {NODES.pods} (a fresh one per run, in a temporary folder)",
+        f"--node-memory {NODES.memory} --node-pods {NODES.pods} --node-ephemeral-storage {NODES.ephemeral_storage} "
+        "(a fresh one per run, in a temporary folder)",
     }
     notes = [
         "Times are measured by polling the API every poll_interval_s (lists of the lanes and of each child kind), "
