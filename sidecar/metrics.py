@@ -9,7 +9,6 @@ Labels carry classes, tiers, reasons and priorities only, never request text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -187,7 +186,3 @@ def plain_gauge(name: str, documentation: str, value: float) -> Metric:
 def plain_counter(name: str, documentation: str, value: float) -> Metric:
     """A counter kept by a component and read at scrape time (exposed as `<name>_total`)."""
     return CounterMetricFamily(name, documentation, value=value)
-
-
-def as_float(value: Any) -> float:
-    return float(value) if value is not None else 0.0
