@@ -85,6 +85,8 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_LANE = "voicelane.dev/lane"
 LABEL_TIER = "voicelane.dev/tier"
+# On a tier pod that runs the gate: the chart's PodMonitor scrapes the gate's port on those alone.
+LABEL_GATE = "voicelane.dev/gate"
 OPERATOR_POD_LABELS: tuple[str, ...] = (
     LABEL_NAME,
     LABEL_INSTANCE,

@@ -60,6 +60,7 @@ from voicelane.operator.api import (
     GUARDIAN_SOURCES,
     KIND,
     LABEL_COMPONENT,
+    LABEL_GATE,
     LABEL_INSTANCE,
     LABEL_LANE,
     LABEL_MANAGED_BY,
@@ -774,7 +775,11 @@ def _deployment(
             "template": {
                 "metadata": {
                     # The lane's own keys first: the operator's win (the spec refuses them anyway).
-                    "labels": {**dict(sorted(tier_spec.pod_labels.items())), **labels},
+                    "labels": {
+                        **dict(sorted(tier_spec.pod_labels.items())),
+                        **labels,
+                        **({LABEL_GATE: "true"} if gate is not None and gate.enabled else {}),
+                    },
                     "annotations": {
                         **dict(sorted(tier_spec.pod_annotations.items())),
                         ANNOTATION_DEFAULT_CONTAINER: MODEL_SERVER_NAME,

@@ -254,7 +254,14 @@ def test_the_pod_monitor_scrapes_the_sample_sidecar_and_labels_its_lane(rendered
     [requirement] = monitor["spec"]["selector"]["matchExpressions"]
     assert requirement == {"key": "voicelane.dev/lane", "operator": "Exists"}
     assert "voicelane.dev/lane" in pod["metadata"]["labels"]
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    endpoint, gate_endpoint = monitor["spec"]["podMetricsEndpoints"]
+    # The gate's port on tier pods that run it, and on those alone (Ollama's has no /metrics).
+    assert gate_endpoint["port"] == "http"
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_voicelane_dev_gate"],
+        "regex": "true",
+        "action": "keep",
+    } in gate_endpoint["relabelings"]
     sidecar_ports = {port["name"] for c in pod["spec"]["initContainers"] for port in c.get("ports", [])}
     assert endpoint["port"] in sidecar_ports
     assert {

@@ -184,6 +184,8 @@ def test_with_the_gate_the_service_reaches_ollama_only_through_it(lane_variants:
     assert flags["--model"] == env_of(server)["VOICELANE_MODEL"]
     assert gate["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert pod["shareProcessNamespace"] is True  # the gate's guardian reads Ollama's processes
+    template_labels = children[("Deployment", f"voice-{tier}")]["spec"]["template"]["metadata"]["labels"]
+    assert template_labels["voicelane.dev/gate"] == "true"  # what the chart's PodMonitor scrapes
     for spec in pod["initContainers"] + pod["containers"]:
         assert spec["resources"]["requests"] == spec["resources"]["limits"], spec["name"]  # still Guaranteed
 
