@@ -11,7 +11,7 @@ from typing import Any
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "cluster",
-        help="a local Kubernetes control plane on 127.0.0.1 (etcd, API server, controllers, scheduler, KWOK nodes)",
+        help="A local Kubernetes control plane on 127.0.0.1 (etcd, API server, controllers, scheduler, KWOK nodes).",
         description="Builds (once, cached) and runs a real Kubernetes control plane on 127.0.0.1 whose nodes "
         "and pods KWOK simulates: Deployments roll out and pods become Ready without containers.",
     )

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "gate",
-        help="queue every app pod's model calls by priority in front of one Ollama server (foreground)",
+        help="Queue every app pod's model calls by priority in front of one Ollama server (foreground).",
         description="An Ollama endpoint in front of one model server: model calls wait for one of the server's "
         "parallel slots in one priority queue for every caller (priority, class, deadline and key from the "
         f"sidecars' X-Voicelane-* headers; priority {DEFAULT_PRIORITY} without them), identical calls share one "

@@ -15,7 +15,7 @@ from typing import Any
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "stack",
-        help="run the fast and deep tiers on Ollama with the shipped small model (foreground)",
+        help="Run the fast and deep tiers on Ollama with the shipped small model (foreground).",
         description="Builds Ollama from its Go module and fetches the SmolLM2-135M model once (cached), then "
         "runs two Ollama servers on loopback with the sample lane's settings, imports and loads the model under "
         "one name per tier, and prints `ready fast=URL deep=URL`. Ctrl-C or SIGTERM stops everything it started.",
