@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.api.live import LiveLane, live_lane
@@ -401,6 +401,9 @@ def assert_webhook_log_clean(webhook: InProcessWebhook, mark: int) -> None:
 def test_no_generated_review_gets_a_500_or_a_traceback(
     webhook: InProcessWebhook, body: bytes, headers: dict[str, str], coding: str | None, really: bool
 ) -> None:
+    # Known limit (RELIABILITY.md): kopf's own server waits for the end of a body that claims deflate
+    # and is not compressed, until the client gives up; the webhook never sees it to refuse it.
+    assume(not (coding == "deflate" and not really))
     mark = webhook.mark()
     sent = dict(headers)
     if coding is not None:
