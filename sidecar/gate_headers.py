@@ -17,6 +17,7 @@ PRIORITY_HEADER = "X-Voicelane-Priority"
 CLASS_HEADER = "X-Voicelane-Class"
 DEADLINE_HEADER = "X-Voicelane-Deadline-Ms"
 KEY_HEADER = "X-Voicelane-Key"
+GATE_HEADERS = (PRIORITY_HEADER, CLASS_HEADER, DEADLINE_HEADER, KEY_HEADER)
 
 # A caller without a sidecar is neither a chat (0) nor background work (2): it waits behind chats
 # and is never starved by email segments.

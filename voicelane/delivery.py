@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,13 +353,20 @@ def stale_files(root: Path = REPO_ROOT, helm: Path | None = None) -> list[Path]:
     return stale
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -P -m voicelane.delivery", description=(__doc__ or "").split("\n", 1)[0]
-    )
+def generator_main(
+    argv: Sequence[str] | None,
+    *,
+    module: str,
+    what: str,
+    write_all: Callable[[Path], list[Path]],
+    stale_files: Callable[[Path], list[Path]],
+    errors: tuple[type[Exception], ...] = (OSError,),
+) -> int:
+    """`python -P -m MODULE --write|--check [--root DIR]` for a module that generates checked-in files."""
+    parser = argparse.ArgumentParser(prog=f"python -P -m {module}", description=f"Regenerate or check the {what}.")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help="refresh the generated files")
-    action.add_argument("--check", action="store_true", help="exit 1 if a generated file is stale")
+    action.add_argument("--write", action="store_true", help=f"refresh the {what}")
+    action.add_argument("--check", action="store_true", help=f"exit 1 if one of the {what} is stale")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
@@ -368,12 +375,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"wrote {path}")
             return 0
         stale = stale_files(args.root)
-    except (DeliveryError, OSError) as exc:
-        print(f"voicelane.delivery: {exc}", file=sys.stderr)
+    except errors as exc:
+        print(f"{module}: {exc}", file=sys.stderr)
         return 2
     for path in stale:
-        print(f"stale: {path} (run `python -P -m voicelane.delivery --write`)", file=sys.stderr)
+        print(f"stale: {path} (run `python -P -m {module} --write`)", file=sys.stderr)
     return 1 if stale else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return generator_main(
+        argv,
+        module="voicelane.delivery",
+        what="generated files",
+        write_all=write_all,
+        stale_files=stale_files,
+        errors=(DeliveryError, OSError),
+    )
 
 
 if __name__ == "__main__":

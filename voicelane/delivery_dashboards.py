@@ -16,7 +16,6 @@ never import this module.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import string
@@ -1090,26 +1089,15 @@ def write_all(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -P -m voicelane.delivery_dashboards", description=(__doc__ or "").split("\n", 1)[0]
+    from voicelane.delivery import generator_main
+
+    return generator_main(
+        argv,
+        module="voicelane.delivery_dashboards",
+        what="dashboard files",
+        write_all=write_all,
+        stale_files=stale_files,
     )
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help="regenerate the dashboard files")
-    action.add_argument("--check", action="store_true", help="exit 1 if a dashboard file is stale")
-    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        if args.write:
-            for path in write_all(args.root):
-                print(f"wrote {path}")
-            return 0
-        stale = stale_files(args.root)
-    except OSError as exc:
-        print(f"voicelane.delivery_dashboards: {exc}", file=sys.stderr)
-        return 2
-    for path in stale:
-        print(f"stale: {path} (run `python -P -m voicelane.delivery_dashboards --write`)", file=sys.stderr)
-    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.api.live import LiveLane, live_lane
 from tests.faults.conftest import CRASH_MARKS
-from tests.security.webhook_server import InProcessWebhook, serving_webhook
+from tests.security.webhook_server import REVIEW, InProcessWebhook, serving_webhook
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -324,24 +324,6 @@ def test_no_generated_header_gets_a_500_or_a_traceback(
 
 # ----- the operator's webhook ------------------------------------------------------------------------
 
-REVIEW: dict[str, Any] = {
-    "apiVersion": "admission.k8s.io/v1",
-    "kind": "AdmissionReview",
-    "request": {
-        "uid": "5f0e-review",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "apps",
-        "operation": "CREATE",
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"generateName": "web-", "labels": {"app": "web", "voicelane.dev/lane": "voice"}},
-            "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
-        },
-    },
-}
 # Where in a review a hostile value goes: (path of keys, what it replaces).
 REVIEW_PLACES = [
     ("apiVersion",),

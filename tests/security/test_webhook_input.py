@@ -20,30 +20,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.security.webhook_server import InProcessWebhook, serving_webhook
+from tests.security.webhook_server import REVIEW, InProcessWebhook, serving_webhook
 
 pytestmark = pytest.mark.timeout(60)
 
 LONE = "\ud800"
-
-REVIEW: dict[str, Any] = {
-    "apiVersion": "admission.k8s.io/v1",
-    "kind": "AdmissionReview",
-    "request": {
-        "uid": "0b4f6f4e-review",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "apps",
-        "operation": "CREATE",
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"generateName": "web-", "labels": {"app": "web", "voicelane.dev/lane": "voice"}},
-            "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,27 @@ async def decide(request: dict[str, Any], **_: Any) -> dict[str, Any]:
     }
 
 
+# A pod admission review as the API server sends it: a pod of the lane "voice", opted in.
+REVIEW: dict[str, Any] = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "0b4f6f4e-review",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "apps",
+        "operation": "CREATE",
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "web-", "labels": {"app": "web", "voicelane.dev/lane": "voice"}},
+            "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
+        },
+    },
+}
+
+
 class KeptRecords(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)

@@ -29,7 +29,7 @@ from voicelane.gate.metrics import GateMetrics
 from voicelane.gate.models import LoadedModels
 from voicelane.sidecar.broadcast import Broadcast
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig, SchedulerConfig
-from voicelane.sidecar.gate_headers import CallInfo, GateHeaderError, read_call_info
+from voicelane.sidecar.gate_headers import GATE_HEADERS, CallInfo, GateHeaderError, read_call_info
 from voicelane.sidecar.guardian import GUARDIAN_EMERGENCY, Guardian
 from voicelane.sidecar.pressure import PressureSource
 from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull
@@ -44,7 +44,8 @@ ERROR_HEADER = "X-Voicelane-Error"
 _NOT_COPIED = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "upgrade"}
 )
-_GATE_HEADERS = frozenset(h.lower() for h in CallInfo(0, "x", 1, "k").headers())
+# The lane's scheduling headers are the gate's business, not the model server's.
+_NOT_FORWARDED = _NOT_COPIED | {header.lower() for header in GATE_HEADERS}
 # The guardian here only watches pressure; admission rates are the sidecars' business.
 _NO_RATE_LIMIT = RateLimitConfig(burst=100_000, sustained_per_s=100_000)
 
@@ -176,7 +177,7 @@ class Gate:
             message = "the model server is under sustained pressure; model work is paused"
             return self._refusal(503, GUARDIAN_EMERGENCY, message, self.settings.guardian.retry_after_s)
         key: Any = (request.path, info.priority, info.key) if info.key else object()
-        forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_COPIED | _GATE_HEADERS}
+        forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
         flight = self.flights.join(key, self._producer(request.path, body, forwarded, info, arrived))
         self.metrics.calls.labels(str(info.priority), "joiner" if flight.shared else "leader").inc()
         response: web.StreamResponse | None = None
