@@ -27,7 +27,7 @@ import requests
 import yaml
 
 from voicelane.processes import free_port, running, voicelane_argv
-from voicelane.workload import mixed_workload, replay, summarize
+from voicelane.workload import ReplayProgress, mixed_workload, replay, summarize
 
 FEATURES = ("priorities", "routing", "coalescing", "cache", "streaming")
 
@@ -225,13 +225,25 @@ def run_variant(name: str, tiers: Tiers, enabled: set[str], steps: list[Any], lo
     with running(argv, ready_url=url + "/healthz", log_dir=logs, name=f"sidecar-{name}"):
         _wait_ready(url)
         started = time.monotonic()
-        # The baseline's backlog on a real model can take minutes to drain; wait for all of it.
-        measurements = asyncio.run(replay(url, steps, timeout_s=900))
+        # The baseline's backlog on a real model can take minutes to drain; wait for all of it,
+        # saying how far it is meanwhile.
+        measurements = asyncio.run(replay(url, steps, timeout_s=900, progress=_progress_printer(name)))
         # Let background email segments finish before reading the counters.
         stats = requests.get(url + "/v1/stats", timeout=10).json()
         elapsed = time.monotonic() - started
-    print(f"    {len(measurements)} requests in {elapsed:.1f} s")
+    print(f"    {name}: {len(measurements)} requests in {elapsed:.1f} s")
     return {"name": name, "enabled": sorted(enabled), "measurements": measurements, "stats": stats}
+
+
+def _progress_printer(name: str) -> Callable[[ReplayProgress], None]:
+    def show(progress: ReplayProgress) -> None:
+        print(
+            f"    {name}: {progress.done}/{progress.total} answered, {progress.sent - progress.done} waiting,"
+            f" {progress.total - progress.sent} still to send, {progress.elapsed_s:.0f} s",
+            flush=True,
+        )
+
+    return show
 
 
 def _wait_ready(url: str, timeout_s: float = 60.0) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -139,13 +139,56 @@ async def _one(session: aiohttp.ClientSession, url: str, step: Step, start: floa
         return Measurement(step, 0, sent - start, None, time.monotonic() - sent, size, None, False, None)
 
 
-async def replay(url: str, steps: Sequence[Step], *, timeout_s: float = 120.0) -> list[Measurement]:
-    """Send every step at its time (concurrently, as independent clients would) and measure each."""
+@dataclass(frozen=True)
+class ReplayProgress:
+    """How far a replay has come: steps whose time has come, steps answered, seconds since its start."""
+
+    total: int
+    sent: int
+    done: int
+    elapsed_s: float
+
+
+async def replay(
+    url: str,
+    steps: Sequence[Step],
+    *,
+    timeout_s: float = 120.0,
+    progress: Callable[[ReplayProgress], None] | None = None,
+    progress_every_s: float = 5.0,
+) -> list[Measurement]:
+    """Send every step at its time (concurrently, as independent clients would) and measure each.
+
+    With `progress`, it is called every `progress_every_s` while requests are outstanding, so a
+    long replay (a baseline draining its backlog) shows it is moving.
+    """
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=0)
+    done = 0
+
+    async def measured(session: aiohttp.ClientSession, step: Step, start: float) -> Measurement:
+        nonlocal done
+        try:
+            return await _one(session, url, step, start)
+        finally:
+            done += 1
+
+    async def report(start: float) -> None:
+        assert progress is not None
+        while True:
+            await asyncio.sleep(progress_every_s)
+            now = time.monotonic()
+            sent = sum(1 for step in steps if start + step.at_s <= now)
+            progress(ReplayProgress(len(steps), sent, done, now - start))
+
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         start = time.monotonic() + 0.05
-        return list(await asyncio.gather(*(_one(session, url, step, start) for step in steps)))
+        reporter = asyncio.create_task(report(start)) if progress is not None else None
+        try:
+            return list(await asyncio.gather(*(measured(session, step, start) for step in steps)))
+        finally:
+            if reporter is not None:
+                reporter.cancel()
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
