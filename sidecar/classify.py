@@ -7,17 +7,8 @@ email TL;DR and a whole email (whose TL;DR is spoken first) are 1; an email segm
 
 from __future__ import annotations
 
-import unicodedata
-
+from voicelane.core.routing import text_length
 from voicelane.sidecar.config import ClassesConfig, RequestClass
-
-
-def text_length(text: str) -> int:
-    """Length as the length rules count it: NFC characters with whitespace runs counted once.
-
-    Shared with the router so that "short" means the same thing for priority and tier.
-    """
-    return len(" ".join(unicodedata.normalize("NFC", text).split()))
 
 
 def priority_for(request_class: RequestClass, text: str, classes: ClassesConfig) -> int:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from voicelane.core.routing import Tier
+
 Percent = Annotated[float, Field(ge=1, le=100)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 HostPort = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]*):[0-9]{1,5}$")]
@@ -30,11 +32,6 @@ class RequestClass(StrEnum):
     EMAIL = "email"
     EMAIL_TLDR = "email_tldr"
     EMAIL_SEGMENT = "email_segment"
-
-
-class Tier(StrEnum):
-    FAST = "fast"
-    DEEP = "deep"
 
 
 class Protocol(StrEnum):

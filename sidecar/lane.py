@@ -20,22 +20,22 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicelane.sidecar.broadcast import Broadcast
-from voicelane.sidecar.cache import BoundedCache
-from voicelane.sidecar.circuit import CircuitBreaker, FirstTokenWatch
+from voicelane.core.broadcast import Broadcast
+from voicelane.core.cache import BoundedCache
+from voicelane.core.circuit import CircuitBreaker, FirstTokenWatch
+from voicelane.core.gate_headers import MAX_DEADLINE_MS, CallInfo
+from voicelane.core.guardian import Guardian, PressureSource
+from voicelane.core.keys import request_key
+from voicelane.core.routing import RouteDecision, Router
+from voicelane.core.scheduler import PriorityScheduler, QueueFull, Ticket
+from voicelane.core.singleflight import Flight, SingleFlight
 from voicelane.sidecar.classify import priority_for
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
 from voicelane.sidecar.errors import ApiError
-from voicelane.sidecar.gate_headers import MAX_DEADLINE_MS, CallInfo
-from voicelane.sidecar.guardian import Guardian
-from voicelane.sidecar.keys import request_key
 from voicelane.sidecar.metrics import SidecarMetrics
-from voicelane.sidecar.pressure import LocalPressureSource, PressureSource, UpstreamSaturation
+from voicelane.sidecar.pressure import LocalPressureSource, UpstreamSaturation
 from voicelane.sidecar.prompts import build_messages
-from voicelane.sidecar.routing import RouteDecision, Router
-from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull, Ticket
 from voicelane.sidecar.segmenter import Segmenter
-from voicelane.sidecar.singleflight import Flight, SingleFlight
 from voicelane.sidecar.ttfa import StageClock
 from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError, make_client
 
@@ -192,6 +192,7 @@ class Lane:
         self.cache.reconfigure(config.cache)
         self.flights.window_s = self._window(config)
         self.guardian.reconfigure(config.guardian, config.rate_limit)
+        self.saturation.reconfigure(config.guardian)
         self.scheduler.reconfigure(config.scheduler, tier_slots=self._tier_slots(config))
         self.router = Router(config.routing)
         for tier in Tier:

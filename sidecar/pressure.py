@@ -16,29 +16,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 
+from voicelane.core.guardian import PressureSample
 from voicelane.sidecar.config import GuardianConfig
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-@dataclass(frozen=True)
-class PressureSample:
-    """CPU and memory use in percent of what this lane may use; `origin` says where they came from."""
-
-    cpu_percent: float
-    memory_percent: float
-    origin: str = "injected"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"cpu_percent": self.cpu_percent, "memory_percent": self.memory_percent, "origin": self.origin}
-
-
-class PressureSource(Protocol):
-    def sample(self) -> PressureSample: ...
 
 
 class CgroupV2Reader:

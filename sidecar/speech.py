@@ -30,15 +30,15 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from voicelane.core.broadcast import Broadcast
+from voicelane.core.singleflight import Flight, FlightCancelled, SingleFlight
 from voicelane.sidecar.audio import PCM_SAMPLE_WIDTH
-from voicelane.sidecar.broadcast import Broadcast
 from voicelane.sidecar.config import RequestClass, SidecarConfig, VoiceStyle
 from voicelane.sidecar.edge import TextRequest
 from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.segmenter import Segmenter, segment_text
-from voicelane.sidecar.singleflight import Flight, FlightCancelled, SingleFlight
 from voicelane.sidecar.ttfa import StageClock, TTFAMonitor
 from voicelane.sidecar.tts.base import SpeechRequest, TTSBackend, TTSError
 from voicelane.sidecar.tts.gate import SynthesisGate

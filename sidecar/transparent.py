@@ -28,6 +28,8 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from voicelane.core.routing import RouteDecision
+from voicelane.core.scheduler import QueueFull
 from voicelane.sidecar.classify import default_class_for_text
 from voicelane.sidecar.config import Protocol, RequestClass, Tier
 from voicelane.sidecar.edge import REQUEST_ID, REQUEST_ID_KEY, check_text, decode_json_object, parse_class, read_body
@@ -35,8 +37,6 @@ from voicelane.sidecar.egress import BoundedStreamResponse
 from voicelane.sidecar.errors import ApiError, bad_request
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
-from voicelane.sidecar.routing import RouteDecision
-from voicelane.sidecar.scheduler import QueueFull
 from voicelane.sidecar.upstream import UpstreamError
 
 SOURCE_HEADER = "X-Voicelane-Source"

@@ -34,8 +34,8 @@ from typing import Literal
 
 import aiohttp
 
+from voicelane.core.gate_headers import CallInfo
 from voicelane.sidecar.config import Protocol, UpstreamConfig
-from voicelane.sidecar.gate_headers import CallInfo
 
 ErrorKind = Literal["refused", "timeout", "http_status", "protocol", "server_error", "cancelled"]
 

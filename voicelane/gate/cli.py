@@ -7,7 +7,7 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING, Any
 
-from voicelane.sidecar.gate_headers import DEFAULT_PRIORITY, PRIORITIES
+from voicelane.core.gate_headers import DEFAULT_PRIORITY, PRIORITIES
 
 if TYPE_CHECKING:
     from voicelane.gate.server import Gate

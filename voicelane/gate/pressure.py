@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import psutil
 
-from voicelane.sidecar.pressure import PressureSample
+from voicelane.core.guardian import PressureSample
 
 ProcessFinder = Callable[[], "psutil.Process | None"]
 

@@ -3,7 +3,7 @@
 Every model call (`/api/chat`, `/api/generate`, `/v1/chat/completions`, `/v1/completions`) takes a
 slot of the server's parallel slots through the lane's priority scheduler, whoever sent it: the
 sidecars of every app pod say the call's priority, class, deadline and key in headers
-(`voicelane.sidecar.gate_headers`). Identical calls (same path, priority and key) share one model
+(`voicelane.core.gate_headers`). Identical calls (same path, priority and key) share one model
 call and its stream, replayed from the first byte to every caller that joins. A caller that
 disconnects leaves the queue; the model call is cancelled when its last caller has gone. While the
 guardian is blocked, model calls get 503 `guardian_emergency`; a full waiting room, 429
@@ -25,15 +25,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from voicelane.core.broadcast import Broadcast
+from voicelane.core.gate_headers import GATE_HEADERS, CallInfo, GateHeaderError, read_call_info
+from voicelane.core.guardian import GUARDIAN_EMERGENCY, Guardian, PressureSource
+from voicelane.core.scheduler import PriorityScheduler, QueueFull
+from voicelane.core.singleflight import FlightCancelled, SingleFlight
 from voicelane.gate.metrics import GateMetrics
 from voicelane.gate.models import LoadedModels
-from voicelane.sidecar.broadcast import Broadcast
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig, SchedulerConfig
-from voicelane.sidecar.gate_headers import GATE_HEADERS, CallInfo, GateHeaderError, read_call_info
-from voicelane.sidecar.guardian import GUARDIAN_EMERGENCY, Guardian
-from voicelane.sidecar.pressure import PressureSource
-from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull
-from voicelane.sidecar.singleflight import FlightCancelled, SingleFlight
 
 logger = logging.getLogger("voicelane.gate")
 

@@ -20,7 +20,7 @@ import aiohttp
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from voicelane.sidecar.gate_headers import CallInfo
+from voicelane.core.gate_headers import CallInfo
 
 
 def chat(text: str) -> dict:

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
+from voicelane.core.gate_headers import DEFAULT_PRIORITY, CallInfo, GateHeaderError, read_call_info
 from voicelane.gate.cli import waiting_room
 from voicelane.gate.metrics import final_stats
 from voicelane.gate.models import LoadedModels, _loaded
-from voicelane.sidecar.gate_headers import DEFAULT_PRIORITY, CallInfo, GateHeaderError, read_call_info
 
 
 def test_a_call_without_gate_headers_waits_behind_chats_and_is_never_shared() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from voicelane.core.guardian import PressureSample
 from voicelane.sidecar.config import GuardianConfig
 from voicelane.sidecar.pressure import (
     CgroupV2Reader,
     InjectedPressureSource,
     LocalPressureSource,
-    PressureSample,
     StaticPressureSource,
     UpstreamSaturation,
 )

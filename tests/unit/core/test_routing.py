@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from voicelane.core.routing import ComplexityDetector, RouteDecision, Router
 from voicelane.sidecar.config import DEFAULT_COMPLEX_PATTERNS, RoutingConfig, Tier
-from voicelane.sidecar.routing import ComplexityDetector, RouteDecision, Router
 
 DETECTOR = ComplexityDetector(DEFAULT_COMPLEX_PATTERNS)
 ROUTER = Router(RoutingConfig())

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import pytest
 
-from voicelane.sidecar.broadcast import Broadcast, BroadcastClosed
+from voicelane.core.broadcast import Broadcast, BroadcastClosed
 
 T = TypeVar("T")
 

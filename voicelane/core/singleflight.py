@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-from voicelane.sidecar.broadcast import Broadcast
+from voicelane.core.broadcast import Broadcast
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")

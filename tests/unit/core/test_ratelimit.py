@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicelane.sidecar.ratelimit import TokenBucket, tokens_kept_from
+from voicelane.core.ratelimit import TokenBucket, tokens_kept_from
 
 
 class FakeClock:

@@ -9,11 +9,36 @@ tiers' circuits, and tiers that have stalled on a first token, into account.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
 
-from voicelane.sidecar.classify import text_length
-from voicelane.sidecar.config import RoutingConfig, Tier
+
+class Tier(StrEnum):
+    FAST = "fast"
+    DEEP = "deep"
+
+
+class RoutingSettings(Protocol):
+    """What the router reads from a configuration (the sidecar's RoutingConfig)."""
+
+    @property
+    def fast_max_chars(self) -> int: ...
+    @property
+    def complex_patterns(self) -> Mapping[str, str]: ...
+    @property
+    def failover(self) -> bool: ...
+
+
+def text_length(text: str) -> int:
+    """Length as the length rules count it: NFC characters with whitespace runs counted once.
+
+    Shared with the priority rules (sidecar/classify.py) so that "short" means the same thing
+    for priority and tier.
+    """
+    return len(" ".join(unicodedata.normalize("NFC", text).split()))
 
 
 class ComplexityDetector:
@@ -40,7 +65,7 @@ class RouteDecision:
 
 
 class Router:
-    def __init__(self, config: RoutingConfig) -> None:
+    def __init__(self, config: RoutingSettings) -> None:
         self.config = config
         self.detector = ComplexityDetector(config.complex_patterns)
 

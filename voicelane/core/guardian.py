@@ -17,15 +17,66 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from voicelane.sidecar.config import GuardianConfig, RateLimitConfig
-from voicelane.sidecar.pressure import PressureSample, PressureSource, UpstreamSaturation
-from voicelane.sidecar.ratelimit import TokenBucket, tokens_kept_from
+from voicelane.core.ratelimit import TokenBucket, tokens_kept_from
 
 GUARDIAN_EMERGENCY = "guardian_emergency"
 RATE_LIMITED = "rate_limited"
 RPS_WINDOW_S = 10
+
+
+class GuardianSettings(Protocol):
+    """What the guardian reads from a configuration (the sidecar's GuardianConfig)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def sources(self) -> tuple[str, ...]: ...
+    @property
+    def cpu_threshold_percent(self) -> float: ...
+    @property
+    def memory_threshold_percent(self) -> float: ...
+    @property
+    def sustain_s(self) -> float: ...
+    @property
+    def fail_checks_to_block(self) -> int: ...
+    @property
+    def ok_checks_to_unblock(self) -> int: ...
+    @property
+    def retry_after_s(self) -> int: ...
+
+
+class RateLimitSettings(Protocol):
+    """The token bucket's size and refill rate (the sidecar's RateLimitConfig)."""
+
+    @property
+    def burst(self) -> int: ...
+    @property
+    def sustained_per_s(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class PressureSample:
+    """CPU and memory use in percent of what this lane may use; `origin` says where they came from."""
+
+    cpu_percent: float
+    memory_percent: float
+    origin: str = "injected"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpu_percent": self.cpu_percent, "memory_percent": self.memory_percent, "origin": self.origin}
+
+
+class PressureSource(Protocol):
+    def sample(self) -> PressureSample: ...
+
+
+class SaturationSource(Protocol):
+    """The model tiers' own distress (the sidecar's UpstreamSaturation): tier name → why it is saturated."""
+
+    def saturated_tiers(self) -> dict[str, str]: ...
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -56,11 +107,11 @@ class Guardian:
 
     def __init__(
         self,
-        config: GuardianConfig,
-        rate_limit: RateLimitConfig,
+        config: GuardianSettings,
+        rate_limit: RateLimitSettings,
         *,
         local: PressureSource | None = None,
-        upstream: UpstreamSaturation | None = None,
+        upstream: SaturationSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -192,13 +243,14 @@ class Guardian:
 
     # ----- configuration and observation ---------------------------------------------------------
 
-    def reconfigure(self, config: GuardianConfig, rate_limit: RateLimitConfig) -> None:
-        """Apply a reloaded configuration; the blocked state, counters and saved tokens are kept."""
+    def reconfigure(self, config: GuardianSettings, rate_limit: RateLimitSettings) -> None:
+        """Apply a reloaded configuration; the blocked state, counters and saved tokens are kept.
+
+        The saturation source is not the guardian's: whoever made it reconfigures it.
+        """
         with self._lock:
             self._config = config
             self._bucket.reconfigure(rate_limit.burst, rate_limit.sustained_per_s)
-        if self._upstream is not None:
-            self._upstream.reconfigure(config)
 
     def snapshot(self) -> dict[str, Any]:
         """The guardian's state and counters for /v1/stats and metrics."""

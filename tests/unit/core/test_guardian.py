@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from voicelane.core.guardian import AdmissionDecision, Guardian, PressureSample
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig
-from voicelane.sidecar.guardian import AdmissionDecision, Guardian
-from voicelane.sidecar.pressure import InjectedPressureSource, PressureSample, UpstreamSaturation
+from voicelane.sidecar.pressure import InjectedPressureSource, UpstreamSaturation
 
 HIGH = PressureSample(95.0, 90.0)
 LOW = PressureSample(20.0, 30.0)

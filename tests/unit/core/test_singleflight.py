@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from voicelane.sidecar.broadcast import Broadcast
-from voicelane.sidecar.singleflight import Flight, FlightCancelled, SingleFlight
+from voicelane.core.broadcast import Broadcast
+from voicelane.core.singleflight import Flight, FlightCancelled, SingleFlight
 
 
 class FakeClock:

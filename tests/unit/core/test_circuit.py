@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from voicelane.sidecar.circuit import MIN_PATIENCE_S, STALL_FACTOR, CircuitBreaker, FirstTokenWatch
+from voicelane.core.circuit import MIN_PATIENCE_S, STALL_FACTOR, CircuitBreaker, FirstTokenWatch
 
 
 class FakeClock:

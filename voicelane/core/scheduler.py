@@ -34,14 +34,27 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from voicelane.sidecar.config import SchedulerConfig
+from typing import Any, Protocol
 
 DEFAULT_LEVELS = (0, 1, 2)
 DEFAULT_IDLE_ONLY = frozenset({2})
 # Levels whose work may run on another tier's free slot when its own tier has none.
 DEFAULT_BORROWING = frozenset({0})
+
+
+class SchedulerSettings(Protocol):
+    """What the scheduler reads from a configuration (the sidecar's SchedulerConfig, or the gate's own)."""
+
+    @property
+    def max_running_per_priority(self) -> int: ...
+    @property
+    def max_waiting(self) -> int: ...
+    @property
+    def retry_after_s(self) -> int: ...
+    @property
+    def tiers_share_cpus(self) -> bool: ...
+    @property
+    def segments_after_quiet_s(self) -> float: ...
 
 
 class TicketState(StrEnum):
@@ -342,7 +355,7 @@ class PriorityScheduler:
 
     def __init__(
         self,
-        config: SchedulerConfig,
+        config: SchedulerSettings,
         *,
         tier_slots: Mapping[str, int] | None = None,
         idle_only: Iterable[int] = DEFAULT_IDLE_ONLY,
@@ -391,7 +404,7 @@ class PriorityScheduler:
         """The ticket's first audio is under way: let the next of its level start."""
         self._wake(self._core.settle(ticket))
 
-    def reconfigure(self, config: SchedulerConfig, *, tier_slots: Mapping[str, int] | None = None) -> None:
+    def reconfigure(self, config: SchedulerSettings, *, tier_slots: Mapping[str, int] | None = None) -> None:
         """Apply new caps live (config hot reload) without losing queued work."""
         self._wake(
             self._core.reconfigure(

@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from voicelane.sidecar.keys import normalize_text, request_key
+from voicelane.core.keys import normalize_text, request_key
 
 BASE = {
     "text": "Hej Åsa, ses vi kl. 15.30?",

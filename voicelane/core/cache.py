@@ -16,11 +16,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-from voicelane.sidecar.config import CacheConfig
+from typing import Generic, Protocol, TypeVar
 
 V = TypeVar("V")
+
+
+class CacheSettings(Protocol):
+    """What the cache reads from a configuration (the sidecar's CacheConfig)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def ttl_s(self) -> float: ...
 
 
 @dataclass
@@ -55,7 +66,7 @@ class BoundedCache(Generic[V]):
         self.expirations = 0
 
     @classmethod
-    def from_config(cls, config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> BoundedCache[V]:
+    def from_config(cls, config: CacheSettings, *, clock: Callable[[], float] = time.monotonic) -> BoundedCache[V]:
         cache: BoundedCache[V] = cls(max_entries=0, max_bytes=0, ttl_s=config.ttl_s, clock=clock)
         cache.reconfigure(config)
         return cache
@@ -141,7 +152,7 @@ class BoundedCache(Generic[V]):
 
     # ----- configuration and observation ------------------------------------------------------
 
-    def reconfigure(self, config: CacheConfig) -> None:
+    def reconfigure(self, config: CacheSettings) -> None:
         """Adopt new bounds, evicting to meet them: ordinary entries by LRU, then pinned, oldest first."""
         self.max_entries = config.max_entries if config.enabled else 0
         self.max_bytes = config.max_bytes if config.enabled else 0

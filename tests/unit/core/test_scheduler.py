@@ -11,8 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from voicelane.core.scheduler import PriorityScheduler, QueueFull, SchedulerCore, Ticket, TicketState
 from voicelane.sidecar.config import SchedulerConfig
-from voicelane.sidecar.scheduler import PriorityScheduler, QueueFull, SchedulerCore, Ticket, TicketState
 
 RUNNING = TicketState.RUNNING
 WAITING = TicketState.WAITING

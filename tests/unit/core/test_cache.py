@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from voicelane.sidecar.cache import BoundedCache
+from voicelane.core.cache import BoundedCache
 from voicelane.sidecar.config import CacheConfig
 
 
