@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voicelane.sidecar.server import Extensions
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,11 +31,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--tts-url", metavar="URL", help="Base URL of an OpenAI-compatible speech server.")
     parser.add_argument("--passthrough", action="store_true", help="Skip the model: speak the text as given.")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument(
-        "--enable-test-hooks",
-        action="store_true",
-        help="Serve /v1/test/pressure to inject guardian pressure (for tests; never in production).",
-    )
     parser.set_defaults(handler=run)
 
 
@@ -64,7 +62,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, extensions: Extensions | None = None) -> int:
+    """Load the configuration the flags and file describe and serve it; `extensions` as `build_app` takes them."""
     from voicelane.sidecar.config import ConfigError, load_config
 
     flags = flag_overrides(args)
@@ -76,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
 
     from voicelane.sidecar.server import serve
 
-    return serve(config, config_path=args.config, flags=flags, test_hooks=args.enable_test_hooks)
+    return serve(config, config_path=args.config, flags=flags, extensions=extensions)

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 
 from voicelane import __version__
+from voicelane.core.guardian import PressureSource
 from voicelane.sidecar import transparent
 from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
@@ -39,7 +41,7 @@ from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_counter, plain_gauge
-from voicelane.sidecar.pressure import InjectedPressureSource, LocalPressureSource, PressureSample
+from voicelane.sidecar.pressure import LocalPressureSource
 from voicelane.sidecar.reload import ConfigWatcher
 from voicelane.sidecar.speech import AudioSubmission, Speaker
 from voicelane.sidecar.ttfa import Alert, StageClock, TTFAMonitor
@@ -475,64 +477,34 @@ def _state_metrics(lane: Lane) -> Callable[[], list[Any]]:
     return collect
 
 
-# ----- test hooks -----------------------------------------------------------------------------------
-
-
-async def handle_inject_pressure(request: web.Request) -> web.Response:
-    """Set the local pressure sample (only with --enable-test-hooks): lets tests avoid real load."""
-    lane = request.app[LANE_KEY]
-    payload = decode_json_object(await read_body(request, lane.config.limits))
-    source = lane.local_pressure
-    if not isinstance(source, InjectedPressureSource):
-        raise ApiError(409, "not_injectable", "the sidecar was not started with test hooks")
-    try:
-        sample = PressureSample(
-            cpu_percent=float(payload["cpu_percent"]), memory_percent=float(payload["memory_percent"])
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ApiError(400, "invalid_field", "expected numeric 'cpu_percent' and 'memory_percent'") from None
-    source.set(sample)
-    checks = int(payload.get("run_checks", 0))
-    advance = float(payload.get("advance_s", 0.0))
-    results = []
-    for _ in range(max(0, min(checks, 1000))):
-        if advance and isinstance(lane.clock, ManualOffsetClock):
-            lane.clock.advance(advance)
-        result = lane.guardian.check()
-        request.app[METRICS_KEY].guardian_checks.labels("failed" if result.failed else "ok").inc()
-        results.append(result.failed)
-    return web.json_response({"checks_failed": results, "guardian": lane.guardian.snapshot()})
-
-
-class ManualOffsetClock:
-    """Monotonic time plus an offset tests can advance, so 'held for 10 s' needs no real 10 s."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
 # ----- application ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """What a program embedding the sidecar adds or swaps in (its tests do): routes, the pressure, the clock.
+
+    The shipped command uses none of it; a test registers its own hooks through it, so that
+    no test route or test clock lives in the server itself.
+    """
+
+    routes: tuple[web.RouteDef, ...] = ()
+    local_pressure: PressureSource | None = None
+    clock: Callable[[], float] = time.monotonic
 
 
 def build_app(
     config: SidecarConfig,
     *,
-    test_hooks: bool = False,
     config_path: Path | None = None,
     flags: dict[str, Any] | None = None,
+    extensions: Extensions | None = None,
 ) -> tuple[web.Application, web.Application | None]:
     """The API app and, when metrics listen elsewhere, a second app serving only /metrics."""
+    extensions = extensions or Extensions()
     metrics = SidecarMetrics()
-    if test_hooks:
-        lane = Lane(config, metrics, local_pressure=InjectedPressureSource(), clock=ManualOffsetClock())
-    else:
-        lane = Lane(config, metrics, local_pressure=LocalPressureSource())
+    local_pressure = extensions.local_pressure or LocalPressureSource()
+    lane = Lane(config, metrics, local_pressure=local_pressure, clock=extensions.clock)
     metrics.add_state(_state_metrics(lane))
     metrics.initialize_series(c.value for c in RequestClass if c is not RequestClass.EMAIL_SEGMENT)
 
@@ -562,8 +534,7 @@ def build_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/openapi.json", handle_openapi)
     transparent.add_routes(app, LANE_KEY, METRICS_KEY)
-    if test_hooks:
-        app.router.add_post("/v1/test/pressure", handle_inject_pressure)
+    app.router.add_routes(extensions.routes)
 
     metrics_app: web.Application | None = None
     if config.server.metrics_listen and config.server.metrics_listen != config.server.listen:
@@ -622,9 +593,9 @@ def _split_hostport(address: str) -> tuple[str, int]:
 
 
 async def _serve_async(
-    config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool
+    config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], extensions: Extensions | None
 ) -> None:
-    app, metrics_app = build_app(config, test_hooks=test_hooks, config_path=config_path, flags=flags)
+    app, metrics_app = build_app(config, config_path=config_path, flags=flags, extensions=extensions)
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -688,7 +659,13 @@ def _lift_open_file_limit() -> None:
     log.info("open-file limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
 
 
-def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, Any], test_hooks: bool = False) -> int:
+def serve(
+    config: SidecarConfig,
+    *,
+    config_path: Path | None,
+    flags: dict[str, Any],
+    extensions: Extensions | None = None,
+) -> int:
     # One JSON object per line, with each record's extra fields (request ids) as keys of their own.
     handler = logging.StreamHandler()
     handler.setFormatter(
@@ -701,5 +678,5 @@ def serve(config: SidecarConfig, *, config_path: Path | None, flags: dict[str, A
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     _lift_open_file_limit()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_async(config, config_path=config_path, flags=flags, test_hooks=test_hooks))
+        asyncio.run(_serve_async(config, config_path=config_path, flags=flags, extensions=extensions))
     return 0

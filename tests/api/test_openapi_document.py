@@ -12,23 +12,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
 import voicelane.sidecar
+from tests.support import hooked_sidecar
 from voicelane.sidecar.config import LimitsConfig, RequestClass, SidecarConfig
 from voicelane.sidecar.edge import REQUEST_ID
-from voicelane.sidecar.server import build_app
+from voicelane.sidecar.server import Extensions, build_app
 
 SPEC_PATH = Path(voicelane.sidecar.__file__).with_name("openapi.json")
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Registered only with --enable-test-hooks, and deliberately not part of the API.
-TEST_HOOKS = {("POST", "/v1/test/pressure")}
+# Registered only by the tests' own hooks, and deliberately not part of the API.
+TEST_HOOKS = {("POST", hooked_sidecar.PRESSURE_PATH)}
 
 
 def documented_operations() -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in SPEC["paths"].items() for method in item if method in HTTP_METHODS}
 
 
-def routed_operations(config: SidecarConfig, *, test_hooks: bool = False) -> set[tuple[str, str]]:
-    app, _ = build_app(config, test_hooks=test_hooks)
+def routed_operations(config: SidecarConfig, *, extensions: Extensions | None = None) -> set[tuple[str, str]]:
+    app, _ = build_app(config, extensions=extensions)
     # aiohttp adds a HEAD route beside every GET by itself; OpenAPI leaves HEAD implicit too.
     return {
         (route.method, route.resource.canonical)
@@ -50,7 +51,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed() ->
     routed = routed_operations(SidecarConfig())
     assert routed == documented_operations()
     # The test hook stays out of the description, and is the only route that does.
-    assert routed_operations(SidecarConfig(), test_hooks=True) - routed == TEST_HOOKS
+    assert routed_operations(SidecarConfig(), extensions=hooked_sidecar.hook_extensions()) - routed == TEST_HOOKS
 
 
 def test_every_operation_documents_its_refusals() -> None:

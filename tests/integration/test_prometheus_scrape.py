@@ -42,6 +42,7 @@ from tests.integration.observability_files import (
     panel_queries,
     required_binary,
 )
+from tests.support import hooked_sidecar
 from tests.support.kube import KubeTarget
 from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 
@@ -139,9 +140,7 @@ def _start_sidecar(
         "ttfa": {"targets": {"notification": NOTIFICATION_TARGET_S}, "consecutive_slow_alert": 2},
     }
     config_file.write_text(yaml.safe_dump(config))
-    argv = voicelane_argv(
-        "sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}", "--enable-test-hooks"
-    )
+    argv = hooked_sidecar.argv("--config", str(config_file), "--listen", f"127.0.0.1:{port}")
     url = f"http://127.0.0.1:{port}"
     stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=log_dir, name="sidecar"))
     return url, f"127.0.0.1:{metrics_port}", config

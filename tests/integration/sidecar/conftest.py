@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from tests.support import hooked_sidecar
 from voicelane.processes import ManagedProcess, free_port, running, voicelane_argv
 from voicelane.sidecar.config import deep_merge
 
@@ -46,7 +47,7 @@ def start_sim(log_dir: Path) -> Iterator[Callable[..., Endpoint]]:
 
 @pytest.fixture
 def start_sidecar(log_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Endpoint]]:
-    """Start `voicelane sidecar` in front of the given tiers with a config file of overrides."""
+    """Start the sidecar (with the test hooks) in front of the given tiers with a config file of overrides."""
     with contextlib.ExitStack() as stack:
 
         def start(
@@ -65,9 +66,8 @@ def start_sidecar(log_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Endpo
             )
             config_file = tmp_path / f"{name}.yaml"
             config_file.write_text(yaml.safe_dump(settings))
-            argv = voicelane_argv(
-                "sidecar", "--config", str(config_file), "--listen", f"127.0.0.1:{port}", "--enable-test-hooks"
-            )
+            # With the test hooks: the guardian reads pressure the tests set, never this machine's load.
+            argv = hooked_sidecar.argv("--config", str(config_file), "--listen", f"127.0.0.1:{port}")
             url = f"http://127.0.0.1:{port}"
             process = stack.enter_context(running(argv, ready_url=url + "/healthz", log_dir=log_dir, name=name))
             endpoint = Endpoint(url, port, process)
