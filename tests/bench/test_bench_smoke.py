@@ -131,6 +131,10 @@ def test_coalescing_counts_upstream_and_speech_calls(tmp_path: Path) -> None:
 def test_fleet_runs_four_sidecars_straight_to_the_server_and_through_the_gate(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "fleet")
     check_envelope(doc, "fleet", "sim")
+    check_fleet(doc)
+
+
+def check_fleet(doc: dict[str, Any]) -> None:
     probes = doc["settings"]["probes"]
     for variant in ("direct", "gate"):
         result = doc["results"][variant]
@@ -216,6 +220,17 @@ def test_streaming_on_the_local_model(tmp_path: Path) -> None:
     for variant in ("streaming", "full_text"):
         assert doc["results"][variant]["sent"] == doc["settings"]["messages"] * doc["settings"]["rounds"]
     finite_ratios(doc)  # a busy machine may leave the tiny model's smoke run without answers
+
+
+@pytest.mark.realstack
+@needs_stack
+def test_fleet_on_the_local_model(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "fleet", "--backend", "ollama")
+    check_envelope(doc, "fleet", "ollama")
+    check_fleet(doc)
+    assert doc["settings"]["model_server"]["settings"]["OLLAMA_NUM_PARALLEL"] == str(
+        doc["settings"]["model_server_slots"]
+    )
 
 
 @pytest.mark.realstack

@@ -39,7 +39,10 @@ SUITES: dict[str, SuiteSpec] = {
         "voicelane.bench.operator_scale", (), "none", "200 VoiceLanes at once against a local control plane"
     ),
     "fleet": SuiteSpec(
-        "voicelane.bench.fleet", ("sim",), "sim", "four sidecars share one model server, straight and through the gate"
+        "voicelane.bench.fleet",
+        ("sim", "ollama"),
+        "sim",
+        "four sidecars share one model server, straight and through the gate",
     ),
     "real": SuiteSpec(
         "voicelane.bench.real", ("ollama", "sim"), "ollama", "the demo workload per class against its TTFA targets"

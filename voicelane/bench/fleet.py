@@ -4,8 +4,10 @@ One sidecar (an app pod with a conversation) sends chat probes at a steady pace,
 then while the three others (app pods reading emails and long texts aloud) flood the same model
 server from closed loops: long texts (priority 1) and email segments (priority 2), each retried
 0.2 s after a refusal. The model server is the simulator speaking Ollama's protocol with one or two
-parallel slots and Ollama's first-come queue behind them. Two variants in one run, each on fresh
-processes: `direct` (every sidecar calls the model server, as without a gate) and `gate` (every
+parallel slots and Ollama's first-come queue behind them (`--backend sim`), or a real Ollama server
+with the shipped SmolLM2 model, two parallel slots, on loopback (`--backend ollama`; the fast tier
+of `voicelane stack`, with the sample lane's settings but for its slots). Two variants in one run,
+each on fresh processes (the model server too): `direct` (every sidecar calls the model server, as without a gate) and `gate` (every
 sidecar calls `voicelane gate` in front of it). Also measured per variant: 20 identical
 notifications sent at once, spread over the four sidecars (the model server's calls counted), and
 for the gate alone its cost on an idle path (time to the first byte of a one-token call through
@@ -16,19 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import requests
 
 from voicelane.bench.context import SuiteContext
 from voicelane.bench.envelope import SuiteOutcome
-from voicelane.bench.procs import Service, start_gate, start_sidecar, start_sim, wait_sidecar_idle
+from voicelane.bench.procs import ProcessMeter, Service, start_gate, start_sidecar, start_sim, wait_sidecar_idle
 from voicelane.bench.speech import by_label, raw
 from voicelane.bench.stats import ratio, summarize
 from voicelane.demo import FEATURES, Tiers, sidecar_config
+from voicelane.processes import ManagedProcess, ProcessFailed, free_port
 from voicelane.workload import EMAILS, Measurement, Step, replay
 
 SIDECARS = 4
@@ -55,6 +62,25 @@ SIZES = {
     "smoke": Size(3, 0.5, 0.5, 2, 8, 10, ("--ttft-ms", "20", "--tokens-per-s", "400")),
     "full": Size(20, 1.2, 2.0, 2, 20, 200, ("--ttft-ms", "250", "--tokens-per-s", "30")),
 }
+# On Ollama the model's own pace sets the times; the server's flags are its slots alone.
+OLLAMA_SIZES = {
+    "smoke": Size(2, 0.5, 0.5, 2, 4, 5, ()),
+    "full": Size(20, 1.2, 3.0, 2, 20, 100, ()),
+}
+# Ollama writes a call's log line as it ends, a moment after the last byte the caller read.
+MODEL_CALL_LOG_SETTLE_S = 0.5
+# Ollama's request log line (gin) for a finished model call: `| POST     "/api/chat"`.
+OLLAMA_MODEL_CALL = re.compile(r'\|\s+POST\s+"/api/(?:chat|generate)"')
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """The one model server the four sidecars share: where it answers, its model, its count of model calls."""
+
+    url: str
+    model: str
+    model_calls: Callable[[], int]
+    description: dict[str, Any]
 
 
 def probe_steps(size: Size, phase: str) -> list[Step]:
@@ -120,20 +146,74 @@ async def _identical(sidecars: list[str], count: int, text: str) -> list[int]:
         return list(await asyncio.gather(*(one(sidecars[i % len(sidecars)]) for i in range(count))))
 
 
-def _model_calls(server: Service) -> int:
-    calls: dict[str, int] = server.get("/sim/stats")["calls"]
-    return sum(n for path, n in calls.items() if path in ("/api/chat", "/api/generate"))
+def _sim_server(stack: contextlib.ExitStack, size: Size, logs: Path, name: str) -> ModelServer:
+    sim = start_sim(stack, (*size.server_flags, "--parallel", str(size.slots)), logs, name)
+
+    def model_calls() -> int:
+        calls: dict[str, int] = sim.get("/sim/stats")["calls"]
+        return sum(n for path, n in calls.items() if path in ("/api/chat", "/api/generate"))
+
+    flags = [*size.server_flags, "--parallel", str(size.slots)]
+    return ModelServer(sim.url, "sim-fast", model_calls, {"backend": "voicelane sim", "flags": flags})
+
+
+@contextlib.contextmanager
+def _running_ollama(slots: int, folder: Path) -> Iterator[tuple[ManagedProcess, str, str]]:
+    """The fast tier's `ollama serve` of `voicelane stack` on a free loopback port, with `slots` parallel
+    slots, its model loaded; yields the process, its URL and the model's name.
+
+    `voicelane.stack.ollama.running_tier` gives each tier the sample lane's slots (the fast tier 1);
+    this suite chooses its own, so the server is started here with that one setting changed.
+    """
+    from voicelane.cache import cache_dir
+    from voicelane.stack.build import ensure_model, ensure_ollama
+    from voicelane.stack.ollama import MODEL_NAMES, StackError, has_model, import_model, load_model, server_environment
+
+    binary, gguf = ensure_ollama(), ensure_model()
+    folder.mkdir(parents=True, exist_ok=True)
+    models = cache_dir() / "ollama-models"
+    models.mkdir(parents=True, exist_ok=True)
+    listen = f"127.0.0.1:{free_port()}"
+    url, model = f"http://{listen}", MODEL_NAMES["fast"]
+    environment = {**server_environment("fast", listen, folder, models), "OLLAMA_NUM_PARALLEL": str(slots)}
+    process = ManagedProcess([str(binary), "serve"], folder / "ollama.log", env=environment).start()
+    try:
+        try:
+            process.wait_http(url + "/api/version", timeout_s=60)
+        except ProcessFailed as exc:
+            raise StackError(f"ollama serve on {listen} did not start: {exc}") from exc
+        if not has_model(url, model):
+            import_model(binary, url, model, gguf, folder)
+        load_model(url, model)
+        yield process, url, model
+    finally:
+        process.stop()
+
+
+def _ollama_server(stack: contextlib.ExitStack, size: Size, logs: Path, name: str) -> ModelServer:
+    from voicelane.stack.ollama import sample_lane_environment
+
+    process, url, model = stack.enter_context(_running_ollama(size.slots, logs / name))
+
+    def model_calls() -> int:
+        # Ollama counts nothing itself; its request log has one line per finished call.
+        return len(OLLAMA_MODEL_CALL.findall(process.log()))
+
+    settings = {**sample_lane_environment("fast"), "OLLAMA_NUM_PARALLEL": str(size.slots)}
+    description = {"backend": "Ollama, the fast tier of `voicelane stack`", "model": model, "settings": settings}
+    return ModelServer(url, model, model_calls, description)
 
 
 def _variant(ctx: SuiteContext, name: str, gated: bool, size: Size) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        server = start_sim(stack, (*size.server_flags, "--parallel", str(size.slots)), ctx.logs, f"{name}-server")
+        start_server = _ollama_server if ctx.backend == "ollama" else _sim_server
+        server = start_server(stack, size, ctx.logs, f"{name}-server")
         url = server.url
         gate = None
         if gated:
             gate = start_gate(stack, server.url, size.slots, ctx.logs, f"{name}-gate")
             url = gate.url
-        tiers = Tiers(url, url, "ollama", "sim-fast", "sim-fast", fast_slots=size.slots, deep_slots=size.slots)
+        tiers = Tiers(url, url, "ollama", server.model, server.model, fast_slots=size.slots, deep_slots=size.slots)
         config = sidecar_config(tiers, enabled=set(FEATURES))
         sidecars = [start_sidecar(stack, config, ctx.logs, f"{name}-sidecar-{n}") for n in range(SIDECARS)]
         prober, flooders = sidecars[0].url, [s.url for s in sidecars[1 : 1 + FLOODERS]]
@@ -148,14 +228,17 @@ def _variant(ctx: SuiteContext, name: str, gated: bool, size: Size) -> dict[str,
             f"under the flood {chats['flood'].get('ttfa_s', {}).get('p95')} s"
         )
 
-        before = _model_calls(server)
+        if gate is not None:
+            # A call the gate still serves for the flood would end inside the window counted below.
+            _wait_gate_idle(gate)
+        before = _settled_model_calls(server)
         statuses = asyncio.run(
             _identical([s.url for s in sidecars], size.identical, f"Paketet från {name} har kommit.")
         )
         identical = {
             "sent": size.identical,
             "statuses": dict(Counter(map(str, statuses))),
-            "model_calls": _model_calls(server) - before,
+            "model_calls": _settled_model_calls(server) - before,
         }
         ctx.say(
             f"{name}: {size.identical} identical requests over {SIDECARS} sidecars, {identical['model_calls']} model calls"
@@ -166,14 +249,49 @@ def _variant(ctx: SuiteContext, name: str, gated: bool, size: Size) -> dict[str,
             "flood": flood,
             "identical": identical,
             "raw": {"alone": raw(alone), "flood": raw(flooded)},
+            "model_server": server.description,
         }
         if gate is not None:
-            result["gate_overhead"] = asyncio.run(_gate_overhead(server.url, gate, size.overhead_calls))
+            result["gate_overhead"] = asyncio.run(_gate_overhead(server, gate, size.overhead_calls))
     return result
 
 
-async def _first_byte_s(session: aiohttp.ClientSession, url: str) -> float:
-    body = {"model": "sim-fast", "prompt": "Hej", "stream": True, "options": {"num_predict": 1}}
+def _settled_model_calls(server: ModelServer, timeout_s: float = 30.0) -> int:
+    """The server's count of model calls once it has stayed the same for a moment (calls cancelled or
+    finished a moment ago are counted by then); the last count read after `timeout_s`."""
+    count = server.model_calls()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(MODEL_CALL_LOG_SETTLE_S)
+        again = server.model_calls()
+        if again == count:
+            break
+        count = again
+    return count
+
+
+def _wait_gate_idle(gate: Service, timeout_s: float = 120.0) -> bool:
+    """Wait until the gate has no model call running or waiting (its own /metrics); False on timeout."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    busy_families = {"voicelane_gate_running_requests", "voicelane_gate_queued_requests"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = requests.get(gate.url + "/metrics", timeout=10).text
+        busy = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name in busy_families
+            for sample in family.samples
+        )
+        if not busy:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+async def _first_byte_s(session: aiohttp.ClientSession, url: str, model: str) -> float:
+    body = {"model": model, "prompt": "Hej", "stream": True, "options": {"num_predict": 1}}
     sent = time.monotonic()
     async with session.post(url + "/api/generate", json=body) as r:
         await r.content.readany()
@@ -182,14 +300,14 @@ async def _first_byte_s(session: aiohttp.ClientSession, url: str) -> float:
     return at
 
 
-async def _gate_overhead(server: str, gate: Service, calls: int) -> dict[str, Any]:
+async def _gate_overhead(server: ModelServer, gate: Service, calls: int) -> dict[str, Any]:
     """One-token calls one at a time, alternating straight to the server and through the idle gate."""
-    meter = gate.meter
+    meter: ProcessMeter = gate.meter
     direct, gated = [], []
     async with aiohttp.ClientSession() as session:
         for _ in range(calls):
-            direct.append(await _first_byte_s(session, server))
-            gated.append(await _first_byte_s(session, gate.url))
+            direct.append(await _first_byte_s(session, server.url, server.model))
+            gated.append(await _first_byte_s(session, gate.url, server.model))
             meter.rss_bytes()
     return {
         "direct_first_byte_s": summarize(direct),
@@ -199,7 +317,7 @@ async def _gate_overhead(server: str, gate: Service, calls: int) -> dict[str, An
 
 
 def run(ctx: SuiteContext) -> SuiteOutcome:
-    size = SIZES[ctx.size]
+    size = (OLLAMA_SIZES if ctx.backend == "ollama" else SIZES)[ctx.size]
     variants = {"direct": _variant(ctx, "direct", False, size), "gate": _variant(ctx, "gate", True, size)}
 
     def chat(variant: str, phase: str, q: str) -> float | None:
@@ -223,8 +341,9 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
         f"segments (priority 2), {RETRY_AFTER_REFUSAL_S} s pause after a refusal",
         "probes": size.probes,
         "probe_interval_s": size.probe_interval_s,
+        "backend": ctx.backend,
         "model_server_slots": size.slots,
-        "model_server_flags": list(size.server_flags),
+        "model_server": variants["gate"]["model_server"],
         "gate": f"voicelane gate --slots {size.slots} (one slot kept for chats)",
         "sidecars_config": "voicelane.demo.sidecar_config with every feature on, both tiers the one server",
         "identical_requests": size.identical,
@@ -232,8 +351,9 @@ def run(ctx: SuiteContext) -> SuiteOutcome:
     notes = [
         "Chat TTFA statistics cover the probes answered with audio; a probe the sidecar answered from the "
         "original text because the model missed the deadline counts as a fallback.",
-        "Model calls are the simulator's own count of /api/chat and /api/generate calls.",
+        "Model calls are the server's own count of /api/chat and /api/generate calls: the simulator's "
+        "/sim/stats, or the lines of Ollama's request log.",
     ]
     if ctx.smoke:
-        notes.append("Smoke size: a near-instant model server; the figures check the harness, not the gate.")
+        notes.append("Smoke size: a few requests; the figures check the harness, not the gate.")
     return SuiteOutcome(settings=settings, results=variants, ratios=ratios, notes=notes)
