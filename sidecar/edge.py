@@ -1,7 +1,8 @@
 """The edge filter: read, bound and validate a client's request before any work is done.
 
 Everything a client can get wrong is answered here with 400/408/413 and a clear
-message; later stages only ever see a well-formed `TextRequest`. The rules for a JSON
+message; later stages only ever see a well-formed `TextRequest`, whose fields are checked
+by the wire model the OpenAPI document is built from (`wire_models.TextRequest`). The rules for a JSON
 body hold for every JSON endpoint (the transparent ones and the operator's webhook too):
 it must be UTF-8, decode as its Content-Encoding says, nest at most `MAX_JSON_DEPTH`
 levels, and hold only strings UTF-8 can carry; a string with a lone surrogate escape
@@ -20,7 +21,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
+from voicelane.sidecar import wire_models as wire
 from voicelane.sidecar.config import LimitsConfig, RequestClass
 from voicelane.sidecar.errors import ApiError, bad_request
 
@@ -30,7 +34,7 @@ request_log = logging.getLogger("voicelane.sidecar.requests")
 VALID_CLASSES = ", ".join(c.value for c in RequestClass)
 _READ_CHUNK = 16384
 # Request ids are echoed in response headers and follow-up URLs: nothing that could break either.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID = re.compile(f"{wire.REQUEST_ID_CHARS}{{1,{wire.REQUEST_ID_MAX}}}")
 # Where a handler puts the request's id once it knows it (a body field, a header), for the request log.
 REQUEST_ID_KEY = "request_id"
 # Far deeper than any real request (a tool's JSON schema included), and far from Python's recursion
@@ -179,15 +183,6 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _optional_str(payload: dict[str, Any], key: str, *, max_len: int = 64) -> str | None:
-    value = payload.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
-        raise bad_request("invalid_field", f"'{key}' must be a non-empty string of at most {max_len} characters")
-    return value.strip()
-
-
 def check_text(value: Any, limits: LimitsConfig, *, field: str = "text") -> str:
     if value is None:
         raise bad_request("missing_text", f"'{field}' is required")
@@ -203,44 +198,66 @@ def check_text(value: Any, limits: LimitsConfig, *, field: str = "text") -> str:
 
 
 def parse_class(value: Any) -> RequestClass:
-    if value is None:
-        raise bad_request("missing_source", f"'source' is required; valid classes: {VALID_CLASSES}")
     try:
         return RequestClass(value)
     except (ValueError, TypeError):
-        raise bad_request(
-            "unknown_source",
-            f"unknown source {value!r}; valid classes: {VALID_CLASSES}",
-            valid=[c.value for c in RequestClass],
-        ) from None
+        raise parse_class_refusal(value) from None
+
+
+def parse_class_refusal(value: Any) -> ApiError:
+    """Why `value` is not a request class: missing, or not one of them."""
+    if value is None:
+        return bad_request("missing_source", f"'source' is required; valid classes: {VALID_CLASSES}")
+    return bad_request(
+        "unknown_source",
+        f"unknown source {value!r}; valid classes: {VALID_CLASSES}",
+        valid=[c.value for c in RequestClass],
+    )
+
+
+# The message of each field's `invalid_field` refusal, once the text has passed (see `parse_text_request`).
+_FIELD_REFUSALS = {
+    "lang": f"'lang' must be a non-empty string of at most {wire.LANG_MAX} characters",
+    "target_lang": f"'target_lang' must be a non-empty string of at most {wire.LANG_MAX} characters",
+    "request_id": f"'request_id' must be 1 to {wire.REQUEST_ID_MAX} letters, digits or . _ : -",
+    "stream": "'stream' must be true or false",
+    "voice": f"'voice' must be a non-empty string of at most {wire.VOICE_MAX} characters",
+    "format": '\'format\' must be "wav" or "pcm"',
+}
 
 
 def parse_text_request(payload: dict[str, Any], limits: LimitsConfig, *, default_lang: str) -> TextRequest:
+    """The body of /v1/text or /v1/speak, validated by its wire model (the one the OpenAPI document is made
+    from), with each field's refusal named as the API's error codes say."""
+    # The text first: its refusals are codes of their own, and its length limit is the configured one,
+    # which the wire model only states (at its default).
     text = check_text(payload.get("text"), limits)
-    request_class = parse_class(payload.get("source"))
-    lang = _optional_str(payload, "lang", max_len=16) or default_lang
-    target_lang = _optional_str(payload, "target_lang", max_len=16) or lang
-    request_id = payload.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id)):
-        raise bad_request("invalid_field", "'request_id' must be 1 to 128 letters, digits or . _ : -")
-    request_id = request_id or uuid.uuid4().hex
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("invalid_field", "'stream' must be true or false")
-    voice = _optional_str(payload, "voice", max_len=64)
-    audio_format = payload.get("format", "wav")
-    if audio_format not in ("wav", "pcm"):
-        raise bad_request("invalid_field", '\'format\' must be "wav" or "pcm"')
+    try:
+        body = wire.TextRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise _field_refusal(exc.errors()[0], payload) from None
+    lang = body.lang or default_lang
     return TextRequest(
         text=text,
-        request_class=request_class,
+        request_class=body.source,
         lang=lang,
-        target_lang=target_lang,
-        request_id=request_id,
-        stream=stream,
-        voice=voice,
-        audio_format=audio_format,
+        target_lang=body.target_lang or lang,
+        request_id=body.request_id or uuid.uuid4().hex,
+        stream=body.stream,
+        voice=body.voice,
+        audio_format=body.format,
     )
+
+
+def _field_refusal(error: ErrorDetails, payload: dict[str, Any]) -> ApiError:
+    """The API's refusal for the first field the wire model refused (the fields are checked in order)."""
+    field = str(error["loc"][0])
+    if field == "source":
+        return parse_class_refusal(payload.get("source"))
+    if field in _FIELD_REFUSALS:
+        return bad_request("invalid_field", _FIELD_REFUSALS[field])
+    # The text's rules are checked before the model; a field the table misses still gets a clear 400.
+    return bad_request("invalid_field", f"'{field}': {error['msg']}", field=field)
 
 
 # ----- the HTTP layer's own refusals ---------------------------------------------------------------
