@@ -8,6 +8,7 @@ pydantic whose regexes follow JSON Schema's (ECMA-262: `$` is the end of the tex
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,19 @@ def test_each_refusal_keeps_its_code_and_names_its_field(payload: dict[str, Any]
     assert refused.value.code == code
     assert f"'{field}'" in refused.value.message or f"{field} " in refused.value.message
     assert not component_validator("TextRequest").is_valid(payload)
+
+
+def test_the_wire_model_calls_blank_what_the_server_trims() -> None:
+    # pydantic checks the pattern with its own regex engine; around every whitespace character it must
+    # agree with str.strip(), as the document's pattern does (test_openapi_document checks that one).
+    spaces = [code for code in range(sys.maxunicode + 1) if chr(code).isspace()]
+    near = sorted({near for code in spaces for near in (code - 1, code, code + 1)})
+    disagree = [
+        hex(code)
+        for code in near
+        if edge_accepts({"text": "Hej", "source": "chat", "lang": chr(code)}) == chr(code).isspace()
+    ]
+    assert disagree == []
 
 
 def test_an_accepted_request_reads_as_documented() -> None:

@@ -1,5 +1,8 @@
 """The live sidecar against its OpenAPI description: generated requests, valid and invalid, from schemathesis.
 
+The description is the committed sidecar/openapi.json, itself built from the wire models
+(`python -P -m voicelane.sidecar.openapi --write`; test_openapi_generated holds the two equal).
+
 Every operation is called with a bounded number of generated requests on a real sidecar in front
 of the simulator: about 400 examples (30 per POST operation, positive and negative), plus
 schemathesis' boundary values and undeclared methods, some 800 calls in 15 to 30 s. Each answer must be documented (status, content type,
