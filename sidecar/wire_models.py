@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictStr, WithJsonSchema
 
-from voicelane.sidecar.config import LimitsConfig, RequestClass
+from voicelane.sidecar.config import ClassesConfig, LimitsConfig, RequestClass
 
 
 def _whitespace_class() -> str:
@@ -59,7 +59,8 @@ ERROR_CODES = (
 )
 
 REQUEST_CLASS_DESCRIPTION = (
-    "What the app says the text is. chat/notification up to 130 characters run at priority 0, longer ones "
+    f"What the app says the text is. chat/notification up to {ClassesConfig().short_max_chars} characters "
+    "(`classes.short_max_chars`) run at priority 0, longer ones "
     "and email TL;DRs at 1, email segments at 2 (only while nothing of priority 0/1 runs or waits). `email` "
     "is a whole email: its TL;DR is spoken first, its body follows as follow-up audio."
 )
