@@ -195,7 +195,6 @@ class SpecModel(BaseModel):
 
 # Positive quantities only (at least one non-zero digit); the exponent forms are left out.
 QUANTITY_PATTERN = r"^([0-9]*[1-9][0-9]*(\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)(m|[KMGTPE]i|[kMGTPE])?$"
-GO_DURATION_PATTERN = r"^-?([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Ollama model references: [registry/][namespace/]name[:tag]; no shell metacharacters.
@@ -254,8 +253,6 @@ Quantity = Annotated[
     ),
 ]
 
-GoDuration = Annotated[str, Field(pattern=GO_DURATION_PATTERN, max_length=32)]
-
 
 def _byte_size(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(QUANTITY_PATTERN, value):
@@ -285,23 +282,18 @@ def byte_size_range_rule(field: str, python_name: str, least: str, most: str) ->
     )
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
-_DURATION_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a Go duration (`1h30m`, `-1s`).
-
-    Written here because the standard library has no parser for Go's format, and
-    Ollama, the CRD's CEL `duration()` and this spec all use that format.
-    """
-    if not re.fullmatch(GO_DURATION_PATTERN, text):
-        raise ValueError(f"{text!r} is not a duration such as 30s, 15m or 1h30m")
-    sign = -1.0 if text.startswith("-") else 1.0
-    return sign * sum(float(n) * _DURATION_UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
 # --- per tier ---------------------------------------------------------------------------
+
+# keepAliveSeconds: -1 keeps the model loaded for good (Ollama reads any negative keep-alive so; one value
+# spells it here), 0 unloads it after each request. The upper bound is a year: anything longer is what -1
+# says, and seconds far beyond it would overflow Go's duration in Ollama.
+KEEP_ALIVE_FOREVER = -1
+MAX_KEEP_ALIVE_SECONDS = 365 * 24 * 3600
+# The earlier duration-string spellings of a tier's fields, refused with their new names.
+RENAMED_TIER_FIELDS: Mapping[str, str] = {
+    "keepAlive": "it is keepAliveSeconds now, in seconds (900 for 15m; -1 keeps the model loaded for good)",
+    "rewarmInterval": "it is rewarmIntervalSeconds now, in seconds (1800 for 30m)",
+}
 
 
 def _cel_string(text: str) -> str:
@@ -519,7 +511,7 @@ class TierUpstreamSpec(SpecModel, UpstreamConfig):
         "url": "the operator points sidecars at the tier's Service",
         "protocol": "the operator runs Ollama",
         "model": "set the tier's model",
-        "keepAlive": "set the tier's keepAlive",
+        "keepAlive": "set the tier's keepAliveSeconds",
         "parallelSlots": "set the tier's numParallel and replicas: the operator gives sidecars their product",
         "apiKey": "secrets do not belong in a VoiceLane; "
         "give the sidecar VOICELANE_UPSTREAMS__<TIER>__API_KEY from a Secret",
@@ -558,12 +550,8 @@ def _operator_keys_rule(field: str, python_name: str, operator_keys: tuple[str, 
 class TierSpec(SpecModel):
     """One Ollama deployment of the lane (fast or deep)."""
 
+    operator_owned = RENAMED_TIER_FIELDS
     cel_rules = (
-        CelRule(
-            "duration(self.rewarmInterval) >= duration('1m') && duration(self.rewarmInterval) <= duration('24h')",
-            "rewarmInterval must be between 1m and 24h",
-            lambda t: 60 <= duration_seconds(t.rewarm_interval) <= 86400,
-        ),
         CelRule(
             "!has(self.replicas) || self.replicas <= 1 || !has(self.storage)"
             " || !(has(self.storage.size) || has(self.storage.existingClaim))"
@@ -601,10 +589,13 @@ class TierSpec(SpecModel):
         "(a HorizontalPodAutoscaler, kubectl scale). Unset or more than 1 adds a PodDisruptionBudget.",
     )
     resources: ResourcesSpec
-    keep_alive: GoDuration = Field(
-        "15m",
-        description="How long the model stays loaded after a request (OLLAMA_KEEP_ALIVE and each "
-        "sidecar call); a negative duration such as -1s keeps it loaded for good.",
+    keep_alive_s: int = Field(
+        900,
+        ge=KEEP_ALIVE_FOREVER,
+        le=MAX_KEEP_ALIVE_SECONDS,
+        description="Seconds the model stays loaded after a request (OLLAMA_KEEP_ALIVE and each sidecar call): "
+        "-1 keeps it loaded for good, 0 unloads it after every request (the warmer then loads it again); "
+        "at most 31536000 (365 days).",
     )
     num_parallel: int = Field(1, ge=1, le=64, description="Requests the model serves at once (OLLAMA_NUM_PARALLEL).")
     max_queue: int = Field(
@@ -659,9 +650,11 @@ class TierSpec(SpecModel):
         description="Extra environment of the model server and the model pull.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    rewarm_interval: GoDuration = Field(
-        "30m",
-        description="How often the model is loaded again in the background so it stays resident and warm.",
+    rewarm_interval_s: int = Field(
+        1800,
+        ge=60,
+        le=86400,
+        description="Seconds between the background loads that keep the model resident and warm (60 to 86400).",
     )
     upstream: TierUpstreamSpec = Field(TierUpstreamSpec(), description="How sidecars call this tier.")
 

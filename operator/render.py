@@ -22,14 +22,14 @@ How a pod proves its model is resident before it counts as Ready:
 1. the init container `pull-model` starts a private `ollama serve` on loopback and
    pulls the model into the model store (a failed pull is tolerated only when the
    store already holds the model, so air-gapped claims work);
-2. the container `warmer` loads the model (`ollama run --keepalive=<keepAlive>
-   <model> ""`, Ollama's documented preload) as soon as the server answers;
+2. the container `warmer` loads the model (`ollama run --keepalive=<keepAliveSeconds as
+   a duration, 15m> <model> ""`, Ollama's documented preload) as soon as the server answers;
 3. the model server's startup and readiness probes run `ollama ps` and require the
    model in its list of loaded models: only a resident model passes. The liveness
    probe only asks whether the server answers, so a slow reload never kills a pod.
 The warmer then stays in the pod: every 10 s it checks `ollama ps` and reloads the
-model if it was unloaded (say keepAlive expired while the lane was idle), and every
-`rewarmInterval` it loads it again regardless, which also resets its keep-alive. An
+model if it was unloaded (say keepAliveSeconds expired while the lane was idle), and every
+`rewarmIntervalSeconds` it loads it again regardless, which also resets its keep-alive. An
 in-pod loop rather than a CronJob: it needs no API access, reaches the server on
 loopback, and lives and dies with the pod it keeps warm.
 
@@ -78,7 +78,6 @@ from voicelane.operator.api import (
     TierSpec,
     VoiceLaneSpec,
     check_lane_name,
-    duration_seconds,
     k8s_field_name,
     parse_quantity,
     parse_spec,
@@ -335,7 +334,7 @@ def sidecar_layer(spec: VoiceLaneSpec, *, lane_name: str, namespace: str) -> dic
             "url": service_endpoint(lane_name, namespace, tier),
             "protocol": "ollama",
             "model": spec.tier(tier).model,
-            "keep_alive": spec.tier(tier).keep_alive,
+            "keep_alive": ollama_duration(spec.tier(tier).keep_alive_s),
             "parallel_slots": tier_parallel_slots(spec.tier(tier)),
         }
         for tier in TIERS
@@ -365,7 +364,7 @@ def render_sidecar_config(spec: VoiceLaneSpec, *, lane_name: str, namespace: str
 
 
 # Sidecar keys of a tier that the lane sets from the tier's own fields, not from spec.<tier>.upstream.
-_TIER_FIELDS_OF_UPSTREAM_KEYS = {"model": "model", "keep_alive": "keepAlive", "parallel_slots": "numParallel"}
+_TIER_FIELDS_OF_UPSTREAM_KEYS = {"model": "model", "keep_alive": "keepAliveSeconds", "parallel_slots": "numParallel"}
 
 
 def crd_path_of_sidecar_key(key: str) -> str:
@@ -485,9 +484,9 @@ def tier_warnings(spec: VoiceLaneSpec | Mapping[str, Any]) -> list[str]:
             )
         if tier_spec.replicas == 0:
             warnings.append(f"spec.{tier}.replicas is 0: the {tier} tier has no pods and the lane cannot be ready")
-        if duration_seconds(tier_spec.keep_alive) == 0:
+        if tier_spec.keep_alive_s == 0:
             warnings.append(
-                f"spec.{tier}.keepAlive is {tier_spec.keep_alive}: the model is unloaded after every request "
+                f"spec.{tier}.keepAliveSeconds is 0: the model is unloaded after every request "
                 "and reloaded by the warmer"
             )
     return warnings
@@ -529,13 +528,25 @@ def _extra_env(tier_spec: TierSpec) -> list[dict[str, Any]]:
     return [var.model_dump(by_alias=True, exclude_none=True) for var in tier_spec.env]
 
 
+def ollama_duration(seconds: int) -> str:
+    """Whole seconds as the Go duration Ollama reads: `900` → `15m`, `5400` → `1h30m`, `0` → `0s`, `-1` → `-1s`.
+
+    With a unit, because `ollama run --keepalive` (the warmer) takes only Go durations, while
+    OLLAMA_KEEP_ALIVE and a call's `keep_alive` take those too; a negative one keeps the model for good.
+    """
+    hours, rest = divmod(abs(seconds), 3600)
+    minutes, rest_seconds = divmod(rest, 60)
+    parts = [f"{count}{unit}" for count, unit in ((hours, "h"), (minutes, "m"), (rest_seconds, "s")) if count]
+    return ("-" if seconds < 0 else "") + ("".join(parts) or "0s")
+
+
 def model_server_environment(tier_spec: TierSpec, *, gated: bool = False) -> dict[str, str]:
     """The Ollama settings a tier's model server runs with (the spec's own `env` entries aside)."""
     pairs = {
         "OLLAMA_HOST": f"127.0.0.1:{GATED_OLLAMA_PORT}" if gated else f"0.0.0.0:{OLLAMA_PORT}",
         "OLLAMA_MODELS": MODELS_PATH,
         "HOME": HOME_PATH,
-        "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
+        "OLLAMA_KEEP_ALIVE": ollama_duration(tier_spec.keep_alive_s),
         "OLLAMA_NUM_PARALLEL": str(tier_spec.num_parallel),
         "OLLAMA_MAX_QUEUE": str(tier_spec.max_queue),
         # One model per pod: the memory reserved for it is not shared with another.
@@ -676,9 +687,9 @@ def _pod_spec(lane_name: str, tier: TierName, tier_spec: TierSpec, gate: GateSpe
             {
                 "OLLAMA_HOST": loopback_host,
                 "HOME": "/tmp",
-                "OLLAMA_KEEP_ALIVE": tier_spec.keep_alive,
+                "OLLAMA_KEEP_ALIVE": ollama_duration(tier_spec.keep_alive_s),
                 "VOICELANE_MODEL": model,
-                "VOICELANE_REWARM_SECONDS": str(round(duration_seconds(tier_spec.rewarm_interval))),
+                "VOICELANE_REWARM_SECONDS": str(tier_spec.rewarm_interval_s),
                 "VOICELANE_CHECK_SECONDS": str(WARMER_CHECK_SECONDS),
             }
         ),

@@ -47,6 +47,7 @@ KEYWORD_WORDING = {
     "pattern": "should match",
     "minimum": "should be greater than or equal to",
     "maximum": "should be less than or equal to",
+    "type": "must be of type",
     "enum": "Unsupported value",
     "required": "Required value",
 }

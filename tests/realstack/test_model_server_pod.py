@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,12 @@ MODEL = f"127.0.0.1:{free_port()}/library/smollm2:135m"
 LOAD_DEADLINE_S = 180.0
 
 
-def lane(*, keep_alive: str, rewarm_interval: str = "30m") -> dict[str, Any]:
+def lane(*, keep_alive_s: int, rewarm_interval_s: int = 1800) -> dict[str, Any]:
     tier = {
         "model": MODEL,
         "resources": {"cpu": 1, "memory": "1Gi"},
-        "keepAlive": keep_alive,
-        "rewarmInterval": rewarm_interval,
+        "keepAliveSeconds": keep_alive_s,
+        "rewarmIntervalSeconds": rewarm_interval_s,
     }
     return {
         "apiVersion": API_VERSION,
@@ -271,7 +271,7 @@ def running_pod(lane_object: dict[str, Any], machine: Machine, logs: Path) -> It
 
 def test_a_failed_pull_falls_back_to_the_stored_model(ollama_binary: Path, stored_models: Path, tmp_path: Path) -> None:
     machine = make_machine(ollama_binary, tmp_path, copy_of(stored_models, tmp_path))
-    result = run_init_container(rendered_containers(lane(keep_alive="5m"))["pull-model"], machine)
+    result = run_init_container(rendered_containers(lane(keep_alive_s=300))["pull-model"], machine)
     assert result.returncode == 0, result.stderr
     registry = MODEL.split("/", 1)[0]
     assert f"https://{registry}/v2/library/smollm2/manifests/135m" in result.stderr  # really tried, on loopback
@@ -282,7 +282,7 @@ def test_a_failed_pull_without_a_stored_model_fails_the_init_container(ollama_bi
     empty_store = tmp_path / "models"
     empty_store.mkdir()
     machine = make_machine(ollama_binary, tmp_path, empty_store)
-    result = run_init_container(rendered_containers(lane(keep_alive="5m"))["pull-model"], machine)
+    result = run_init_container(rendered_containers(lane(keep_alive_s=300))["pull-model"], machine)
     assert result.returncode != 0
     assert f"pulling {MODEL} failed and the model store does not hold it" in result.stderr
 
@@ -292,7 +292,7 @@ def test_ready_only_with_the_model_loaded_and_reloaded_after_keep_alive(
 ) -> None:
     keep_alive_s = 3  # the warmer checks every 10 s, so the model is out of memory for a while each time
     machine = make_machine(ollama_binary, tmp_path, copy_of(stored_models, tmp_path))
-    with running_pod(lane(keep_alive=f"{keep_alive_s}s"), machine, tmp_path) as pod:
+    with running_pod(lane(keep_alive_s=keep_alive_s), machine, tmp_path) as pod:
         # The server answers, the model is not loaded yet: alive, but neither started nor ready.
         assert pod.live()
         assert not pod.probe("startupProbe")
@@ -303,20 +303,33 @@ def test_ready_only_with_the_model_loaded_and_reloaded_after_keep_alive(
         assert pod.probe("startupProbe")
         assert pod.warmer_loads() == 1
 
-        # keepAlive expires while nothing uses the model: Ollama unloads it and the pod is not ready...
-        wait_until(lambda: not pod.ready(), keep_alive_s + 30, "unloaded after keepAlive", poll_s=0.2)
+        # keepAliveSeconds expire while nothing uses the model: Ollama unloads it and the pod is not ready...
+        wait_until(lambda: not pod.ready(), keep_alive_s + 30, "unloaded after keepAliveSeconds", poll_s=0.2)
         assert pod.live()  # ...but alive: a reload must never get the pod restarted
         # ...until the warmer's next check finds it gone and loads it again.
         wait_until(pod.ready, 10 + LOAD_DEADLINE_S, "ready again once the warmer reloaded the model")
         assert pod.warmer_loads() == 2
 
 
+def test_a_keep_alive_of_minus_one_keeps_the_model_loaded_for_good(
+    ollama_binary: Path, stored_models: Path, tmp_path: Path
+) -> None:
+    machine = make_machine(ollama_binary, tmp_path, copy_of(stored_models, tmp_path))
+    with running_pod(lane(keep_alive_s=-1), machine, tmp_path) as pod:
+        pod.start_warmer()
+        wait_until(pod.ready, LOAD_DEADLINE_S, "ready once the warmer loaded the model")
+        # Both the server's OLLAMA_KEEP_ALIVE and the warmer's `ollama run --keepalive` took the rendered
+        # value: Ollama reports the model as expiring in the far future (it says "Forever" in `ollama ps`).
+        assert pod.expires_at() - datetime.now(pod.expires_at().tzinfo) > timedelta(days=3650)
+        assert pod.warmer_loads() == 1
+
+
 def test_the_warmer_loads_the_model_again_at_the_rewarm_interval(
     ollama_binary: Path, stored_models: Path, tmp_path: Path
 ) -> None:
-    # The shortest rewarmInterval the API accepts; a keepAlive long enough that only the rewarm loads.
+    # The shortest rewarmIntervalSeconds the API accepts; a keepAliveSeconds long enough that only the rewarm loads.
     machine = make_machine(ollama_binary, tmp_path, copy_of(stored_models, tmp_path))
-    with running_pod(lane(keep_alive="10m", rewarm_interval="1m"), machine, tmp_path) as pod:
+    with running_pod(lane(keep_alive_s=600, rewarm_interval_s=60), machine, tmp_path) as pod:
         pod.start_warmer()
         wait_until(pod.ready, LOAD_DEADLINE_S, "ready once the warmer loaded the model")
         first_expiry = pod.expires_at()

@@ -71,7 +71,7 @@ CHANGES_WHILE_DOWN: tuple[dict[str, Any], ...] = (
     {"deep": {"model": "qwen2.5:3b"}},
     {"routing": {"fastMaxChars": 200}},
     {"fast": {"replicas": 3}},
-    {"deep": {"replicas": 3, "keepAlive": "30m"}},
+    {"deep": {"replicas": 3, "keepAliveSeconds": 1800}},
 )
 
 

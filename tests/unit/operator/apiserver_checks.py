@@ -115,7 +115,7 @@ def to_cel(schema: dict[str, Any], value: Any) -> Any:
     kind = schema.get("type")
     if kind == "number":
         return celtypes.DoubleType(float(value))
-    if kind == "integer":
+    if kind == "integer" and isinstance(value, int):  # a value of the wrong type is the schema's to refuse
         return celtypes.IntType(value)
     if kind == "object" and isinstance(value, dict):
         properties = schema.get("properties", {})

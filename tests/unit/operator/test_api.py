@@ -19,7 +19,6 @@ from voicelane.operator.api import (
     ROUTING_MODES,
     TTS_BACKENDS,
     SpecError,
-    duration_seconds,
     k8s_field_name,
     parse_spec,
 )
@@ -49,7 +48,7 @@ def dumped_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
 def test_defaults_of_a_minimal_lane(minimal_lane: dict) -> None:
     spec = parse_spec(minimal_lane["spec"])
     assert spec.fast.image == DEFAULT_OLLAMA_IMAGE != "ollama/ollama:latest"
-    assert (spec.fast.replicas, spec.fast.keep_alive, spec.fast.rewarm_interval) == (None, "15m", "30m")
+    assert (spec.fast.replicas, spec.fast.keep_alive_s, spec.fast.rewarm_interval_s) == (None, 900, 1800)
     assert spec.fast.storage is None
     assert spec.routing.fast_max_chars == 130
     targets = spec.policy.ttfa.targets
@@ -166,22 +165,51 @@ def test_every_sidecar_field_is_reachable_from_a_voicelane(minimal_lane: dict) -
             f"upstreams.{tier}.model",
             f"upstreams.{tier}.keep_alive",
             f"upstreams.{tier}.parallel_slots",
-        }  # the tier's model, keepAlive, numParallel times replicas
+        }  # the tier's model, keepAliveSeconds, numParallel times replicas
     reachable |= set(RENAMED_SIDECAR_FIELDS)  # set in another form: maxBodySize: 64Ki for max_body_bytes: 65536
     unreachable = leaf_paths(SidecarConfig) - reachable
     assert unreachable == set(OPERATOR_OWNED_SIDECAR_FIELDS)
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30m", 1800), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25), ("-1s", -1)]
+    ("field", "value", "problem"),
+    [
+        ("keepAliveSeconds", -2, "spec.fast.keepAliveSeconds: Input should be greater than or equal to -1"),
+        ("keepAliveSeconds", 31_536_001, "spec.fast.keepAliveSeconds: Input should be less than or equal to 31536000"),
+        ("keepAliveSeconds", "15m", "spec.fast.keepAliveSeconds: Input should be a valid integer"),
+        ("rewarmIntervalSeconds", 59, "spec.fast.rewarmIntervalSeconds: Input should be greater than or equal to 60"),
+        (
+            "rewarmIntervalSeconds",
+            86401,
+            "spec.fast.rewarmIntervalSeconds: Input should be less than or equal to 86400",
+        ),
+    ],
 )
-def test_go_durations(text: str, seconds: float) -> None:
-    assert duration_seconds(text) == pytest.approx(seconds)
+def test_tier_durations_out_of_range_name_the_field(
+    minimal_lane: dict, field: str, value: object, problem: str
+) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(with_spec(minimal_lane, fast={field: value})["spec"])
+    assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems
 
 
-def test_a_malformed_duration_is_refused() -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        duration_seconds("15 minutes")
+@pytest.mark.parametrize(
+    ("field", "value"), [("keepAliveSeconds", -1), ("keepAliveSeconds", 0), ("rewarmIntervalSeconds", 60)]
+)
+def test_tier_durations_at_their_bounds_are_accepted(minimal_lane: dict, field: str, value: int) -> None:
+    tier = parse_spec(with_spec(minimal_lane, fast={field: value})["spec"]).fast
+    assert (tier.keep_alive_s if field == "keepAliveSeconds" else tier.rewarm_interval_s) == value
+
+
+@pytest.mark.parametrize(
+    ("old", "value", "new"),
+    [("keepAlive", "15m", "keepAliveSeconds"), ("rewarmInterval", "30m", "rewarmIntervalSeconds")],
+)
+def test_the_earlier_duration_strings_are_refused_with_their_new_names(
+    minimal_lane: dict, old: str, value: str, new: str
+) -> None:
+    with pytest.raises(SpecError, match=rf"spec\.deep: .*{old} cannot be set here: it is {new} now, in seconds"):
+        parse_spec(with_spec(minimal_lane, deep={old: value})["spec"])
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,11 @@ def test_spec_carries_defaults_ranges_and_descriptions(crd_schema: dict[str, Any
     tier = spec["properties"]["fast"]["properties"]
     assert spec["required"] == ["fast", "deep"]
     assert tier["image"]["default"].startswith("ollama/ollama:0.")
-    assert tier["keepAlive"]["default"] == "15m"
-    assert tier["rewarmInterval"]["default"] == "30m"
+    assert (tier["keepAliveSeconds"]["type"], tier["keepAliveSeconds"]["default"]) == ("integer", 900)
+    assert (tier["keepAliveSeconds"]["minimum"], tier["keepAliveSeconds"]["maximum"]) == (-1, 31_536_000)
+    assert (tier["rewarmIntervalSeconds"]["type"], tier["rewarmIntervalSeconds"]["default"]) == ("integer", 1800)
+    assert (tier["rewarmIntervalSeconds"]["minimum"], tier["rewarmIntervalSeconds"]["maximum"]) == (60, 86400)
+    assert not {"keepAlive", "rewarmInterval"} & set(tier)  # one duration style: seconds, as periodSeconds
     assert "default" not in tier["replicas"]  # unset: the scale is left to others
     guardian = spec["properties"]["policy"]["properties"]["guardian"]["properties"]
     assert (guardian["cpuThresholdPercent"]["minimum"], guardian["cpuThresholdPercent"]["maximum"]) == (

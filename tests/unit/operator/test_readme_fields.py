@@ -19,5 +19,10 @@ def test_readme_lists_every_spec_field_with_its_default() -> None:
 
 def test_table_covers_tier_and_policy_fields() -> None:
     table = spec_fields_markdown()
-    for field in ("fast\\|deep.model", "fast\\|deep.keepAlive", "policy.rateLimit.burst", "routing.fastMaxChars"):
+    for field in (
+        "fast\\|deep.model",
+        "fast\\|deep.keepAliveSeconds",
+        "policy.rateLimit.burst",
+        "routing.fastMaxChars",
+    ):
         assert f"`{field}`" in table

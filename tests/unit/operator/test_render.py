@@ -16,6 +16,7 @@ from voicelane.operator.render import (
     MODEL_DOWNLOAD_BYTES,
     crd_path_of_sidecar_key,
     default_model_store_limit,
+    ollama_duration,
     render_children,
     tier_warnings,
 )
@@ -310,11 +311,38 @@ def test_model_is_pulled_before_the_server_starts(sample_lane: dict) -> None:
     assert env_of(pull)["OLLAMA_MODELS"] == env_of(container(pod, "ollama"))["OLLAMA_MODELS"]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "duration"),
+    [(900, "15m"), (5400, "1h30m"), (86400, "24h"), (90061, "25h1m1s"), (45, "45s"), (0, "0s"), (-1, "-1s")],
+)
+def test_keep_alive_seconds_become_the_duration_ollama_reads(seconds: int, duration: str) -> None:
+    assert ollama_duration(seconds) == duration
+
+
+@pytest.mark.parametrize(("seconds", "ollama_value"), [(-1, "-1s"), (0, "0s"), (3600, "1h")])
+def test_keep_alive_reaches_the_model_server_the_warmer_and_the_sidecars_alike(
+    minimal_lane: dict, tmp_path: Path, seconds: int, ollama_value: str
+) -> None:
+    children = render_children(with_spec(minimal_lane, fast={"keepAliveSeconds": seconds}))
+    pod = pod_spec(children, "lane-fast")
+    assert env_of(container(pod, "ollama"))["OLLAMA_KEEP_ALIVE"] == ollama_value
+    assert env_of(container(pod, "warmer"))["OLLAMA_KEEP_ALIVE"] == ollama_value
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(by_kind_and_name(children)[("ConfigMap", "lane-sidecar")]["data"]["sidecar.yaml"], encoding="utf-8")
+    assert load_config(path, environ={}).upstreams.fast.keep_alive == ollama_value
+
+
+def test_a_keep_alive_of_zero_is_accepted_with_a_warning(minimal_lane: dict) -> None:
+    lane = with_spec(minimal_lane, deep={"keepAliveSeconds": 0})
+    [warning] = tier_warnings(lane["spec"])
+    assert warning.startswith("spec.deep.keepAliveSeconds is 0: the model is unloaded after every request")
+
+
 def test_warmer_rewarms_at_the_tier_interval(sample_lane: dict) -> None:
     children = render_children(sample_lane)
     deep_warmer = env_of(container(pod_spec(children, "voice-deep"), "warmer"))
     fast_warmer = env_of(container(pod_spec(children, "voice-fast"), "warmer"))
-    assert deep_warmer["VOICELANE_REWARM_SECONDS"] == "1200"  # rewarmInterval: 20m
+    assert deep_warmer["VOICELANE_REWARM_SECONDS"] == "1200"  # rewarmIntervalSeconds: 1200
     assert fast_warmer["VOICELANE_REWARM_SECONDS"] == "1800"  # the 30m default
     assert deep_warmer["OLLAMA_HOST"] == "127.0.0.1:11434"
 
@@ -602,7 +630,7 @@ def test_policy_changes_reach_the_sidecar_configuration(minimal_lane: dict, tmp_
         },
         routing={"fastMaxChars": 100, "mode": "FastOnly"},
         tts={"backend": "OpenAI", "url": "http://speech.voice.svc:8000"},
-        fast={"keepAlive": "1h", "upstream": {"numPredict": 64}},
+        fast={"keepAliveSeconds": 3600, "upstream": {"numPredict": 64}},
     )
     configmap = by_kind_and_name(render_children(lane))[("ConfigMap", "lane-sidecar")]
     path = tmp_path / "sidecar.yaml"
@@ -647,7 +675,7 @@ def test_spec_hash_changes_only_for_children_that_change(sample_lane: dict) -> N
     [
         ("rate_limit.sustained_per_s", "spec.policy.rateLimit.sustainedPerSecond"),
         ("upstreams.deep.first_token_timeout_s", "spec.deep.upstream.firstTokenTimeoutSeconds"),
-        ("upstreams.fast.keep_alive", "spec.fast.keepAlive"),
+        ("upstreams.fast.keep_alive", "spec.fast.keepAliveSeconds"),
         ("upstreams.fast.parallel_slots", "spec.fast.numParallel"),
         ("routing.complex_patterns.long_digits", "spec.routing.complexPatterns.long_digits"),
         ("tts.classes.email_tldr.rate", "spec.tts.classes.email_tldr.rate"),
