@@ -490,6 +490,98 @@ class EnvVar(SpecModel):
     )
 
 
+class KeySelector(SpecModel):
+    """A key of a Secret or ConfigMap in the lane's namespace (core/v1 SecretKeySelector, ConfigMapKeySelector)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = Field(None, description="Start the sidecar even if the object or key is missing.")
+
+
+class ObjectFieldSelector(SpecModel):
+    """A field of the app pod, e.g. metadata.name (core/v1 ObjectFieldSelector)."""
+
+    field_path: str = Field(min_length=1, max_length=256)
+    api_version: str | None = Field(None, max_length=64)
+
+
+class SidecarEnvVarSource(SpecModel):
+    """Where a sidecar variable's value comes from (core/v1 EnvVarSource): one of its fields."""
+
+    cel_rules = (
+        CelRule(
+            "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + (has(self.fieldRef) ? 1 : 0) == 1",
+            "set exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+            lambda s: [s.secret_key_ref, s.config_map_key_ref, s.field_ref].count(None) == 2,
+        ),
+    )
+
+    secret_key_ref: KeySelector | None = None
+    config_map_key_ref: KeySelector | None = None
+    field_ref: ObjectFieldSelector | None = None
+
+
+class SidecarEnvVar(SpecModel):
+    """A variable of the sidecar's environment (core/v1 EnvVar), e.g. an upstream API key from a Secret."""
+
+    cel_rules = (
+        CelRule(
+            "!(has(self.value) && has(self.valueFrom))",
+            "set value or valueFrom, not both",
+            lambda e: not (e.value is not None and e.value_from is not None),
+        ),
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
+    value: str | None = Field(None, max_length=32768)
+    value_from: SidecarEnvVarSource | None = None
+
+
+class EnvFromReference(SpecModel):
+    """A Secret or ConfigMap of the lane's namespace whose every key becomes a variable."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    optional: bool | None = None
+
+
+class EnvFromSource(SpecModel):
+    """All keys of a Secret or ConfigMap as sidecar variables (core/v1 EnvFromSource)."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.secretRef) != has(self.configMapRef)",
+            "set exactly one of secretRef, configMapRef",
+            lambda s: (s.secret_ref is None) != (s.config_map_ref is None),
+        ),
+    )
+
+    prefix: str | None = Field(None, max_length=128, pattern=ENV_NAME_PATTERN, description="Put before each key.")
+    secret_ref: EnvFromReference | None = None
+    config_map_ref: EnvFromReference | None = None
+
+
+class SidecarSpec(SpecModel):
+    """The environment of the sidecar the webhook injects into the lane's app pods (set when a pod is created)."""
+
+    env: tuple[SidecarEnvVar, ...] = Field(
+        (),
+        max_length=64,
+        description="Variables of the sidecar, e.g. VOICELANE_UPSTREAMS__DEEP__API_KEY from a secretKeyRef.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    env_from: tuple[EnvFromSource, ...] = Field(
+        (), max_length=16, description="Secrets and ConfigMaps whose keys become variables of the sidecar."
+    )
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> SidecarSpec:
+        names = [var.name for var in self.env]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"env names a variable more than once: {', '.join(repeated)}")
+        return self
+
+
 class TierUpstreamSpec(SpecModel, UpstreamConfig):
     """How each sidecar calls this tier: generation options, timeouts and its circuit breaker."""
 
@@ -923,6 +1015,7 @@ class VoiceLaneSpec(SpecModel):
     policy: PolicySpec = PolicySpec()
     tts: TTSSpec = TTSSpec()
     gate: GateSpec = GateSpec()
+    sidecar: SidecarSpec = SidecarSpec()
 
     def tier(self, name: TierName) -> TierSpec:
         return self.fast if name == "fast" else self.deep

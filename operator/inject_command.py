@@ -7,8 +7,11 @@ as it was:
 
     voicelane inject -f deploy.yaml --lane voice | kubectl apply -f -
 
-The lane is `--lane`, else the pod template's `voicelane.dev/lane` label; a workload with neither is
-printed unchanged, with a note on stderr.
+The lane is `--lane`, else the pod template's `voicelane.dev/lane` annotation or label; a workload
+with none is printed unchanged, with a note on stderr, as is one that opts out
+(`voicelane.dev/inject: disabled`). The pod template's annotations tune the sidecar as they do
+with the webhook (image, log level, CPU and memory); a value that is not valid stops the command
+with the annotation named. The lane's spec.sidecar env is the webhook's to add: it reads the lane.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def inject_document(
     document: Any, *, position: str, lane: str | None, image: str, api_listen: str, notes: list[str]
 ) -> Any:
     """The document with the sidecar in its pod template, or as it was (with a note saying why)."""
-    from voicelane.operator.injection import InjectionError, inject, skip_reason
+    from voicelane.operator.injection import AnnotationError, InjectionError, inject, requested_lane, skip_reason
     from voicelane.operator.render import LABEL_LANE
 
     if not isinstance(document, dict):
@@ -89,13 +92,17 @@ def inject_document(
         template = template.get(key) if isinstance(template, dict) else None
     if not isinstance(template, dict):
         raise ManifestError(f"{where}: no pod template at {'.'.join(path)}")
-    lane_name = lane or ((template.get("metadata") or {}).get("labels") or {}).get(LABEL_LANE)
-    if not lane_name:
-        notes.append(f"{where}: left as it is: no lane (label its pod template {LABEL_LANE}, or pass --lane)")
-        return document
     try:
+        reason = skip_reason(template)
+        if reason is not None:
+            notes.append(f"{where}: left as it is: {reason}")
+            return document
+        lane_name = lane or requested_lane(template)
+        if not lane_name:
+            notes.append(f"{where}: left as it is: no lane (label its pod template {LABEL_LANE}, or pass --lane)")
+            return document
         injected = inject(template, lane=str(lane_name), image=image, api_listen=api_listen)
-    except InjectionError as exc:
+    except (InjectionError, AnnotationError) as exc:
         raise ManifestError(f"{where}: {exc}") from None
     if injected is None:
         notes.append(f"{where}: left as it is: {skip_reason(template)}")

@@ -1,11 +1,20 @@
 """The sidecar-injection webhook: a kopf mutating admission handler for pods, and the HTTPS server it runs on.
 
-The API server sends the creation of every pod labelled `voicelane.dev/lane` (the chart's
-MutatingWebhookConfiguration, path /mutate-pods) here. If the pod's namespace holds that VoiceLane,
-the answer is a JSONPatch that adds the sidecar (injection.py); otherwise the pod is admitted as it
-is, with a warning the client sees (kubectl prints it) and a log line. The webhook never denies a
-pod: whatever goes wrong here, including a bug, the pod is admitted unchanged with a warning, and
-the configuration's failurePolicy Ignore covers a webhook that is down or slow. A request that is
+The API server sends the creation of a pod here when the pod opts in (a `voicelane.dev/lane` label,
+or `voicelane.dev/inject: enabled`: path /mutate-pods) or its namespace does (namespace label
+`voicelane.dev/inject: enabled`: path /mutate-namespace-pods), unless the pod's label
+`voicelane.dev/inject: disabled` opts it out; the chart's MutatingWebhookConfiguration holds one
+entry per way in. Here the pod's annotation `voicelane.dev/inject: disabled`, which no selector sees,
+opts it out too. The lane is the one the pod names (annotation or label `voicelane.dev/lane`), else
+the only VoiceLane of its namespace. If that lane exists, the answer is a JSONPatch that adds its
+sidecar (injection.py), tuned by the pod's annotations and given the lane's spec.sidecar env.
+
+A pod whose own settings are wrong (an annotation with a value the sidecar cannot take, a lane named
+by annotation that does not exist, a namespace with several lanes and none named) is refused, with a
+message naming the annotation to fix. Anything else keeps the pod as it is, with a warning the client
+sees (kubectl prints it) and a log line: a lane named by label that does not exist, a lane that
+cannot be read, and any fault of the webhook's own, including a bug; the configuration's
+failurePolicy Ignore covers a webhook that is down or slow. A request that is
 not an AdmissionReview gets HTTP 400 naming what is wrong; its body is held to the sidecar's rules for
 JSON (`voicelane.sidecar.edge`): it decodes as its Content-Encoding says, nests at most 128 levels,
 and holds no string UTF-8 cannot carry (a lone surrogate escape), each refused naming the field.
@@ -44,8 +53,13 @@ from voicelane.operator.handlers import KubeApi, TransientApiError
 from voicelane.operator.injection import (
     DEFAULT_API_LISTEN,
     DEFAULT_SIDECAR_IMAGE,
+    LANE_ANNOTATION,
+    AnnotationError,
     InjectionError,
     inject,
+    opted_in_by_pod,
+    requested_lane,
+    sidecar_overrides,
     skip_reason,
 )
 from voicelane.operator.main import host_port
@@ -53,8 +67,10 @@ from voicelane.operator.render import LABEL_LANE
 from voicelane.sidecar.edge import parse_json, parser_reason, unreadable_body
 from voicelane.sidecar.errors import ApiError
 
-# The handler id is the URL path kopf's server routes to it: the chart's webhook calls /mutate-pods.
+# The handler id is the URL path kopf's server routes to it: the chart's webhook entries call
+# /mutate-pods for pods that opt in themselves, /mutate-namespace-pods for pods of a namespace that does.
 WEBHOOK_ID = "mutate-pods"
+NAMESPACE_WEBHOOK_ID = "mutate-namespace-pods"
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 # The API server waits `webhook.timeoutSeconds` (5 s by default) for the answer; the lane lookup
@@ -63,8 +79,11 @@ LOOKUP_TIMEOUT_S = (1.0, 2.5)  # (connect, read) of the one request
 LOOKUP_DEADLINE_S = 3.0  # the whole lookup
 SELF_SIGNED_VALIDITY = datetime.timedelta(days=365)
 WARNING_PREFIX = "voicelane: "
+REFUSAL_PREFIX = "the sidecar cannot be injected: "
 
 LaneGetter = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+# The names of the VoiceLanes of a namespace.
+LaneLister = Callable[[str], Awaitable[list[str]]]
 
 
 class LaneLookupError(RuntimeError):
@@ -101,21 +120,58 @@ class WebhookOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Admission:
-    """What to admit: `pod` instead of the submitted one (None: the submitted one, unchanged)."""
+    """What to admit: `pod` instead of the submitted one (None: the submitted one, unchanged).
+
+    With `refusal`, nothing is admitted: the pod's creation fails with that message.
+    """
 
     pod: dict[str, Any] | None
     warnings: tuple[str, ...] = ()
+    refusal: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneSidecar:
+    """What a lane gives each sidecar it injects: the API address, environment, and a warning if unsure."""
+
+    listen: str = DEFAULT_API_LISTEN
+    env: tuple[dict[str, Any], ...] = ()
+    env_from: tuple[dict[str, Any], ...] = ()
+    warning: str | None = None
+
+
+def lane_sidecar(lane: Mapping[str, Any]) -> LaneSidecar:
+    """The sidecar settings of a lane's spec; the defaults and a warning if the spec is not valid."""
+    try:
+        spec = parse_spec(lane.get("spec") or {})
+    except SpecError as exc:
+        name = (lane.get("metadata") or {}).get("name")
+        return LaneSidecar(
+            warning=f"VoiceLane {name} has an invalid spec ({exc}); VOICELANE_URL assumes the default "
+            f"{DEFAULT_API_LISTEN} and the sidecar gets none of spec.sidecar's env"
+        )
+
+    def wire(items: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+        return tuple(item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items)
+
+    return LaneSidecar(spec.policy.server.listen, wire(spec.sidecar.env), wire(spec.sidecar.env_from))
 
 
 def lane_api_listen(lane: Mapping[str, Any]) -> tuple[str, str | None]:
     """The address the lane's sidecars serve their API on, and a warning if the spec cannot say."""
-    try:
-        return parse_spec(lane.get("spec") or {}).policy.server.listen, None
-    except SpecError as exc:
-        name = (lane.get("metadata") or {}).get("name")
-        return DEFAULT_API_LISTEN, (
-            f"VoiceLane {name} has an invalid spec ({exc}); VOICELANE_URL assumes the default {DEFAULT_API_LISTEN}"
-        )
+    settings = lane_sidecar(lane)
+    return settings.listen, settings.warning
+
+
+def wants_sidecar(pod: Mapping[str, Any], *, namespace_opted_in: bool) -> bool:
+    """Whether a pod is to get the sidecar: it or its namespace opts in, and it does not opt out.
+
+    The chart's webhook entries select the same pods by label (an annotation they cannot see); this
+    is the webhook's own reading. AnnotationError if the pod's voicelane.dev/inject is not a value.
+    """
+    if skip_reason(pod) is not None:
+        return False
+    return namespace_opted_in or opted_in_by_pod(pod)
 
 
 async def admit_pod(
@@ -123,31 +179,73 @@ async def admit_pod(
     *,
     namespace: str,
     get_lane: LaneGetter,
+    list_lanes: LaneLister | None = None,
     image: str = DEFAULT_SIDECAR_IMAGE,
     served_namespaces: Collection[str] = (),
+    namespace_opted_in: bool = False,
 ) -> Admission:
-    """Decide what becomes of a pod being created: with the sidecar of its lane, or as it is."""
-    lane_name = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_LANE)
-    if not isinstance(lane_name, str) or not lane_name or skip_reason(pod) is not None:
-        return Admission(None)
+    """Decide what becomes of a pod being created: with the sidecar of its lane, as it is, or refused."""
+    try:
+        if not wants_sidecar(pod, namespace_opted_in=namespace_opted_in):
+            return Admission(None)
+        sidecar_overrides(pod)  # checked before any lookup: a pod with a wrong annotation is refused at once
+        lane_name = requested_lane(pod)
+    except AnnotationError as exc:
+        return _refused(str(exc))
     if served_namespaces and namespace not in served_namespaces:
         return _untouched(f"namespace {namespace} is not one this operator serves")
+    if lane_name is None:
+        chosen = await _only_lane(namespace, list_lanes)
+        if isinstance(chosen, Admission):
+            return chosen
+        lane_name = chosen
     try:
         lane = await get_lane(namespace, lane_name)
     except LaneLookupError as exc:
         return _untouched(f"cannot read VoiceLane {lane_name} in namespace {namespace}: {exc}")
     if lane is None:
+        if LANE_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {}):
+            return _refused(f"annotation {LANE_ANNOTATION}: there is no VoiceLane {lane_name} in namespace {namespace}")
         return _untouched(f"there is no VoiceLane {lane_name} in namespace {namespace}")
-    listen, warning = lane_api_listen(lane)
+    settings = lane_sidecar(lane)
     try:
-        injected = inject(pod, lane=lane_name, image=image, api_listen=listen)
+        injected = inject(
+            pod,
+            lane=lane_name,
+            image=image,
+            api_listen=settings.listen,
+            env=settings.env,
+            env_from=settings.env_from,
+        )
     except InjectionError as exc:
         return _untouched(str(exc))
-    return Admission(injected, (warning,) if warning else ())
+    return Admission(injected, (settings.warning,) if settings.warning else ())
+
+
+async def _only_lane(namespace: str, list_lanes: LaneLister | None) -> str | Admission:
+    """The one VoiceLane of the namespace, for a pod that names none; else what becomes of the pod."""
+    if list_lanes is None:
+        return _untouched(f"the pod names no lane (annotation or label {LABEL_LANE})")
+    try:
+        names = sorted(await list_lanes(namespace))
+    except LaneLookupError as exc:
+        return _untouched(f"cannot list the VoiceLanes of namespace {namespace}: {exc}")
+    if not names:
+        return _untouched(f"there is no VoiceLane in namespace {namespace}")
+    if len(names) > 1:
+        return _refused(
+            f"annotation {LANE_ANNOTATION}: namespace {namespace} has several VoiceLanes ({', '.join(names)});"
+            " name the pod's lane with this annotation"
+        )
+    return names[0]
 
 
 def _untouched(why: str) -> Admission:
     return Admission(None, (f"the sidecar was not injected: {why}",))
+
+
+def _refused(why: str) -> Admission:
+    return Admission(None, refusal=REFUSAL_PREFIX + why)
 
 
 def lane_getter(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneGetter:
@@ -168,6 +266,26 @@ def lane_getter(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneG
             raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
 
     return get_lane
+
+
+def lane_lister(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneLister:
+    """Lists the names of a namespace's lanes through the API; LaneLookupError if they cannot be read."""
+
+    async def list_lanes(namespace: str) -> list[str]:
+        try:
+            async with asyncio.timeout(deadline_s):
+                lanes = await api.list_objects(LANE_RESOURCE.collection_path(namespace), label_selector="")
+        except TimeoutError:
+            raise LaneLookupError(f"no answer from the API server within {deadline_s:g} s") from None
+        except TransientApiError as exc:
+            cause = exc.__cause__
+            detail = f"{cause.status} {cause.reason}" if isinstance(cause, ApiException) else "no answer from the API"
+            raise LaneLookupError(detail) from exc
+        except ApiException as exc:
+            raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
+        return [str(lane["metadata"]["name"]) for lane in lanes]
+
+    return list_lanes
 
 
 def lookup_client(configuration: Any) -> ApiClient:
@@ -273,6 +391,16 @@ class QuietHttpRefusals(logging.Filter):
         record.msg, record.args = line[0], line[1:]
         record.exc_info, record.exc_text = None, None
         return True
+
+
+class QuietPodRefusals(logging.Filter):
+    """Drops kopf's ERROR line for a pod the webhook refused: the pod's own mistake, logged once at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            record.levelno >= logging.ERROR and "failed permanently: " + WARNING_PREFIX + REFUSAL_PREFIX in message
+        )
 
 
 def quiet_http_refusals() -> None:
@@ -398,27 +526,47 @@ def enable(
     The handler is registered once per registry; a second call only replaces the server.
     """
     settings.admission.server = webhook_server(options)
+    objects_log = logging.getLogger("kopf.objects")
+    if not any(isinstance(existing, QuietPodRefusals) for existing in objects_log.filters):
+        objects_log.addFilter(QuietPodRefusals())
     if registry in _registered:
         return
-    get_lane = lane_getter(KubeApi(lookup_client(configuration), timeout_s=LOOKUP_TIMEOUT_S))
-    kopf.on.mutate(
-        "",
-        "v1",
-        "pods",
-        id=WEBHOOK_ID,
-        operations=["CREATE"],
-        labels={LABEL_LANE: kopf.PRESENT},
-        side_effects=False,
-        ignore_failures=True,
-        registry=registry,
-    )(mutate_handler(get_lane, image=options.sidecar_image, served_namespaces=frozenset(namespaces)))
+    api = KubeApi(lookup_client(configuration), timeout_s=LOOKUP_TIMEOUT_S)
+    get_lane, list_lanes = lane_getter(api), lane_lister(api)
+    # One handler per way in; the path the API server calls tells which (no filter here: the
+    # chart's selectors pick the pods, the handler decides on what they cannot see).
+    for handler_id, namespace_opted_in in ((WEBHOOK_ID, False), (NAMESPACE_WEBHOOK_ID, True)):
+        kopf.on.mutate(
+            "",
+            "v1",
+            "pods",
+            id=handler_id,
+            operations=["CREATE"],
+            side_effects=False,
+            ignore_failures=True,
+            registry=registry,
+        )(
+            mutate_handler(
+                get_lane,
+                list_lanes=list_lanes,
+                image=options.sidecar_image,
+                served_namespaces=frozenset(namespaces),
+                namespace_opted_in=namespace_opted_in,
+            )
+        )
     _registered.add(registry)
 
 
 def mutate_handler(
-    get_lane: LaneGetter, *, image: str, served_namespaces: Collection[str] = ()
+    get_lane: LaneGetter,
+    *,
+    image: str,
+    list_lanes: LaneLister | None = None,
+    served_namespaces: Collection[str] = (),
+    namespace_opted_in: bool = False,
 ) -> Callable[..., Awaitable[None]]:
-    """The kopf mutating handler for pods: the sidecar as a patch, what went wrong as warnings, never a refusal."""
+    """The kopf mutating handler for pods: the sidecar as a patch, the pod's own mistakes as a refusal,
+    anything else that went wrong as warnings."""
 
     async def mutate_pod(
         body: kopf.Body, patch: kopf.Patch, warnings: list[str], logger: kopf.Logger, **_: Any
@@ -431,12 +579,22 @@ def mutate_handler(
             # A pod made by a controller has no name yet, only the prefix of one.
             who = metadata.get("name") or f"{metadata.get('generateName') or ''}*"
             admission = await admit_pod(
-                pod, namespace=namespace, get_lane=get_lane, image=image, served_namespaces=served_namespaces
+                pod,
+                namespace=namespace,
+                get_lane=get_lane,
+                list_lanes=list_lanes,
+                image=image,
+                served_namespaces=served_namespaces,
+                namespace_opted_in=namespace_opted_in,
             )
         except Exception as exc:  # a pod is never refused for a fault of the webhook's own
             logger.exception("Sidecar injection into pod %s failed; the pod is admitted unchanged.", who)
             warnings.append(f"{WARNING_PREFIX}the sidecar was not injected: internal error {type(exc).__name__}")
             return
+        if admission.refusal is not None:
+            logger.info("Pod %s refused: %s", who, admission.refusal)
+            # 400: the request is wrong, not the webhook (kopf answers 500 otherwise).
+            raise kopf.AdmissionError(WARNING_PREFIX + admission.refusal, code=400)
         for warning in admission.warnings:
             logger.warning("Pod %s: %s", who, warning)
             warnings.append(WARNING_PREFIX + warning)

@@ -160,3 +160,39 @@ def test_unreadable_files_are_refused_cleanly(tmp_path: Path, capsys: pytest.Cap
     code, _, err = run_inject(capsys, "-f", str(tmp_path / "missing.yaml"))
     assert code == 2
     assert "cannot read" in err
+
+
+def annotated_deployment(name: str = "web", **annotations: str) -> dict[str, Any]:
+    workload = deployment(name)
+    workload["spec"]["template"]["metadata"]["annotations"] = annotations
+    return workload
+
+
+def test_pod_template_annotations_tune_the_sidecar_and_name_its_lane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tuned = annotated_deployment(
+        **{
+            "voicelane.dev/lane": "chat",
+            "voicelane.dev/sidecar-image": "registry.example/voicelane-sidecar:canary",
+            "voicelane.dev/sidecar-cpu-limit": "500m",
+            "voicelane.dev/sidecar-cpu-request": "500m",
+        }
+    )
+    opted_out = annotated_deployment("batch", **{"voicelane.dev/inject": "disabled"})
+    code, (web, batch), err = run_inject(capsys, "-f", str(write(tmp_path, tuned, opted_out)))
+    assert code == 0, err
+    template = web["spec"]["template"]
+    [sidecar] = template["spec"]["initContainers"]
+    assert sidecar["image"] == "registry.example/voicelane-sidecar:canary"
+    assert sidecar["resources"]["requests"]["cpu"] == sidecar["resources"]["limits"]["cpu"] == "500m"
+    assert template["metadata"]["labels"]["voicelane.dev/lane"] == "chat"
+    assert batch == opted_out
+    assert "document 2 (Deployment batch): left as it is: it opts out (voicelane.dev/inject: disabled)" in err
+
+
+def test_an_invalid_annotation_stops_the_command_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = annotated_deployment(**{"voicelane.dev/sidecar-log-level": "loud"})
+    code, _, err = run_inject(capsys, "-f", str(write(tmp_path, bad)), "--lane", "voice")
+    assert code == 2
+    assert "document 1 (Deployment web): annotation voicelane.dev/sidecar-log-level: 'loud' is not one of" in err

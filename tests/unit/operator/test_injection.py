@@ -12,9 +12,12 @@ from tests.delivery.pod_security import violations
 from voicelane.operator.injection import (
     DEFAULT_SIDECAR_IMAGE,
     INJECTED_ANNOTATION,
+    AnnotationError,
     InjectionError,
     inject,
     loopback_url,
+    opted_out,
+    requested_lane,
     skip_reason,
 )
 
@@ -227,3 +230,132 @@ def test_a_pod_that_cannot_take_the_sidecar_is_refused_with_the_reason(change: A
     change(pod)
     with pytest.raises(InjectionError, match=message):
         inject(pod, lane="voice")
+
+
+# --- per-pod annotations and the lane's environment ----------------------------------------------
+
+
+def annotated(**annotations: str) -> dict[str, Any]:
+    pod = app_pod()
+    pod["metadata"]["annotations"] = annotations
+    return pod
+
+
+def test_annotations_set_the_sidecars_image_log_level_and_resources() -> None:
+    pod = inject(
+        annotated(
+            **{
+                "voicelane.dev/sidecar-image": "registry.local:5000/team/voicelane-sidecar:canary",
+                "voicelane.dev/sidecar-log-level": "Debug",
+                "voicelane.dev/sidecar-cpu-request": "100m",
+                "voicelane.dev/sidecar-cpu-limit": "2",
+                "voicelane.dev/sidecar-memory-request": "128Mi",
+                "voicelane.dev/sidecar-memory-limit": "1Gi",
+            }
+        ),
+        lane="voice",
+        image=IMAGE,
+    )
+    assert pod is not None
+    sidecar = sidecar_of(pod)
+    assert sidecar["image"] == "registry.local:5000/team/voicelane-sidecar:canary"
+    assert sidecar["args"][-2:] == ["--log-level", "debug"]  # the sidecar's own flag and spelling
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi"},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_an_annotation_left_out_keeps_the_default() -> None:
+    pod = inject(annotated(**{"voicelane.dev/sidecar-memory-limit": "2Gi"}), lane="voice", image=IMAGE)
+    assert pod is not None
+    sidecar = sidecar_of(pod)
+    assert sidecar["image"] == IMAGE
+    assert "--log-level" not in sidecar["args"]
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("annotations", "named", "problem"),
+    [
+        ({"voicelane.dev/sidecar-cpu-request": "lots"}, "voicelane.dev/sidecar-cpu-request", "not a positive"),
+        ({"voicelane.dev/sidecar-memory-limit": "-1Gi"}, "voicelane.dev/sidecar-memory-limit", "not a positive"),
+        ({"voicelane.dev/sidecar-cpu-request": "3"}, "voicelane.dev/sidecar-cpu-request", "more than its limit 1"),
+        ({"voicelane.dev/sidecar-memory-limit": "64Mi"}, "voicelane.dev/sidecar-memory-limit", "more than its limit"),
+        ({"voicelane.dev/sidecar-log-level": "verbose"}, "voicelane.dev/sidecar-log-level", "Debug, Info, Warning"),
+        ({"voicelane.dev/sidecar-log-level": "debug"}, "voicelane.dev/sidecar-log-level", "not one of"),
+        ({"voicelane.dev/sidecar-image": "Registry/UPPER:1"}, "voicelane.dev/sidecar-image", "not an image reference"),
+        ({"voicelane.dev/sidecar-image": "img:1; rm -rf /"}, "voicelane.dev/sidecar-image", "not an image reference"),
+        ({"voicelane.dev/sidecar-image": "img@sha256:abc"}, "voicelane.dev/sidecar-image", "not an image reference"),
+        ({"voicelane.dev/lane": "Voice_1"}, "voicelane.dev/lane", "not a lane name"),
+        ({"voicelane.dev/lane": "chat"}, "voicelane.dev/lane", "labelled voicelane.dev/lane=voice"),
+        ({"voicelane.dev/inject": "no"}, "voicelane.dev/inject", "neither enabled nor disabled"),
+    ],
+)
+def test_an_invalid_annotation_is_refused_naming_it(annotations: dict[str, str], named: str, problem: str) -> None:
+    with pytest.raises(AnnotationError, match=problem) as caught:
+        inject(annotated(**annotations), lane="voice")
+    assert caught.value.key == named
+    assert str(caught.value).startswith(f"annotation {named}: ")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "voicelane-sidecar",
+        "ghcr.io/voicelane/voicelane-sidecar:1.2.3",
+        "localhost:5000/a/b__c-d.e:tag_1",
+        "registry.example/voicelane-sidecar@sha256:" + "a" * 64,
+        "registry.example/voicelane-sidecar:1.2@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references_runtimes_accept_are_accepted(image: str) -> None:
+    pod = inject(annotated(**{"voicelane.dev/sidecar-image": image}), lane="voice")
+    assert pod is not None
+    assert sidecar_of(pod)["image"] == image
+
+
+def test_the_lane_annotation_names_the_lane_of_an_unlabelled_pod() -> None:
+    pod = annotated(**{"voicelane.dev/lane": "chat"})
+    del pod["metadata"]["labels"]["voicelane.dev/lane"]
+    assert requested_lane(pod) == "chat"
+    with pytest.raises(InjectionError, match="names lane chat"):
+        inject(pod, lane="voice")
+    injected = inject(pod, lane="chat")
+    assert injected is not None
+    assert injected["metadata"]["labels"]["voicelane.dev/lane"] == "chat"
+
+
+@pytest.mark.parametrize("where", ["labels", "annotations"])
+def test_a_pod_that_opts_out_is_left_as_it_is(where: str) -> None:
+    pod = app_pod()
+    pod["metadata"].setdefault(where, {})["voicelane.dev/inject"] = "disabled"
+    assert opted_out(pod)
+    assert inject(pod, lane="voice") is None
+    assert skip_reason(pod) == "it opts out (voicelane.dev/inject: disabled)"
+
+
+def test_a_bad_inject_label_is_named_as_a_label() -> None:
+    pod = app_pod()
+    pod["metadata"]["labels"]["voicelane.dev/inject"] = "false"
+    with pytest.raises(AnnotationError, match=r"^label voicelane\.dev/inject: 'false' is neither"):
+        inject(pod, lane="voice")
+
+
+def test_the_lanes_env_and_env_from_become_the_sidecars_environment() -> None:
+    env = [
+        {"name": "VOICELANE_UPSTREAMS__DEEP__API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "deep"}}},
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+    ]
+    env_from = [{"secretRef": {"name": "tts-keys"}, "prefix": "VOICELANE_TTS__"}]
+    pod = inject(app_pod(), lane="voice", env=env, env_from=env_from)
+    assert pod is not None
+    sidecar = sidecar_of(pod)
+    assert sidecar["env"] == env
+    assert sidecar["envFrom"] == env_from
+    assert all("VOICELANE_UPSTREAMS__DEEP__API_KEY" not in str(c.get("env")) for c in pod["spec"]["containers"])
+    kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)

@@ -67,6 +67,12 @@ class Lanes:
             raise self.error
         return self.lanes.get((namespace, name))
 
+    async def names(self, namespace: str) -> list[str]:
+        self.asked.append((namespace, "*"))
+        if self.error is not None:
+            raise self.error
+        return [name for (where, name) in self.lanes if where == namespace]
+
 
 async def admit(subject: dict[str, Any], lanes: Lanes, **kwargs: Any) -> Admission:
     return await admit_pod(subject, namespace=NAMESPACE, get_lane=lanes, image="img:1", **kwargs)
@@ -251,3 +257,129 @@ async def test_a_missing_lane_is_a_warning_for_the_client_and_the_log() -> None:
         f"voicelane: the sidecar was not injected: there is no VoiceLane ghost in namespace {NAMESPACE}"
     ]
     assert [r.levelno for r in logger.records] == [logging.WARNING]
+
+
+# --- opting in and out, per-pod annotations, the lane's environment -----------------------------
+
+
+def annotate(subject: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    subject["metadata"]["annotations"] = annotations
+    return subject
+
+
+async def admit_in_namespace(subject: dict[str, Any], lanes: Lanes) -> Admission:
+    """As the webhook admits a pod sent because its namespace is labelled voicelane.dev/inject=enabled."""
+    return await admit(subject, lanes, list_lanes=lanes.names, namespace_opted_in=True)
+
+
+async def test_a_pod_of_an_opted_in_namespace_joins_its_only_lane() -> None:
+    admission = await admit_in_namespace(pod(None), Lanes(lane("voice")))
+    assert admission.warnings == ()
+    assert admission.pod is not None
+    assert admission.pod["metadata"]["labels"]["voicelane.dev/lane"] == "voice"
+    assert admission.pod["spec"]["initContainers"][0]["name"] == "voicelane-sidecar"
+
+
+async def test_an_opted_in_namespace_without_a_lane_admits_the_pod_as_it_is_with_a_warning() -> None:
+    admission = await admit_in_namespace(pod(None), Lanes())
+    assert admission.pod is None
+    assert admission.refusal is None
+    assert admission.warnings == (f"the sidecar was not injected: there is no VoiceLane in namespace {NAMESPACE}",)
+
+
+async def test_with_several_lanes_a_pod_that_names_none_is_refused_naming_the_annotation() -> None:
+    lanes = Lanes(lane("voice"), lane("chat"))
+    admission = await admit_in_namespace(pod(None), lanes)
+    assert admission.pod is None
+    assert admission.refusal is not None
+    assert "annotation voicelane.dev/lane" in admission.refusal
+    assert "several VoiceLanes (chat, voice)" in admission.refusal
+    chosen = await admit_in_namespace(annotate(pod(None), **{"voicelane.dev/lane": "chat"}), lanes)
+    assert chosen.pod is not None
+    assert chosen.pod["metadata"]["labels"]["voicelane.dev/lane"] == "chat"
+
+
+async def test_a_pod_labelled_inject_enabled_opts_in_by_itself() -> None:
+    lanes = Lanes(lane("voice"))
+    admission = await admit(pod(None, **{"voicelane.dev/inject": "enabled"}), lanes, list_lanes=lanes.names)
+    assert admission.pod is not None
+    # Sent for a pod that does not opt in (a webhook configuration broader than the chart's): left alone.
+    assert await admit(pod(None), lanes, list_lanes=lanes.names) == Admission(None)
+
+
+@pytest.mark.parametrize("where", ["labels", "annotations"])
+async def test_a_pod_that_opts_out_is_admitted_as_it_is_without_a_lookup(where: str) -> None:
+    lanes = Lanes(lane())
+    subject = pod()
+    subject["metadata"].setdefault(where, {})["voicelane.dev/inject"] = "disabled"
+    assert await admit_in_namespace(subject, lanes) == Admission(None)
+    assert lanes.asked == []
+
+
+@pytest.mark.parametrize(
+    ("annotations", "named"),
+    [
+        ({"voicelane.dev/sidecar-cpu-limit": "one"}, "voicelane.dev/sidecar-cpu-limit"),
+        ({"voicelane.dev/sidecar-log-level": "Trace"}, "voicelane.dev/sidecar-log-level"),
+        ({"voicelane.dev/sidecar-image": "http://registry/img"}, "voicelane.dev/sidecar-image"),
+        ({"voicelane.dev/lane": "-voice"}, "voicelane.dev/lane"),
+        ({"voicelane.dev/inject": "off"}, "voicelane.dev/inject"),
+    ],
+)
+async def test_an_invalid_annotation_refuses_the_pod_naming_it_before_any_lookup(
+    annotations: dict[str, str], named: str
+) -> None:
+    lanes = Lanes(lane())
+    admission = await admit(annotate(pod(), **annotations), lanes)
+    assert admission.pod is None
+    assert admission.refusal is not None
+    assert admission.refusal.startswith(f"the sidecar cannot be injected: annotation {named}: ")
+    assert lanes.asked == []
+
+
+async def test_a_lane_named_by_annotation_must_exist() -> None:
+    subject = annotate(pod(None), **{"voicelane.dev/lane": "ghost"})
+    admission = await admit_in_namespace(subject, Lanes(lane()))
+    assert admission.refusal == (
+        f"the sidecar cannot be injected: annotation voicelane.dev/lane: there is no VoiceLane ghost in namespace"
+        f" {NAMESPACE}"
+    )
+
+
+async def test_the_annotations_tune_the_injected_sidecar() -> None:
+    subject = annotate(
+        pod(), **{"voicelane.dev/sidecar-memory-limit": "1Gi", "voicelane.dev/sidecar-log-level": "Error"}
+    )
+    admission = await admit(subject, Lanes(lane()))
+    assert admission.pod is not None
+    [sidecar] = admission.pod["spec"]["initContainers"]
+    assert sidecar["resources"]["limits"]["memory"] == "1Gi"
+    assert sidecar["args"][-2:] == ["--log-level", "error"]
+
+
+async def test_the_lanes_sidecar_env_reaches_the_injected_sidecar() -> None:
+    with_env = lane()
+    with_env["spec"]["sidecar"] = {
+        "env": [
+            {
+                "name": "VOICELANE_UPSTREAMS__DEEP__API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "upstream", "key": "api-key"}},
+            }
+        ],
+        "envFrom": [{"configMapRef": {"name": "sidecar-settings"}}],
+    }
+    admission = await admit(pod(), Lanes(with_env))
+    assert admission.pod is not None
+    [sidecar] = admission.pod["spec"]["initContainers"]
+    assert sidecar["env"] == with_env["spec"]["sidecar"]["env"]
+    assert sidecar["envFrom"] == with_env["spec"]["sidecar"]["envFrom"]
+
+
+async def test_the_handler_refuses_a_pod_with_an_invalid_annotation_as_a_client_error() -> None:
+    subject = annotate(pod(), **{"voicelane.dev/sidecar-cpu-request": "fast"})
+    with pytest.raises(kopf.AdmissionError) as refused:
+        await call_handler(subject, Lanes(lane()))
+    assert refused.value.code == 400
+    assert str(refused.value).startswith(
+        "voicelane: the sidecar cannot be injected: annotation voicelane.dev/sidecar-cpu-request: 'fast'"
+    )
