@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import importlib.resources
-import json
 import logging
 import signal
 import time
@@ -25,7 +24,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 from voicelane import __version__
 from voicelane.core.guardian import PressureSource
-from voicelane.sidecar import transparent
+from voicelane.core.refusals import LaneError
+from voicelane.sidecar import streaming, transparent
 from voicelane.sidecar.audio import wav_header
 from voicelane.sidecar.config import RequestClass, SidecarConfig
 from voicelane.sidecar.edge import (
@@ -36,8 +36,8 @@ from voicelane.sidecar.edge import (
     parse_text_request,
     read_body,
 )
-from voicelane.sidecar.egress import BoundedStreamResponse, ClientTooSlow
-from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.egress import ClientTooSlow
+from voicelane.sidecar.errors import ApiError, http_error
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_counter, plain_gauge
@@ -81,7 +81,8 @@ async def _answer_or_refuse(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         return exc.response()
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -158,7 +159,8 @@ async def handle_text(request: web.Request) -> web.StreamResponse:
             response = web.json_response(
                 _text_body(submission, result, received), headers={"X-Request-Id": job.request_id}
             )
-    except ApiError as exc:
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         metrics.requests.labels("text", job.request_class.value, exc.code).inc()
         return exc.response({"X-Request-Id": job.request_id})
     metrics.requests.labels("text", job.request_class.value, "ok").inc()
@@ -179,44 +181,32 @@ def _text_body(submission: Submission, result: TextResult, received: float) -> d
     }
 
 
-async def _first_and_rest(tokens: AsyncIterator[str]) -> tuple[str | None, AsyncIterator[str]]:
-    """Wait for the first token before answering, so a refusal still gets its status code."""
-    try:
-        first = await anext(tokens)
-    except StopAsyncIteration:
-        first = None
-    return first, tokens
-
-
 async def _stream_ndjson(request: web.Request, submission: Submission, received: float) -> web.StreamResponse:
-    # Closed however the handler ends (a client gone mid-write included), so its hold on the
-    # shared work goes at once; an abandoned generator would keep the model busy until collected.
-    async with contextlib.aclosing(submission.tokens()) as tokens:
-        return await _write_ndjson(request, submission, received, tokens)
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        # Closed however the answer ends (a client gone mid-write included), so its hold on the
+        # shared work goes at once; an abandoned generator would keep the model busy until collected.
+        async with contextlib.aclosing(submission.tokens()) as tokens:
+            async for token in tokens:
+                yield {"text": token}
 
+    async def final() -> dict[str, Any]:
+        return {"done": True, **_text_body(submission, await submission.result(), received)}
 
-async def _write_ndjson(
-    request: web.Request, submission: Submission, received: float, tokens: AsyncIterator[str]
-) -> web.StreamResponse:
-    first, rest = await _first_and_rest(tokens)
-    response = BoundedStreamResponse(
-        headers={"Content-Type": "application/x-ndjson", "X-Request-Id": submission.job.request_id},
-        send_timeout_s=request.app[LANE_KEY].config.limits.send_timeout_s,
-    )
-    await response.prepare(request)
-    try:
-        if first is not None:
-            await response.write(json.dumps({"text": first}, ensure_ascii=False).encode() + b"\n")
-        async for token in rest:
-            await response.write(json.dumps({"text": token}, ensure_ascii=False).encode() + b"\n")
-        result = await submission.result()
-        final = {"done": True, **_text_body(submission, result, received)}
-    except ApiError as exc:
+    def incomplete(failure: ApiError) -> dict[str, Any]:
         # Headers are gone already: say plainly that this stream is not complete.
-        final = {"done": True, **exc.body()}
-    await response.write(json.dumps(final, ensure_ascii=False).encode() + b"\n")
-    await response.write_eof()
-    return response
+        return {"done": True, **failure.body()}
+
+    streamed = await streaming.stream(
+        request,
+        lines(),
+        streaming.Ndjson(),
+        headers={"X-Request-Id": submission.job.request_id},
+        send_timeout_s=request.app[LANE_KEY].config.limits.send_timeout_s,
+        breaks=streaming.lane_failure,
+        final=final,
+        error_frame=incomplete,
+    )
+    return streamed.response
 
 
 # ----- /v1/speak ----------------------------------------------------------------------------------
@@ -232,53 +222,46 @@ async def handle_speak(request: web.Request) -> web.StreamResponse:
     log.debug("text received", extra={"request_id": speak_request.request_id, "text": speak_request.text})
     try:
         submission = speaker.submit(speak_request, stages)
-    except ApiError as exc:
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
         return exc.response({"X-Request-Id": speak_request.request_id})
-    # Closed however the handler ends, so a client that leaves lets go of the shared audio at once.
-    async with contextlib.aclosing(submission.chunks()) as chunks:
-        return await _stream_speech(request, speak_request, submission, chunks, stages)
+    return await _stream_speech(request, speak_request, submission, stages)
 
 
 async def _stream_speech(
-    request: web.Request,
-    speak_request: TextRequest,
-    submission: AudioSubmission,
-    chunks: AsyncIterator[bytes],
-    stages: StageClock,
+    request: web.Request, speak_request: TextRequest, submission: AudioSubmission, stages: StageClock
 ) -> web.StreamResponse:
     speaker = request.app[SPEAKER_KEY]
+    audio = streaming.Audio(speaker.backend.sample_rate, wav=speak_request.audio_format == "wav")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # Closed however the answer ends, so a client that leaves lets go of the shared audio at once.
+        async with contextlib.aclosing(submission.chunks()) as audio_chunks:
+            async for chunk in audio_chunks:
+                yield chunk
+                stages.mark("first_audio_sent")  # resumed once the chunk is written
+
     try:
-        first = await anext(chunks, None)
-    except ApiError as exc:
+        # Audio has no error frame: a failure once it flows ends the connection before the final chunk.
+        streamed = await streaming.stream(
+            request,
+            chunks(),
+            audio,
+            headers=functools.partial(_speech_headers, request.app, submission, audio),
+            send_timeout_s=speaker.lane.config.limits.send_timeout_s,
+            breaks=streaming.lane_failure,
+        )
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
         return exc.response({"X-Request-Id": speak_request.request_id})
-
-    headers = await _speech_headers(request.app, submission)
-    response = BoundedStreamResponse(headers=headers, send_timeout_s=speaker.lane.config.limits.send_timeout_s)
-    await response.prepare(request)
-    try:
-        if speak_request.audio_format == "wav":
-            await response.write(wav_header(speaker.backend.sample_rate))
-        if first:
-            await response.write(first)
-            stages.mark("first_audio_sent")
-        async for chunk in chunks:
-            await response.write(chunk)
-            stages.mark("first_audio_sent")
-    except ApiError as exc:
-        # Audio already flows, so no status can change: end the connection without the
-        # final chunk, which every HTTP client reports as an incomplete response.
-        _finish_speech(request.app, speak_request.request_class, stages, outcome=exc.code)
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
-    _finish_speech(request.app, speak_request.request_class, stages, outcome="ok")
-    return response
+    outcome = "ok" if streamed.failure is None else streamed.failure.code
+    _finish_speech(request.app, speak_request.request_class, stages, outcome=outcome)
+    return streamed.response
 
 
-async def _speech_headers(app: web.Application, submission: AudioSubmission) -> dict[str, str]:
+async def _speech_headers(app: web.Application, submission: AudioSubmission, audio: streaming.Audio) -> dict[str, str]:
     speaker = app[SPEAKER_KEY]
     request = submission.request
     headers = {
@@ -292,10 +275,7 @@ async def _speech_headers(app: web.Application, submission: AudioSubmission) -> 
     }
     if submission.meta.fallback:
         headers["X-Voicelane-Fallback"] = submission.meta.fallback
-    if request.audio_format == "wav":
-        headers["Content-Type"] = "audio/wav"
-    else:
-        headers["Content-Type"] = "application/octet-stream"
+    headers["Content-Type"] = audio.content_type
     if request.request_class is RequestClass.EMAIL:
         followups = app[FOLLOWUPS_KEY].enqueue_email(request)
         headers["X-Voicelane-Followups"] = f"/v1/followups/{request.request_id}"

@@ -17,10 +17,12 @@ names decides what happens to it (see `resolve_model`); a name is never replaced
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import typing
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,13 +30,13 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from voicelane.core.refusals import LaneError, Refused
 from voicelane.core.routing import RouteDecision
-from voicelane.core.scheduler import QueueFull
+from voicelane.sidecar import streaming
 from voicelane.sidecar.classify import default_class_for_text
 from voicelane.sidecar.config import Protocol, RequestClass, Tier
 from voicelane.sidecar.edge import REQUEST_ID, REQUEST_ID_KEY, check_text, decode_json_object, parse_class, read_body
-from voicelane.sidecar.egress import BoundedStreamResponse
-from voicelane.sidecar.errors import ApiError, bad_request
+from voicelane.sidecar.errors import ApiError, bad_request, http_error
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.upstream import UpstreamError
@@ -419,7 +421,6 @@ async def _lane_call(
 ) -> web.StreamResponse:
     error = _openai_error if call.api == "openai" else _ollama_error
     started = time.monotonic_ns()
-    submission: Submission | None = None
     try:
         submission = _submit(lane, call, request_id)
         headers = _headers(submission)
@@ -431,34 +432,46 @@ async def _lane_call(
             _count(metrics, endpoint, call.request_class, "ok")
             body = _final_body(call, lane, result.tier, result.text, started=started)
             return web.json_response(body, headers=headers)
-        tokens = submission.tokens()
-        first = await anext(tokens, None)
-    except ApiError as exc:
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         _count(metrics, endpoint, call.request_class, exc.code)
         return error(exc)
-    answering = await submission.tier(lane) or submission.job.route.tier.value
-    wire = _OpenAIWire(call, lane) if call.api == "openai" else _OllamaWire(call, lane)
-    response = BoundedStreamResponse(
-        headers={"Content-Type": wire.content_type, **headers}, send_timeout_s=lane.config.limits.send_timeout_s
-    )
+    wire: _Wire = _OpenAIWire(call, lane) if call.api == "openai" else _OllamaWire(call, lane)
+
+    async def frames() -> AsyncIterator[dict[str, Any]]:
+        # Closed however the answer ends (a client gone included), so its hold on the shared work goes now.
+        async with contextlib.aclosing(submission.tokens()) as tokens:
+            first = await anext(tokens, None)
+            answering = await submission.tier(lane) or submission.job.route.tier.value
+            opening = wire.first(first, answering)
+            if opening is not None:
+                yield opening
+            async for token in tokens:
+                yield wire.token(token, answering)
+
+    async def final() -> dict[str, Any]:
+        return wire.end((await submission.result()).tier, started=started)
+
     try:
-        await response.prepare(request)
-        await response.write(wire.first(first, answering))
-        async for token in tokens:
-            await response.write(wire.token(token, answering))
-        result = await submission.result()
-        await response.write(wire.end(result.tier, started=started))
-        _count(metrics, endpoint, call.request_class, "ok")
-    except ApiError as exc:
-        # After the headers a failure is an error line (Ollama) or event (OpenAI), which clients raise;
-        # an OpenAI stream then has no [DONE], so it cannot be taken for a complete one.
-        await response.write(wire.error(exc))
+        streamed = await streaming.stream(
+            request,
+            frames(),
+            wire.encoder,
+            headers=headers,
+            send_timeout_s=lane.config.limits.send_timeout_s,
+            breaks=streaming.lane_failure,
+            final=final,
+            # After the headers a failure is an error line (Ollama) or event (OpenAI), which clients
+            # raise; an OpenAI stream then has no [DONE], so it cannot be taken for a complete one.
+            error_frame=wire.error,
+        )
+    except (ApiError, LaneError) as caught:
+        exc = http_error(caught)
         _count(metrics, endpoint, call.request_class, exc.code)
-    finally:
-        # However the handler ends (a client gone included), its hold on the shared work goes now.
-        await tokens.aclose()
-    await response.write_eof()
-    return response
+        return error(exc)
+    outcome = "ok" if streamed.failure is None else streamed.failure.code
+    _count(metrics, endpoint, call.request_class, outcome)
+    return streamed.response
 
 
 def _final_body(call: Call, lane: Lane, tier: str, text: str, *, started: int) -> dict[str, Any]:
@@ -473,8 +486,19 @@ def _final_body(call: Call, lane: Lane, tier: str, text: str, *, started: int) -
     return _OllamaWire(call, lane).line(text, tier, done=True, started=started)
 
 
+class _Wire(typing.Protocol):
+    """The frames of one API's token stream; its encoder spells them on the wire."""
+
+    encoder: streaming.Encoder[dict[str, Any]]
+
+    def first(self, token: str | None, tier: str) -> dict[str, Any] | None: ...
+    def token(self, token: str, tier: str) -> dict[str, Any]: ...
+    def end(self, tier: str, *, started: int) -> dict[str, Any]: ...
+    def error(self, exc: ApiError) -> dict[str, Any]: ...
+
+
 class _OllamaWire:
-    content_type = "application/x-ndjson"
+    encoder: streaming.Encoder[dict[str, Any]] = streaming.Ndjson()
 
     def __init__(self, call: Call, lane: Lane) -> None:
         self.call, self.lane = call, lane
@@ -490,49 +514,48 @@ class _OllamaWire:
             body.update(done_reason="stop", total_duration=time.monotonic_ns() - started, load_duration=0)
         return body
 
-    def first(self, token: str | None, tier: str) -> bytes:
-        return _ndjson(self.line(token, tier, done=False)) if token is not None else b""
+    def first(self, token: str | None, tier: str) -> dict[str, Any] | None:
+        return self.line(token, tier, done=False) if token is not None else None
 
-    def token(self, token: str, tier: str) -> bytes:
-        return _ndjson(self.line(token, tier, done=False))
+    def token(self, token: str, tier: str) -> dict[str, Any]:
+        return self.line(token, tier, done=False)
 
-    def end(self, tier: str, *, started: int) -> bytes:
-        return _ndjson(self.line("", tier, done=True, started=started))
+    def end(self, tier: str, *, started: int) -> dict[str, Any]:
+        return self.line("", tier, done=True, started=started)
 
-    def error(self, exc: ApiError) -> bytes:
-        return _ndjson({"error": exc.message})
+    def error(self, exc: ApiError) -> dict[str, Any]:
+        return {"error": exc.message}
 
 
 class _OpenAIWire:
-    content_type = "text/event-stream"
+    encoder: streaming.Encoder[dict[str, Any]] = streaming.ServerSentEvents(done="[DONE]")
 
     def __init__(self, call: Call, lane: Lane) -> None:
         self.lane = lane
         self.completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
 
-    def chunk(self, delta: dict[str, Any], finish: str | None, tier: str) -> bytes:
-        return _sse(
-            {
-                "id": self.completion_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": _served_model(self.lane, tier),
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-        )
+    def chunk(self, delta: dict[str, Any], finish: str | None, tier: str) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": _served_model(self.lane, tier),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
-    def first(self, token: str | None, tier: str) -> bytes:
+    def first(self, token: str | None, tier: str) -> dict[str, Any]:
         return self.chunk({"role": "assistant", "content": token or ""}, None, tier)
 
-    def token(self, token: str, tier: str) -> bytes:
+    def token(self, token: str, tier: str) -> dict[str, Any]:
         return self.chunk({"content": token}, None, tier)
 
-    def end(self, tier: str, *, started: int) -> bytes:
-        return self.chunk({}, "stop", tier) + b"data: [DONE]\n\n"
+    def end(self, tier: str, *, started: int) -> dict[str, Any]:
+        # The encoder follows it with [DONE], the mark of a complete stream.
+        return self.chunk({}, "stop", tier)
 
-    def error(self, exc: ApiError) -> bytes:
-        return _sse({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
+    def error(self, exc: ApiError) -> dict[str, Any]:
+        return {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
 
 
 # ----- forwarding ----------------------------------------------------------------------------------
@@ -585,23 +608,13 @@ async def _forward_call(
         headers[OVERRIDDEN_HEADER] = ",".join(overridden)
     try:
         lane.admit_forwarded(priority)
-    except ApiError as refused:
-        _count(metrics, endpoint, call.request_class, refused.code)
-        return error(refused, headers)
-    try:
-        # The call is pinned to its tier (it names that tier's model): it counts against that tier's slots
-        # and never borrows the other's.
-        async with lane.scheduler.slot(priority, tier.value, may_borrow=False):
+        async with lane.forwarded_slot(priority, tier):
             response = await _relay(
                 request, lane, tier, _UPSTREAM_PATHS[call.api], _policy_body(call, lane, tier), error, headers
             )
-    except QueueFull as full:
-        lane.metrics.admissions.labels("rejected", "queue_full").inc()
-        exc = ApiError(
-            429, "queue_full", "too many requests are waiting for the model", retry_after_s=full.retry_after_s
-        )
-        _count(metrics, endpoint, call.request_class, exc.code)
-        return error(exc, headers)
+    except Refused as refused:
+        _count(metrics, endpoint, call.request_class, refused.code)
+        return error(http_error(refused), headers)
     _count(metrics, endpoint, call.request_class, "ok" if response.status < 400 else f"http_{response.status}")
     return response
 
@@ -639,20 +652,24 @@ async def _stream_back(
     request: web.Request, lane: Lane, answer: aiohttp.ClientResponse, headers: dict[str, str]
 ) -> web.StreamResponse:
     passed = {name: answer.headers[name] for name in ("Content-Type", "Retry-After") if name in answer.headers}
-    response = BoundedStreamResponse(
-        status=answer.status, headers={**passed, **headers}, send_timeout_s=lane.config.limits.send_timeout_s
+    # The status is sent at once; a failure of the tier's server later ends the body without its
+    # final chunk, which clients report as incomplete.
+    streamed = await streaming.stream(
+        request,
+        answer.content.iter_chunked(_FORWARD_CHUNK),
+        streaming.Passthrough(),
+        headers={**passed, **headers},
+        status=answer.status,
+        send_timeout_s=lane.config.limits.send_timeout_s,
+        breaks=_relay_failure,
+        wait_for_first=False,
     )
-    await response.prepare(request)
-    try:
-        async for piece in answer.content.iter_chunked(_FORWARD_CHUNK):
-            await response.write(piece)
-    except (aiohttp.ClientError, TimeoutError):
-        # The status is sent already: end without the final chunk, which clients report as incomplete.
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
-    return response
+    return streamed.response
+
+
+def _relay_failure(exc: BaseException) -> Exception | None:
+    """What breaks a relayed body: the tier's server failing or stalling mid-answer."""
+    return exc if isinstance(exc, aiohttp.ClientError | TimeoutError) else None
 
 
 async def _merged_listing(lane: Lane, path: str, *, key: str, protocols: tuple[Protocol, ...]) -> web.Response:
@@ -719,11 +736,3 @@ def _openai_error(exc: ApiError, headers: dict[str, str] | None = None) -> web.R
     response["error_code"] = exc.code  # for the request log
     exc.apply_connection(response)
     return response
-
-
-def _ndjson(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode() + b"\n"
-
-
-def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
