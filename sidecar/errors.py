@@ -1,7 +1,8 @@
 """Structured API errors: every refusal the sidecar makes has a status, a code and a message.
 
 Clients see `{"error": {"code", "message"}}` and, for refusals that clear with time,
-a `Retry-After` header; nothing a client sends can turn into a 500.
+a `Retry-After` header; nothing a client sends can turn into a 500. The lane's own
+refusals and failures (voicelane.core.refusals) become HTTP errors through one table here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from typing import Any
 
 from aiohttp import web
+
+from voicelane.core.refusals import Failure, LaneError, Refusal
 
 
 class ApiError(Exception):
@@ -61,3 +64,34 @@ class ApiError(Exception):
 
 def bad_request(code: str, message: str, **details: Any) -> ApiError:
     return ApiError(400, code, message, details=details or None)
+
+
+# The one place that gives the lane's refusals and failures an HTTP status, and a failure its
+# Retry-After (a refusal brings its own: the scheduler's setting or the token bucket's refill).
+HTTP_STATUS: dict[Refusal | Failure, int] = {
+    Refusal.QUEUE_FULL: 429,
+    Refusal.RATE_LIMITED: 429,
+    Refusal.GUARDIAN_EMERGENCY: 503,
+    Failure.UPSTREAM_UNAVAILABLE: 503,
+    Failure.UPSTREAM_INTERRUPTED: 502,
+    Failure.UPSTREAM_TIMEOUT: 504,
+    Failure.UPSTREAM_FAILED: 502,
+}
+FAILURE_RETRY_AFTER_S: dict[Failure, float] = {
+    # No tier is up: the health checks need a few intervals to find one again.
+    Failure.UPSTREAM_UNAVAILABLE: 5,
+    # A broken stream is most often one bad call: asking again at once is reasonable.
+    Failure.UPSTREAM_INTERRUPTED: 1,
+    Failure.UPSTREAM_TIMEOUT: 2,
+    Failure.UPSTREAM_FAILED: 2,
+}
+
+
+def http_error(exc: ApiError | LaneError) -> ApiError:
+    """The HTTP error to answer for `exc`: an ApiError as it is, a lane refusal or failure by the table above."""
+    if isinstance(exc, ApiError):
+        return exc
+    retry_after_s = exc.retry_after_s
+    if retry_after_s is None and isinstance(exc.reason, Failure):
+        retry_after_s = FAILURE_RETRY_AFTER_S[exc.reason]
+    return ApiError(HTTP_STATUS[exc.reason], exc.code, exc.message, retry_after_s=retry_after_s)

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from voicelane.core.refusals import LaneError
 from voicelane.sidecar.config import RequestClass
 from voicelane.sidecar.edge import TextRequest
 from voicelane.sidecar.errors import ApiError
@@ -207,7 +208,7 @@ class FollowUpStore:
                 await self._produce(request, followup)
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
+            except (ApiError, LaneError) as exc:
                 followup.status, followup.error = "failed", exc.message
             except Exception as exc:  # one bad segment must not stop the others
                 log.exception("follow-up segment failed")

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +26,12 @@ from voicelane.core.circuit import CircuitBreaker, FirstTokenWatch
 from voicelane.core.gate_headers import MAX_DEADLINE_MS, CallInfo
 from voicelane.core.guardian import Guardian, PressureSource
 from voicelane.core.keys import request_key
+from voicelane.core.refusals import Failed, Failure, Refusal, Refused
 from voicelane.core.routing import RouteDecision, Router
 from voicelane.core.scheduler import PriorityScheduler, QueueFull, Ticket
 from voicelane.core.singleflight import Flight, SingleFlight
 from voicelane.sidecar.classify import priority_for
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
-from voicelane.sidecar.errors import ApiError
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.pressure import LocalPressureSource, UpstreamSaturation
 from voicelane.sidecar.prompts import build_messages
@@ -89,7 +89,7 @@ class Submission:
         return self.flight is not None and self.flight.shared
 
     async def tokens(self) -> AsyncGenerator[str, None]:
-        """Every token from the first, live while the model runs; raises ApiError on failure."""
+        """Every token from the first, live while the model runs; raises Refused or Failed when it cannot be had."""
         if self.cached is not None:
             yield self.cached.text
             return
@@ -416,9 +416,20 @@ class Lane:
     def admit_forwarded(self, priority: int) -> None:
         """Admit a call the transparent API forwards as it is: the same door as `submit`'s new work.
 
-        Raises ApiError (429 or 503) when it may not start now.
+        Raises Refused when it may not start now.
         """
         self._admit(priority)
+
+    @contextlib.asynccontextmanager
+    async def forwarded_slot(self, priority: int, tier: Tier) -> AsyncIterator[Ticket]:
+        """A model slot for a call forwarded as it is, pinned to its tier (it names that tier's model):
+        it counts against that tier's slots and never borrows the other's. Refused when the waiting room is full.
+        """
+        try:
+            async with self.scheduler.slot(priority, tier.value, may_borrow=False) as ticket:
+                yield ticket
+        except QueueFull as exc:
+            raise self._queue_full(exc) from None
 
     def _admit(self, priority: int) -> None:
         """The door for new model work. Lower priorities give way first: the last place in the
@@ -426,22 +437,15 @@ class Lane:
         never refused because of lower-priority traffic."""
         if priority > 0 and self._waiting_room_kept_for_priority_0():
             self.metrics.admissions.labels("rejected", "queue_full").inc()
-            raise ApiError(
-                429,
-                "queue_full",
+            raise Refused(
+                Refusal.QUEUE_FULL,
                 "too many requests are waiting for the model; the last place is kept for chats",
                 retry_after_s=self.config.scheduler.retry_after_s,
             )
         decision = self.guardian.admit(priority)
         self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
         if not decision.allowed:
-            code = decision.reason or "rejected"
-            message = (
-                "the lane is under sustained pressure; model work is paused"
-                if code == "guardian_emergency"
-                else "rate limit exceeded"
-            )
-            raise ApiError(decision.status, code, message, retry_after_s=decision.retry_after_s)
+            raise decision.refused()
 
     def _waiting_room_kept_for_priority_0(self) -> bool:
         """Only one place is left in the waiting room (of at least two): it is priority 0's."""
@@ -490,10 +494,13 @@ class Lane:
                 self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
                 return await self._call_tiers(job, route, out, timeline, ticket)
         except QueueFull as exc:
-            self.metrics.admissions.labels("rejected", "queue_full").inc()
-            raise ApiError(
-                429, "queue_full", "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
-            ) from None
+            raise self._queue_full(exc) from None
+
+    def _queue_full(self, exc: QueueFull) -> Refused:
+        self.metrics.admissions.labels("rejected", "queue_full").inc()
+        return Refused(
+            Refusal.QUEUE_FULL, "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
+        )
 
     def _troubled_tiers(self) -> tuple[set[Tier], set[Tier]]:
         """Tiers whose circuit is open, and tiers stalled on a first token."""
@@ -662,16 +669,16 @@ class Lane:
         self.metrics.upstream_errors.labels(tier.value, exc.kind).inc()
         log.warning("upstream %s failed: %s (%s)", tier.value, exc.kind, exc)
 
-    def _upstream_failure(self, error: UpstreamError | None, open_tiers: set[Tier]) -> ApiError:
+    def _upstream_failure(self, error: UpstreamError | None, open_tiers: set[Tier]) -> Failed:
         if error is None or len(open_tiers) == len(Tier):
-            return ApiError(503, "upstream_unavailable", "no model tier is available", retry_after_s=5)
+            return Failed(Failure.UPSTREAM_UNAVAILABLE, "no model tier is available")
         if not error.before_first_token:
-            return ApiError(502, "upstream_interrupted", f"the model stream broke off: {error}", retry_after_s=1)
+            return Failed(Failure.UPSTREAM_INTERRUPTED, f"the model stream broke off: {error}")
         if not error.retryable:
-            return ApiError(502, "upstream_failed", f"the model server refused the request: {error}", retry_after_s=2)
+            return Failed(Failure.UPSTREAM_FAILED, f"the model server refused the request: {error}")
         if error.kind == "timeout":
-            return ApiError(504, "upstream_timeout", f"the model did not answer in time: {error}", retry_after_s=2)
-        return ApiError(502, "upstream_failed", f"every model tier failed: {error}", retry_after_s=2)
+            return Failed(Failure.UPSTREAM_TIMEOUT, f"the model did not answer in time: {error}")
+        return Failed(Failure.UPSTREAM_FAILED, f"every model tier failed: {error}")
 
     # ----- observation ---------------------------------------------------------------------------
 

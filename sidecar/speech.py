@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voicelane.core.broadcast import Broadcast
+from voicelane.core.refusals import LaneError, Refused
 from voicelane.core.singleflight import Flight, FlightCancelled, SingleFlight
 from voicelane.sidecar.audio import PCM_SAMPLE_WIDTH
 from voicelane.sidecar.config import RequestClass, SidecarConfig, VoiceStyle
@@ -206,7 +207,7 @@ class Speaker:
                 self.metrics.singleflight.labels("joiner").inc()
                 flight: Flight[bytes, AudioResult] = self.flights.join(running.flight_key, self._never_started)
                 return AudioSubmission(request, text_job.priority, key, flight=flight, meta=running, reader=reader)
-        # May raise ApiError (rate limit, guardian, queue): a refusal leaves before any audio work.
+        # May raise Refused (rate limit, guardian, queue): a refusal leaves before any audio work.
         text = self.lane.submit(text_job, received=stages.received)
         stages.mark("admitted")
         stream = AudioStream(keep_bytes=self._audio_bytes(KEEP_S), kept=self.kept_audio, on_hold=self.gate.hold)
@@ -371,7 +372,7 @@ class Speaker:
                 for segment in [*held, *segmenter.flush()]:
                     stages.mark("first_segment")
                     await segments.put(segment)
-        except ApiError as exc:
+        except (ApiError, LaneError) as exc:
             await segments.put(exc)
             return
         await segments.put(None)
@@ -512,8 +513,4 @@ class _CollectingOut:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, ApiError)
-        and exc.status in (429, 503)
-        and exc.code in {"rate_limited", "queue_full", "guardian_emergency"}
-    )
+    return isinstance(exc, Refused)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voicelane.core.ratelimit import TokenBucket, tokens_kept_from
+from voicelane.core.refusals import Refusal, Refused
 
-GUARDIAN_EMERGENCY = "guardian_emergency"
-RATE_LIMITED = "rate_limited"
+GUARDIAN_EMERGENCY = Refusal.GUARDIAN_EMERGENCY
+RATE_LIMITED = Refusal.RATE_LIMITED
 RPS_WINDOW_S = 10
 
 
@@ -91,12 +92,22 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class AdmissionDecision:
-    """Whether one request may use model capacity; if not, what to answer."""
+    """Whether one request may use model capacity; if not, why and when to come back."""
 
     allowed: bool
-    reason: str | None = None
-    status: int = 200
+    reason: Refusal | None = None
     retry_after_s: int = 0
+
+    def refused(self) -> Refused:
+        """The refusal to raise for a request that was not allowed."""
+        if self.allowed or self.reason is None:
+            raise ValueError("an allowed request is not refused")
+        message = (
+            "the lane is under sustained pressure; model work is paused"
+            if self.reason is Refusal.GUARDIAN_EMERGENCY
+            else "rate limit exceeded"
+        )
+        return Refused(self.reason, message, retry_after_s=self.retry_after_s)
 
 
 ALLOWED = AdmissionDecision(allowed=True)
@@ -213,12 +224,12 @@ class Guardian:
             if self.blocked:
                 # Checked first, so a blocked request leaves the bucket's tokens for after the spell.
                 self._rejections[GUARDIAN_EMERGENCY] += 1
-                return AdmissionDecision(False, GUARDIAN_EMERGENCY, 503, self._config.retry_after_s)
+                return AdmissionDecision(False, GUARDIAN_EMERGENCY, self._config.retry_after_s)
             keep = tokens_kept_from(priority, self._bucket.burst)
             if not self._bucket.try_acquire(keep=keep):
                 self._rejections[RATE_LIMITED] += 1
                 retry_after = max(1, math.ceil(self._bucket.retry_after_s(keep=keep)))
-                return AdmissionDecision(False, RATE_LIMITED, 429, retry_after)
+                return AdmissionDecision(False, RATE_LIMITED, retry_after)
             self._allowed += 1
             return ALLOWED
 

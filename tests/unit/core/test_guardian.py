@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from voicelane.core.guardian import AdmissionDecision, Guardian, PressureSample
+from voicelane.core.refusals import Refusal
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig
 from voicelane.sidecar.pressure import InjectedPressureSource, UpstreamSaturation
 
@@ -69,7 +70,7 @@ def test_blocks_after_three_failed_checks_once_pressure_has_held_ten_seconds() -
     assert lane.checks(HIGH, 1) == [True]
     assert lane.guardian.blocked
     decision = lane.guardian.admit()
-    assert decision == AdmissionDecision(False, "guardian_emergency", 503, 5)
+    assert decision == AdmissionDecision(False, Refusal.GUARDIAN_EMERGENCY, 5)
 
 
 def test_one_good_check_unblocks() -> None:
@@ -138,7 +139,7 @@ def test_rate_limited_once_the_burst_is_spent_and_recovers_after_refill() -> Non
     lane = rig(burst=8, rate=4.0)
     assert all(lane.guardian.admit().allowed for _ in range(8))
     refused = lane.guardian.admit()
-    assert refused == AdmissionDecision(False, "rate_limited", 429, 1)
+    assert refused == AdmissionDecision(False, Refusal.RATE_LIMITED, 1)
     lane.clock.advance(0.25)
     assert lane.guardian.admit().allowed
     assert not lane.guardian.admit().allowed

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from voicelane.core.refusals import Failed, Failure, LaneError, Refusal, Refused
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier, build_config
-from voicelane.sidecar.errors import ApiError
+from voicelane.sidecar.errors import http_error
 from voicelane.sidecar.lane import Lane, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.upstream import ChatRequest, UpstreamClient, UpstreamError
@@ -89,7 +90,7 @@ async def stop(lane: Lane, *tasks: asyncio.Task[Any]) -> None:
     for task in tasks:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, ApiError, Exception):
+        with contextlib.suppress(asyncio.CancelledError, LaneError, Exception):
             await task
 
 
@@ -155,9 +156,11 @@ async def test_a_refused_key_is_not_failed_over_nor_counted_against_the_tier() -
     lane, servers = make_lane()
     servers[Tier.FAST].behaviour = UpstreamError("http_status", "HTTP 401: invalid api key", status=401)
     for index in range(4):
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(Failed) as refused:
             await ask(lane, f"Meddelande {index}.")
-        assert (refused.value.status, refused.value.code) == (502, "upstream_failed")
+        assert refused.value.reason is Failure.UPSTREAM_FAILED
+        answer = http_error(refused.value)
+        assert (answer.status, answer.code, answer.headers()) == (502, "upstream_failed", {"Retry-After": "2"})
         assert "refused the request" in refused.value.message
         assert "401" in refused.value.message
     assert servers[Tier.DEEP].calls == []
@@ -182,12 +185,14 @@ async def test_lower_priorities_leave_the_last_waiting_place_to_chats() -> None:
     waiting = [ask(lane, long_chat + "b"), ask(lane, long_chat + "c")]
     await asyncio.sleep(0.01)
     assert lane.scheduler.snapshot()["waiting_total"] == 2
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(Refused) as refused:
         lane.submit(
             lane.text_job(text=long_chat + "d", request_class=RequestClass.CHAT, target_lang="sv", request_id="d")
         )
-    assert (refused.value.status, refused.value.code) == (429, "queue_full")
-    with pytest.raises(ApiError):
+    assert refused.value.reason is Refusal.QUEUE_FULL
+    answer = http_error(refused.value)
+    assert (answer.status, answer.code, answer.headers()) == (429, "queue_full", {"Retry-After": "1"})
+    with pytest.raises(Refused):
         lane.admit_forwarded(1)  # the transparent API's door is the same
     # The chat behind the running one still gets the last place.
     lane.submit(lane.text_job(text="Andra.", request_class=RequestClass.CHAT, target_lang="sv", request_id="e"))
