@@ -47,6 +47,13 @@ def add_parser(subparsers: Any) -> None:
         help="Give up on an API request (not a watch) after this long without an answer, and retry it "
         "with backoff (default 30).",
     )
+    operator.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="Run as one of several replicas electing a leader through the kopf peering object NAME "
+        "(created if missing; needs the kopf.dev CRDs of charts/voicelane/crds/): only the replica "
+        "running longest reconciles, all serve the webhook (default: alone, no election).",
+    )
     operator.add_argument("--verbose", action="store_true", help="Log every kopf step (debug level).")
     webhook = operator.add_argument_group("sidecar injection webhook (HTTPS, path /mutate-pods)")
     webhook.add_argument("--webhook-listen", metavar="HOST:PORT", help="Serve the webhook here (default: off).")
@@ -58,6 +65,29 @@ def add_parser(subparsers: Any) -> None:
     )
     webhook.add_argument(
         "--webhook-ca-out", metavar="FILE", help="Write the CA that callers must trust (PEM) to this file."
+    )
+    webhook.add_argument(
+        "--webhook-cert-secret",
+        metavar="NAME",
+        help="Keep the webhook's CA and certificate in this Secret of the operator's namespace (made when "
+        "missing or due, shared by all replicas) and serve with them; overrides --webhook-cert-dir.",
+    )
+    webhook.add_argument(
+        "--webhook-cert-host",
+        metavar="HOST",
+        action="append",
+        help="A DNS name or IP address the kept certificate covers (repeatable).",
+    )
+    webhook.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="MutatingWebhookConfiguration whose caBundle the operator keeps equal to the kept CA.",
+    )
+    webhook.add_argument(
+        "--webhook-cert-validity-days",
+        metavar="DAYS",
+        type=int,
+        help="Validity of a CA and certificate the operator makes (default 3650; renewed 30 days before the end).",
     )
     webhook.add_argument(
         "--sidecar-image", metavar="IMAGE", help="Sidecar image to inject (default: the release's sidecar image)."

@@ -2,16 +2,21 @@
 
 `run(args)` is what `voicelane operator` calls. The kubeconfig path is explicit (`--kubeconfig`,
 else $KUBECONFIG read now, else the in-cluster service account): the kubernetes client fixes its
-default kubeconfig path when it is imported, so it is never relied on. kopf runs standalone (no
-peering) with resource and namespace scanning off: it serves the given namespaces, or the whole
-cluster, and needs no rights on CRDs or namespaces. Metrics are served on `--metrics-listen`,
-kopf's liveness probe on `--liveness`, the sidecar-injection webhook on `--webhook-listen` (webhook.py).
+default kubeconfig path when it is imported, so it is never relied on. kopf runs with resource and
+namespace scanning off: it serves the given namespaces, or the whole cluster, and needs no rights on
+CRDs or namespaces. Alone by default (standalone, no peering); with `--peering NAME`, as one of several
+replicas of which only the leader reconciles while all serve the webhook (peering.py). Metrics are
+served on `--metrics-listen`, kopf's liveness probe on `--liveness`, the sidecar-injection webhook on
+`--webhook-listen` (webhook.py), with `--webhook-cert-secret` on a certificate the operator keeps itself
+and whose CA it puts into the webhook configuration (webhook_cert.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import datetime
 import logging
 import os
 from pathlib import Path
@@ -19,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voicelane.operator.webhook import WebhookOptions
+    from voicelane.operator.webhook_cert import WebhookCertificate
 
 KOPF_PREFIX = "operator.voicelane.dev"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_API_TIMEOUT_S = 30.0
+DEFAULT_CERT_VALIDITY_DAYS = 3650
 
 logger = logging.getLogger("voicelane.operator")
 
@@ -109,10 +116,40 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def own_webhook_certificate(
+    args: argparse.Namespace, configuration: Any, operator_namespace: str | None
+) -> WebhookCertificate:
+    """The webhook certificate this operator keeps in `--webhook-cert-secret` (webhook_cert.py)."""
+    import tempfile
+
+    from kubernetes.client import ApiClient
+
+    from voicelane.operator.webhook_cert import WebhookCertificate
+
+    if not operator_namespace:
+        raise ValueError("--webhook-cert-secret needs the operator's namespace (--operator-namespace)")
+    hosts = list(getattr(args, "webhook_cert_host", None) or [])
+    configuration_name = getattr(args, "webhook_configuration", None)
+    if not hosts or not configuration_name:
+        raise ValueError("--webhook-cert-secret needs --webhook-cert-host and --webhook-configuration")
+    days = int(getattr(args, "webhook_cert_validity_days", None) or DEFAULT_CERT_VALIDITY_DAYS)
+    return WebhookCertificate(
+        ApiClient(configuration),
+        namespace=operator_namespace,
+        secret=str(args.webhook_cert_secret),
+        configuration=str(configuration_name),
+        hosts=hosts,
+        # Private to this process (mode 0700); in the chart's pod, on its /tmp emptyDir.
+        cert_dir=Path(tempfile.mkdtemp(prefix="voicelane-webhook-tls-")),
+        validity=datetime.timedelta(days=days),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
     from voicelane.operator.webhook import WebhookOptions
+    from voicelane.operator.webhook_cert import CertificateUnavailable
 
     kubeconfig = str(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
     verbose = bool(getattr(args, "verbose", False))
@@ -132,16 +169,43 @@ def run(args: argparse.Namespace) -> int:
         or os.environ.get("POD_NAMESPACE")
         or (default_namespace if in_cluster else None)
     )
+    peering_name = getattr(args, "peering", None) or None
+    namespaces = list(getattr(args, "namespace", None) or [])
+    if peering_name:
+        import urllib3
+        from kubernetes.client import ApiClient
+        from kubernetes.client.exceptions import ApiException
+
+        from voicelane.operator.peering import PeeringUnavailable, ensure_peering_objects
+
+        try:
+            with ApiClient(configuration) as api_client:
+                ensure_peering_objects(api_client, peering_name, namespaces)
+        except (PeeringUnavailable, ApiException, urllib3.exceptions.HTTPError) as exc:
+            logger.error("voicelane operator: cannot prepare leader election: %s", exc)
+            return 2
+    webhook_options = WebhookOptions.from_args(args)
+    webhook_certificate = None
+    if webhook_options is not None and getattr(args, "webhook_cert_secret", None):
+        try:
+            webhook_certificate = own_webhook_certificate(args, configuration, operator_namespace)
+            webhook_certificate.ensure()
+        except (CertificateUnavailable, ValueError) as exc:
+            logger.error("voicelane operator: webhook certificate: %s", exc)
+            return 2
+        webhook_options = dataclasses.replace(webhook_options, cert_dir=webhook_certificate.cert_dir)
     try:
         asyncio.run(
             operate(
                 configuration,
                 kubeconfig=kubeconfig,
-                namespaces=list(getattr(args, "namespace", None) or []),
+                namespaces=namespaces,
+                peering=peering_name,
                 metrics_listen=getattr(args, "metrics_listen", None),
                 liveness=liveness_url(getattr(args, "liveness", None)),
                 operator_namespace=operator_namespace,
-                webhook_options=WebhookOptions.from_args(args),
+                webhook_options=webhook_options,
+                webhook_certificate=webhook_certificate,
                 api_timeout_s=float(getattr(args, "api_timeout", None) or DEFAULT_API_TIMEOUT_S),
             )
         )
@@ -158,16 +222,20 @@ async def operate(
     *,
     kubeconfig: str | None,
     namespaces: list[str],
+    peering: str | None = None,
     metrics_listen: str | None,
     liveness: str | None,
     operator_namespace: str | None,
     webhook_options: WebhookOptions | None = None,
+    webhook_certificate: WebhookCertificate | None = None,
     api_timeout_s: float = DEFAULT_API_TIMEOUT_S,
 ) -> None:
     """Run kopf with the VoiceLane handlers until it is stopped (SIGTERM or SIGINT).
 
     `api_timeout_s` bounds every API request but the watches, the reconciler's and kopf's alike: a
-    stalled request fails after it and is retried with backoff.
+    stalled request fails after it and is retried with backoff. With `peering`, the name of a kopf
+    peering object, this replica reconciles only while it leads (peering.py); it serves the webhook
+    either way.
     """
     import kopf
     from kubernetes.client import ApiClient
@@ -214,21 +282,34 @@ async def operate(
 
     ready = asyncio.Event()
     runner = None
+    # Every replica keeps the certificate and the caBundle (webhook_cert.py); kopf ignores tasks that
+    # predate it, so this one is stopped below.
+    keeper = asyncio.create_task(webhook_certificate.keep()) if webhook_certificate is not None else None
     if metrics_listen:
         host, port = host_port(metrics_listen)
         runner = await start_server(metrics, host, port, ready=ready)
         logger.info("Serving /metrics, /healthz and /readyz on http://%s:%d", host, port)
+    priority = None
+    if peering:
+        from voicelane.operator.peering import LIFETIME_S, start_priority
+
+        settings.peering.lifetime = LIFETIME_S
+        priority = start_priority()
     try:
         await kopf.operator(
             registry=handlers.registry,
             settings=settings,
             memo=memo,
-            standalone=True,
+            standalone=not peering,
+            peering_name=peering or None,
+            priority=priority,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=liveness,
             ready_flag=ready,
         )
     finally:
+        if keeper is not None:
+            keeper.cancel()
         if runner is not None:
             await runner.cleanup()

@@ -1,8 +1,8 @@
 """The operator's least-privilege RBAC rules, in one place, and the generator of its ClusterRole.
 
 Each rule is derived from what the operator actually touches: the lane resource, the child
-resources of apply.CHILD_RESOURCES (the same table the reconciler lists and writes), and core
-Events. No wildcard; each rule says why it exists. Regenerate the manifest after changing them:
+resources of apply.CHILD_RESOURCES (the same table the reconciler lists and writes), core Events,
+and kopf's peering objects for leader election among replicas. No wildcard; each rule says why it exists. Regenerate the manifest after changing them:
 
     python -m voicelane.operator.rbac manifests/rbac/role.yaml
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from voicelane.operator import peering
 from voicelane.operator.apply import CHILD_RESOURCES, LANE_RESOURCE
 
 ROLE_NAME = "voicelane-operator"
@@ -50,6 +51,10 @@ LANE_FINALIZERS_VERBS = ("update",)
 CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 # kopf posts the Events the handlers emit (core v1 Events).
 EVENT_VERBS = ("create",)
+# With --peering, replicas elect a leader through kopf's peering objects (peering.py): each creates the
+# object if missing, kopf lists and watches it and patches its keep-alive into it. KopfPeering is the
+# namespaced one (an operator with --namespace), ClusterKopfPeering the cluster-wide one.
+PEERING_VERBS = ("create", "list", "watch", "patch")
 
 
 def _child_rules() -> list[Rule]:
@@ -73,6 +78,12 @@ RULES: tuple[Rule, ...] = (
     ),
     *_child_rules(),
     Rule("", ("events",), EVENT_VERBS, "Events on lanes for significant changes"),
+    Rule(
+        peering.GROUP,
+        (peering.CLUSTER_PLURAL, peering.NAMESPACED_PLURAL),
+        PEERING_VERBS,
+        "leader election among operator replicas (kopf peering, --peering)",
+    ),
 )
 
 

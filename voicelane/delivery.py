@@ -4,6 +4,9 @@ Each generated file has exactly one source:
 
 - charts/voicelane/files/operator-rbac-rules.yaml: the operator's ClusterRole rules, from
   `voicelane.operator.rbac.RULES` (the chart's ClusterRole includes the file as it is);
+- charts/voicelane/crds/kopfpeerings.kopf.dev.yaml and manifests/crd/kopfpeerings.kopf.dev.yaml: the
+  CRDs of kopf's peering objects, through which operator replicas elect a leader, from
+  `voicelane.operator.peering.peering_crds`;
 - manifests/install.yaml: a Namespace that enforces the Pod Security "restricted" profile, then the
   chart rendered by `helm template` with its default values and its CRDs (CRD, RBAC, operator);
 - manifests/samples/app-with-sidecar.yaml: an app Deployment with the sidecar as a native sidecar,
@@ -29,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from voicelane.operator import rbac, render
+from voicelane.operator import peering, rbac, render
 from voicelane.operator.api import SIDECAR_IMAGE_REPOSITORY
 from voicelane.operator.cli import PLACEHOLDER_UID
 from voicelane.operator.injection import (
@@ -42,6 +45,10 @@ from voicelane.operator.injection import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = Path("charts/voicelane")
 RBAC_RULES_FILE = CHART_DIR / "files" / "operator-rbac-rules.yaml"
+PEERING_CRD_FILES = (
+    CHART_DIR / "crds" / "kopfpeerings.kopf.dev.yaml",
+    Path("manifests/crd/kopfpeerings.kopf.dev.yaml"),
+)
 INSTALL_MANIFEST = Path("manifests/install.yaml")
 SAMPLE_LANE = Path("manifests/samples/voicelane.yaml")
 SAMPLE_APP = Path("manifests/samples/app-with-sidecar.yaml")
@@ -70,6 +77,12 @@ def rbac_rules_yaml() -> str:
         parts.append(f"# {rule.why}\n")
         parts.append(yaml.safe_dump([rule.as_policy_rule()], sort_keys=False, default_flow_style=False))
     return "".join(parts)
+
+
+def peering_crds_yaml() -> str:
+    """kopf's peering CRDs (ClusterKopfPeering, KopfPeering) as one YAML stream."""
+    header = GENERATED_HEADER.format(source="operator/peering.py (peering_crds)")
+    return header + yaml.safe_dump_all(peering.peering_crds(), sort_keys=False, explicit_start=True)
 
 
 # --- helm ----------------------------------------------------------------------------------------
@@ -314,12 +327,13 @@ def sample_app_yaml(root: Path = REPO_ROOT) -> str:
 def generated_files(root: Path = REPO_ROOT, helm: Path | None = None) -> dict[Path, str]:
     """Every generated file (relative path) with the content it should have.
 
-    The RBAC rules come first: the chart includes them, so install.yaml is rendered after they are
-    written (`write_all`).
+    The RBAC rules and the peering CRDs come first: the chart includes them, so install.yaml is
+    rendered after they are written (`write_all`).
     """
     helm = helm or find_helm(root)
     return {
         RBAC_RULES_FILE: rbac_rules_yaml(),
+        **dict.fromkeys(PEERING_CRD_FILES, peering_crds_yaml()),
         INSTALL_MANIFEST: install_yaml(helm, root),
         SAMPLE_APP: sample_app_yaml(root),
     }
@@ -327,13 +341,14 @@ def generated_files(root: Path = REPO_ROOT, helm: Path | None = None) -> dict[Pa
 
 def write_all(root: Path = REPO_ROOT, helm: Path | None = None) -> list[Path]:
     """Write every generated file that differs; returns those written."""
-    rules_path = root / RBAC_RULES_FILE
     written = []
-    rules = rbac_rules_yaml()
-    if not rules_path.exists() or rules_path.read_text(encoding="utf-8") != rules:
-        rules_path.parent.mkdir(parents=True, exist_ok=True)
-        rules_path.write_text(rules, encoding="utf-8")
-        written.append(RBAC_RULES_FILE)
+    # The chart's inputs first: install.yaml is rendered from the chart as it is on disk.
+    for relative, content in ((RBAC_RULES_FILE, rbac_rules_yaml()), (PEERING_CRD_FILES[0], peering_crds_yaml())):
+        path = root / relative
+        if not path.exists() or path.read_text(encoding="utf-8") != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content, encoding="utf-8")
+            written.append(relative)
     for relative, content in generated_files(root, helm).items():
         path = root / relative
         if not path.exists() or path.read_text(encoding="utf-8") != content:

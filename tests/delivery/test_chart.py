@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +19,6 @@ from tests.delivery.support import (
     VALUES,
     Render,
     helm,
-    missing_tool,
     pod_templates,
     render,
     run,
@@ -96,7 +91,9 @@ def test_defaults_render_the_crd_and_the_operator_only(rendered: Rendered) -> No
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
-        "CustomResourceDefinition",
+        "CustomResourceDefinition",  # ClusterKopfPeering (leader election)
+        "CustomResourceDefinition",  # KopfPeering (leader election)
+        "CustomResourceDefinition",  # VoiceLane
         "Deployment",
         "NetworkPolicy",
         "Pod",  # the `helm test` hook
@@ -206,7 +203,7 @@ def test_the_operator_is_hardened_and_configurable(rendered: Rendered) -> None:
     deployment = rendered("all-features").one("Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = operator_container(deployment)
-    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["replicas"] == 2
     assert {"livenessProbe", "readinessProbe", "startupProbe"} <= container.keys()
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
@@ -226,9 +223,10 @@ def test_the_operator_is_hardened_and_configurable(rendered: Rendered) -> None:
 
 def test_watched_namespaces_get_role_bindings_instead_of_a_cluster_binding(rendered: Rendered) -> None:
     documents = rendered("all-features").documents
-    bindings = [doc for doc in documents if doc["kind"] == "RoleBinding"]
-    assert sorted(binding["metadata"]["namespace"] for binding in bindings) == ["voice-apps", "voice-staging"]
-    assert not [doc for doc in documents if doc["kind"] == "ClusterRoleBinding"]
+    role = rendered("all-features").one("ClusterRole", "-operator")["metadata"]["name"]
+    bindings = [doc for doc in documents if doc["kind"].endswith("RoleBinding") and doc["roleRef"]["name"] == role]
+    assert sorted(binding["metadata"].get("namespace") for binding in bindings) == ["voice-apps", "voice-staging"]
+    assert {binding["kind"] for binding in bindings} == {"RoleBinding"}
     assert rendered("defaults").one("ClusterRoleBinding")["subjects"] == [
         {"kind": "ServiceAccount", "name": "voicelane-operator", "namespace": NAMESPACE}
     ]
@@ -321,30 +319,101 @@ def test_the_webhook_never_blocks_pods_and_reaches_the_operator(rendered: Render
     container = operator_container(documents.one("Deployment"))
     [target] = [p for p in container["ports"] if p["name"] == port["targetPort"]]
     assert target["containerPort"] == 9443
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-tls")
-    assert mount["mountPath"] == "/etc/voicelane/webhook-tls"
 
 
-def test_the_self_managed_certificate_is_signed_by_the_webhook_ca(rendered: Rendered, tmp_path: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        missing_tool("openssl is missing: install the Debian package openssl")
+def test_the_failure_policy_is_the_value() -> None:
+    hooks = render("all-features", "webhook.failurePolicy=Fail").one("MutatingWebhookConfiguration")["webhooks"]
+    assert {hook["failurePolicy"] for hook in hooks} == {"Fail"}
+
+
+@pytest.mark.parametrize("name", ["all-features", "webhook-cert-manager"])
+def test_the_webhook_renders_the_same_on_every_helm_template(name: str) -> None:
+    # GitOps tools re-render the chart on every sync: a CA or key made at render time would rotate each time.
+    first, second = render(name), render(name)
+    assert first.text == second.text
+    assert "BEGIN CERTIFICATE" not in first.text
+    assert "PRIVATE KEY" not in first.text
+
+
+def test_the_operator_keeps_the_certificate_and_the_ca_bundle_itself(rendered: Rendered) -> None:
     documents = rendered("all-features")
-    secret = documents.one("Secret", "-webhook-tls")
-    [hook] = documents.one("MutatingWebhookConfiguration")["webhooks"]
-    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
-    (tmp_path / "ca.pem").write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
-    (tmp_path / "tls.pem").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
-    service = hook["clientConfig"]["service"]
-    host = f"{service['name']}.{service['namespace']}.svc"
-    verify = subprocess.run(
-        [openssl, "verify", "-CAfile", "ca.pem", "-verify_hostname", host, "tls.pem"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    configuration = documents.one("MutatingWebhookConfiguration")
+    assert [hook for hook in configuration["webhooks"] if "caBundle" in hook["clientConfig"]] == []
+    secret = documents.one("Secret", "-webhook-ca")
+    # Rendered empty, so that re-applying it keeps what the operator wrote.
+    assert "data" not in secret
+    assert "stringData" not in secret
+    deployment = documents.one("Deployment")
+    flags = build_parser().parse_args(["operator", *operator_container(deployment)["args"]])
+    assert flags.webhook_cert_secret == secret["metadata"]["name"]
+    assert flags.webhook_configuration == configuration["metadata"]["name"]
+    service = configuration["webhooks"][0]["clientConfig"]["service"]
+    assert f"{service['name']}.{service['namespace']}.svc" in flags.webhook_cert_host
+    assert flags.webhook_cert_dir is None
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert [volume for volume in volumes if "secret" in volume] == []  # read through the API, not mounted
+
+
+def test_the_operator_may_touch_only_its_own_secret_and_webhook_configuration(rendered: Rendered) -> None:
+    documents = rendered("all-features")
+    secret = documents.one("Secret", "-webhook-ca")
+    configuration = documents.one("MutatingWebhookConfiguration")
+    [role] = [doc for doc in documents.of_kind("Role") if doc["metadata"]["name"].endswith("-certificate")]
+    assert role["metadata"]["namespace"] == secret["metadata"]["namespace"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [secret["metadata"]["name"]],
+            "verbs": ["get", "update"],
+        }
+    ]
+    cluster_role = documents.one("ClusterRole", "-ca-bundle")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [configuration["metadata"]["name"]],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    service_account = documents.one("ServiceAccount")["metadata"]["name"]
+    for kind, name in (
+        ("RoleBinding", role["metadata"]["name"]),
+        ("ClusterRoleBinding", cluster_role["metadata"]["name"]),
+    ):
+        [binding] = [doc for doc in documents.of_kind(kind) if doc["roleRef"]["name"] == name]
+        assert [subject["name"] for subject in binding["subjects"]] == [service_account]
+
+
+# --- several replicas ----------------------------------------------------------------------------------
+
+
+def test_several_replicas_elect_a_leader_and_stay_available(rendered: Rendered) -> None:
+    documents = rendered("all-features")
+    deployment = documents.one("Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    container = operator_container(deployment)
+    flags = build_parser().parse_args(["operator", *container["args"]])
+    assert flags.peering == deployment["metadata"]["name"]
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    budget = documents.one("PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    [spread] = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == selector
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # a single-node cluster still runs both
+
+
+def test_one_replica_runs_alone_without_a_budget(rendered: Rendered) -> None:
+    documents = rendered("defaults")
+    deployment = documents.one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert build_parser().parse_args(["operator", *operator_container(deployment)["args"]]).peering is None
+    assert not documents.of_kind("PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]
 
 
 def test_cert_manager_issues_the_mounted_certificate_and_injects_its_ca(rendered: Rendered) -> None:

@@ -59,8 +59,15 @@ def test_install_yaml_holds_the_crd_rbac_and_operator_in_its_own_namespace() -> 
     assert ("CustomResourceDefinition", "voicelanes.voicelane.dev") in kinds
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} <= {k for k, _ in kinds}
     assert "Pod" not in {k for k, _ in kinds}, "the helm test pod is not for kubectl users"
-    crd = next(doc for doc in documents("manifests/install.yaml") if doc["kind"] == "CustomResourceDefinition")
-    assert crd == documents("manifests/crd/voicelanes.voicelane.dev.yaml")[0]
+    crds = {
+        doc["metadata"]["name"]: doc
+        for doc in documents("manifests/install.yaml")
+        if doc["kind"] == "CustomResourceDefinition"
+    }
+    for path in sorted((REPO / "manifests/crd").glob("*.yaml")):  # the lane's and the peering's (leader election)
+        for crd in documents(str(path.relative_to(REPO))):
+            assert crds.pop(crd["metadata"]["name"]) == crd
+    assert crds == {}, "a CRD in install.yaml that manifests/crd/ lacks"
 
 
 def test_the_sample_sidecar_is_a_native_sidecar_running_the_documented_command() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.delivery.support import REPO, Render
+from tests.delivery.support import RELEASE, REPO, Render
 from voicelane.delivery import RBAC_RULES_FILE, rbac_rules_yaml
 from voicelane.operator.rbac import RULES
 
@@ -36,6 +36,11 @@ def cluster_roles(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [doc for doc in documents if doc["kind"] in ("ClusterRole", "Role")]
 
 
+def operator_roles(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The role of operator/rbac.py; the webhook's certificate roles (one object each) are apart."""
+    return [doc for doc in cluster_roles(documents) if doc["metadata"]["name"].endswith("-operator")]
+
+
 def install_documents() -> list[dict[str, Any]]:
     text = (REPO / "manifests" / "install.yaml").read_text(encoding="utf-8")
     return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -50,7 +55,7 @@ def test_the_chart_carries_the_rules_of_operator_rbac_py() -> None:
 @pytest.mark.tools
 @pytest.mark.parametrize("name", ["defaults", "all-features"])
 def test_the_rendered_role_grants_exactly_the_documented_usage(rendered: Callable[[str], Render], name: str) -> None:
-    [role] = cluster_roles(rendered(name).documents)
+    [role] = operator_roles(rendered(name).documents)
     granted = grants(role["rules"])
     print("\n".join(f"{group or 'core'}/{resource}: {verb}" for group, resource, verb in sorted(granted)))
     assert granted - documented_grants() == set(), "granted but not documented in operator/rbac.py"
@@ -58,7 +63,7 @@ def test_the_rendered_role_grants_exactly_the_documented_usage(rendered: Callabl
 
 
 def test_the_install_manifest_role_grants_exactly_the_documented_usage() -> None:
-    [role] = cluster_roles(install_documents())
+    [role] = operator_roles(install_documents())
     assert grants(role["rules"]) == documented_grants()
 
 
@@ -71,8 +76,15 @@ def test_no_wildcard_and_no_privilege_escalation_path(rendered: Callable[[str], 
             fields = [*rule.get("apiGroups", []), *rule.get("resources", []), *rule.get("verbs", [])]
             assert not [field for field in fields if "*" in field], f"wildcard in {rule}"
             assert not rule.get("nonResourceURLs"), f"non-resource URLs granted: {rule}"
-        granted = grants(role["rules"])
+        # The webhook's own Secret, by name, is the one exception: the operator keeps its certificate there.
+        unnamed = [rule for rule in role["rules"] if not rule.get("resourceNames")]
+        granted = grants(unnamed)
         assert {resource for _, resource, _ in granted} & DANGEROUS_RESOURCES == set()
+        for rule in role["rules"]:
+            if "secrets" in rule.get("resources", []):
+                assert rule["resourceNames"] == [f"{RELEASE}-webhook-ca"], rule
+                assert set(rule["verbs"]) <= {"get", "update"}, rule
+        granted = grants(role["rules"])
         assert {verb for _, _, verb in granted} & DANGEROUS_VERBS == set()
 
 

@@ -24,15 +24,19 @@ def operator_flags(container: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("name", ["all-features", "webhook-cert-manager"])
-def test_the_operator_serves_the_webhook_on_its_port_with_the_mounted_certificate(
-    rendered: Rendered, name: str
-) -> None:
+def test_the_operator_serves_the_webhook_on_its_port(rendered: Rendered, name: str) -> None:
     container = operator_of(rendered(name))
     flags = operator_flags(container)
     [port] = [p for p in container["ports"] if p["name"] == "webhook"]
     assert flags.webhook_listen == f"0.0.0.0:{port['containerPort']}"
+
+
+def test_with_cert_manager_the_operator_serves_the_mounted_certificate(rendered: Rendered) -> None:
+    container = operator_of(rendered("webhook-cert-manager"))
+    flags = operator_flags(container)
     [mount] = [m for m in container["volumeMounts"] if m["name"] == "webhook-tls"]
     assert flags.webhook_cert_dir == mount["mountPath"]
+    assert flags.webhook_cert_secret is None  # cert-manager's, not the operator's
 
 
 def test_without_the_webhook_the_operator_serves_none(rendered: Rendered) -> None:

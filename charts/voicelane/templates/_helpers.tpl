@@ -115,6 +115,16 @@ release: {{ . | quote }}
 {{- printf "%s-tls" (include "voicelane.webhook.fullname" .) }}
 {{- end }}
 
+{{/* The Secret the operator keeps the webhook's CA and certificate in (without cert-manager). */}}
+{{- define "voicelane.webhook.caSecretName" -}}
+{{- printf "%s-ca" (include "voicelane.webhook.fullname" .) }}
+{{- end }}
+
+{{/* "true" when the operator makes and keeps the webhook's certificate and caBundle itself. */}}
+{{- define "voicelane.webhook.selfManaged" -}}
+{{- if and (include "voicelane.webhook.servedInCluster" .) (not .Values.webhook.certManager.enabled) }}true{{ end }}
+{{- end }}
+
 {{/* The webhook's Service port; the operator container serves the webhook on 9443. */}}
 {{- define "voicelane.webhook.containerPort" -}}
 9443

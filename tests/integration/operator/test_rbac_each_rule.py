@@ -1,8 +1,9 @@
 """No rule of the operator's role can be dropped: without any one of them, a user sees the lane fail.
 
 For each rule of operator/rbac.py (rendered into manifests/rbac/role.yaml), a fresh ServiceAccount
-is bound to the role less that one rule, an operator runs with its token in a namespace of its own,
-and a lane is created there. The API server's RBAC authorizer (and, for the finalizers rule, its
+is bound to the role less that one rule, an operator runs with its token in a namespace of its own
+(as a replica electing a leader, `--peering`, for the rule of kopf's peering objects), and a lane is
+created there. The API server's RBAC authorizer (and, for the finalizers rule, its
 OwnerReferencesPermissionEnforcement admission) refuses what the rule guards: the operator's log
 shows the refusal, and the user sees what the rule is for go missing (no status, no children of a
 kind, no Events). test_rbac_usage.py shows the converse: the whole role suffices.
@@ -29,6 +30,7 @@ from tests.integration.operator.harness import (
     wait_until,
 )
 from tests.support.kube import KubeTarget
+from voicelane.operator import peering
 from voicelane.operator.apply import CHILD_RESOURCES
 from voicelane.operator.rbac import RULES, Rule
 from voicelane.processes import free_port
@@ -106,7 +108,8 @@ def no_events(scene: Scene) -> None:
 def symptom(rule: Rule) -> Callable[[Scene], None]:
     """What a user sees go missing without `rule`."""
     resource = rule.resources[0]
-    if resource == "voicelanes":
+    if resource == "voicelanes" or rule.api_group == peering.GROUP:
+        # Without its peering object a replica never leads: it stays paused and reconciles nothing.
         return no_status_and_no_finalizer
     if resource == "voicelanes/status":
         return no_status
@@ -132,8 +135,15 @@ def scene(request: pytest.FixtureRequest, cluster: Cluster, operator_logs: Path)
     rules = [rule for rule in shipped_role_rules() if rule != missing.as_policy_rule()]
     assert len(rules) == len(RULES) - 1
     kubeconfig = confined.service_account_kubeconfig("operator-less-one-rule", rules, log_dir / "kubeconfig")
+    # The peering rule is used by replicas electing a leader, so that operator runs as one of them.
+    elected = (f"--peering=voicelane-{namespace}",) if missing.api_group == peering.GROUP else ()
     operator = OperatorProcess(
-        confined, log_dir, metrics_port=free_port(), liveness_port=free_port(), kubeconfig=kubeconfig
+        confined,
+        log_dir,
+        metrics_port=free_port(),
+        liveness_port=free_port(),
+        kubeconfig=kubeconfig,
+        extra_args=elected,
     )
     operator.start()
     lane = Lane(confined, f"lane-{secrets.token_hex(3)}")
