@@ -295,6 +295,13 @@ async def operate(
 
         settings.peering.lifetime = LIFETIME_S
         priority = start_priority()
+        # kopf starts every peer paused and says nothing while it stays so: say how this one is elected.
+        logger.info(
+            "Leader election through kopf peering %s (priority %d): reconciling only while no replica that "
+            "started earlier is alive; serving the webhook either way.",
+            peering,
+            priority,
+        )
     try:
         await kopf.operator(
             registry=handlers.registry,

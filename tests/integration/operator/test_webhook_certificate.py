@@ -8,12 +8,15 @@ configuration are applied as rendered; the operator runs with the chart's certif
 name replaced by 127.0.0.1) as a ServiceAccount bound to the role it ships with plus the chart's two
 certificate roles. The real API server then calls it over TLS trusting only the caBundle the operator
 patched in: a labelled pod gets the sidecar. A restart keeps the CA and the certificate, and a
-re-apply of the rendered configuration (what a GitOps sync does) keeps the caBundle.
+re-apply of the rendered configuration (what a GitOps sync does) keeps the caBundle. The operator's
+certificate code, run as each replica runs it, puts back a caBundle that a replace dropped, and
+replicas starting together on the empty Secret all end up serving the one CA it stores.
 """
 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import json
 import secrets
@@ -24,11 +27,14 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from kubernetes.client import ApiClient
 
 from tests.delivery.support import CHART, helm
 from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, shipped_role_rules, wait_until
 from voicelane.cli import build_parser
 from voicelane.delivery import HelmTemplate
+from voicelane.operator.main import client_configuration
+from voicelane.operator.webhook_cert import WebhookCertificate
 from voicelane.processes import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(240)]
@@ -197,3 +203,48 @@ def test_a_restart_and_a_re_apply_keep_the_ca(cert_cluster: Cluster, installed: 
     assert after == before  # neither a new CA nor a new certificate
     assert set(ca_bundles(cert_cluster, chart)) == {before["ca.crt"]}
     assert "Made a new CA" not in process.log().split("Signal SIGTERM")[-1]
+
+
+def certificate_keeper(cluster: Cluster, chart: Chart, kubeconfig: Path, cert_dir: Path) -> WebhookCertificate:
+    """The operator's certificate code, with the operator's credentials, as a replica runs it."""
+    configuration, _ = client_configuration(str(kubeconfig))
+    return WebhookCertificate(
+        ApiClient(configuration),
+        namespace=cluster.namespace,
+        secret=chart.secret["metadata"]["name"],
+        configuration=chart.configuration["metadata"]["name"],
+        hosts=["127.0.0.1"],
+        cert_dir=cert_dir,
+    )
+
+
+def test_a_ca_bundle_dropped_by_a_replace_is_put_back(
+    cert_cluster: Cluster, installed: tuple[Chart, OperatorProcess], tmp_path: Path
+) -> None:
+    chart, process = installed
+    ca = stored_secret(cert_cluster, chart)["ca.crt"]
+    # `kubectl replace` (or a sync that replaces objects) stores the configuration exactly as rendered.
+    cert_cluster.kubectl("replace", "-f", "-", stdin=json.dumps(chart.configuration))
+    assert set(ca_bundles(cert_cluster, chart)) == {None}
+    # What each replica does every minute.
+    certificate_keeper(cert_cluster, chart, process.credentials, tmp_path).ensure()
+    assert set(ca_bundles(cert_cluster, chart)) == {ca}
+    assert (tmp_path / "tls.crt").read_bytes() == base64.b64decode(stored_secret(cert_cluster, chart)["tls.crt"])
+
+
+def test_replicas_starting_together_on_an_empty_secret_share_one_ca(
+    cert_cluster: Cluster, installed: tuple[Chart, OperatorProcess], tmp_path: Path
+) -> None:
+    chart, process = installed
+    name = chart.secret["metadata"]["name"]
+    cert_cluster.kubectl("patch", "secret", name, "--type=json", "-p", '[{"op": "remove", "path": "/data"}]')
+    assert stored_secret(cert_cluster, chart) == {}
+    keepers = [certificate_keeper(cert_cluster, chart, process.credentials, tmp_path / str(i)) for i in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(len(keepers)) as pool:
+        cas = list(pool.map(lambda keeper: keeper.ensure(), keepers))
+    stored = stored_secret(cert_cluster, chart)
+    assert {base64.b64encode(ca).decode() for ca in cas} == {stored["ca.crt"]}  # every replica got the one stored
+    assert {(tmp_path / str(i) / "tls.crt").read_bytes() for i in range(len(keepers))} == {
+        base64.b64decode(stored["tls.crt"])
+    }
+    assert set(ca_bundles(cert_cluster, chart)) == {stored["ca.crt"]}
