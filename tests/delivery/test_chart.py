@@ -466,3 +466,11 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     with_webhook = notes("webhook.enabled=true", "serviceMonitor.enabled=true", "monitoring.release=prom")
     assert "voicelane.dev/lane" in with_webhook
     assert "release: prom" in with_webhook
+
+
+def test_notes_say_what_becomes_of_pods_while_no_webhook_answers() -> None:
+    ignoring = notes("webhook.enabled=true")
+    assert "if the webhook is unavailable, the pod starts without it" in ignoring
+    assert "such pods are refused" not in ignoring
+    failing = notes("webhook.enabled=true", "webhook.failurePolicy=Fail")
+    assert "while no webhook answers, such pods are refused" in failing
