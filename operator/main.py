@@ -192,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
             webhook_certificate.ensure()
         except (CertificateUnavailable, ValueError) as exc:
             logger.error("voicelane operator: webhook certificate: %s", exc)
+            if webhook_certificate is not None:
+                webhook_certificate.discard_files()
             return 2
         webhook_options = dataclasses.replace(webhook_options, cert_dir=webhook_certificate.cert_dir)
     try:
@@ -214,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # e.g. a taken or malformed --metrics-listen address
         logger.error("voicelane operator: %s", exc)
         return 2
+    finally:
+        if webhook_certificate is not None:
+            webhook_certificate.discard_files()
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -155,10 +156,22 @@ class WebhookCertificate:
 
     def ensure(self) -> bytes:
         """Make the Secret hold a usable CA and certificate, serve them, trust the CA; returns the CA (PEM)."""
-        ca, serving = self._ensure_secret()
-        self._write_files(serving)
-        self._patch_ca_bundle(ca.cert_pem)
+        import urllib3
+
+        try:
+            ca, serving = self._ensure_secret()
+            self._write_files(serving)
+            self._patch_ca_bundle(ca.cert_pem)
+        except urllib3.exceptions.HTTPError as exc:  # no answer at all (the client's retries are spent)
+            raise CertificateUnavailable(f"the API server did not answer: {exc}") from exc
         return ca.cert_pem
+
+    def discard_files(self) -> None:
+        """Remove the served copies (the key among them) when the operator stops; the Secret keeps them."""
+        for name in (CERT_KEY, KEY_KEY):
+            (self.cert_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.cert_dir.rmdir()
 
     async def keep(self) -> None:
         """`ensure()` every CHECK_INTERVAL_S seconds, for as long as the operator runs."""
@@ -168,6 +181,8 @@ class WebhookCertificate:
                 await asyncio.to_thread(self.ensure)
             except CertificateUnavailable as exc:
                 logger.warning("Webhook certificate check failed (retrying in %.0f s): %s", CHECK_INTERVAL_S, exc)
+            except Exception:  # the next check may succeed; a dead keeper would never renew again
+                logger.exception("Webhook certificate check failed (retrying in %.0f s).", CHECK_INTERVAL_S)
 
     # -- the Secret ------------------------------------------------------------------------------------
 

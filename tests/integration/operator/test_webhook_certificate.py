@@ -10,7 +10,8 @@ certificate roles. The real API server then calls it over TLS trusting only the 
 patched in: a labelled pod gets the sidecar. A restart keeps the CA and the certificate, and a
 re-apply of the rendered configuration (what a GitOps sync does) keeps the caBundle. The operator's
 certificate code, run as each replica runs it, puts back a caBundle that a replace dropped, and
-replicas starting together on the empty Secret all end up serving the one CA it stores.
+replicas starting together on the empty Secret all end up serving the one CA it stores. An operator
+whose role does not name the Secret it is given stops at once, saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from voicelane.cli import build_parser
 from voicelane.delivery import HelmTemplate
 from voicelane.operator.main import client_configuration
 from voicelane.operator.webhook_cert import WebhookCertificate
-from voicelane.processes import free_port
+from voicelane.processes import free_port, voicelane_argv
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(240)]
 
@@ -248,3 +250,24 @@ def test_replicas_starting_together_on_an_empty_secret_share_one_ca(
         base64.b64decode(stored["tls.crt"])
     }
     assert set(ca_bundles(cert_cluster, chart)) == {stored["ca.crt"]}
+
+
+def test_an_operator_that_may_not_read_its_secret_stops_naming_it(
+    cert_cluster: Cluster, installed: tuple[Chart, OperatorProcess]
+) -> None:
+    chart, process = installed
+    namespace = cert_cluster.namespace
+    argv = voicelane_argv(
+        "operator",
+        f"--kubeconfig={process.credentials}",
+        f"--namespace={namespace}",
+        f"--metrics-listen=127.0.0.1:{free_port()}",
+        f"--operator-namespace={namespace}",
+        f"--webhook-listen=127.0.0.1:{free_port()}",
+        "--webhook-cert-secret=another-secret",  # its role names the chart's Secret only
+        "--webhook-cert-host=127.0.0.1",
+        f"--webhook-configuration={chart.configuration['metadata']['name']}",
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert f"webhook certificate: cannot read Secret {namespace}/another-secret: 403 Forbidden" in result.stderr
