@@ -11,7 +11,8 @@ patched in: a labelled pod gets the sidecar. A restart keeps the CA and the cert
 re-apply of the rendered configuration (what a GitOps sync does) keeps the caBundle. The operator's
 certificate code, run as each replica runs it, puts back a caBundle that a replace dropped, and
 replicas starting together on the empty Secret all end up serving the one CA it stores. An operator
-whose role does not name the Secret it is given stops at once, saying so.
+whose role does not name the Secret it is given stops at once, saying so. A certificate within 30 days
+of its end, or not covering the webhook's host names, is reissued under the same CA.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import datetime
 import json
 import secrets
 import subprocess
@@ -36,7 +38,7 @@ from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, s
 from voicelane.cli import build_parser
 from voicelane.delivery import HelmTemplate
 from voicelane.operator.main import client_configuration
-from voicelane.operator.webhook_cert import WebhookCertificate
+from voicelane.operator.webhook_cert import KeyPair, WebhookCertificate, make_serving
 from voicelane.processes import free_port, voicelane_argv
 
 pytestmark = [pytest.mark.cluster, pytest.mark.tools, pytest.mark.timeout(240)]
@@ -271,3 +273,37 @@ def test_an_operator_that_may_not_read_its_secret_stops_naming_it(
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert f"webhook certificate: cannot read Secret {namespace}/another-secret: 403 Forbidden" in result.stderr
+
+
+def test_a_certificate_near_its_end_or_for_other_hosts_is_renewed_under_the_same_ca(
+    cert_cluster: Cluster, installed: tuple[Chart, OperatorProcess], tmp_path: Path
+) -> None:
+    chart, process = installed
+    keeper = certificate_keeper(cert_cluster, chart, process.credentials, tmp_path)
+    keeper.ensure()
+    stored = stored_secret(cert_cluster, chart)
+    ca = KeyPair(base64.b64decode(stored["ca.crt"]), base64.b64decode(stored["ca.key"]))
+    now = datetime.datetime.now(datetime.UTC)
+    ending = make_serving(ca, ["127.0.0.1"], datetime.timedelta(days=10), now)  # within the 30 days before its end
+    patch = {
+        "data": {
+            "tls.crt": base64.b64encode(ending.cert_pem).decode(),
+            "tls.key": base64.b64encode(ending.key_pem).decode(),
+        }
+    }
+    cert_cluster.patch("secret", chart.secret["metadata"]["name"], patch)
+
+    keeper.ensure()
+    renewed = stored_secret(cert_cluster, chart)
+    assert renewed["ca.crt"] == stored["ca.crt"]  # the caBundle stays as it is
+    serving = x509.load_pem_x509_certificate(base64.b64decode(renewed["tls.crt"]))
+    assert serving.not_valid_after_utc - now > datetime.timedelta(days=365)
+    assert set(ca_bundles(cert_cluster, chart)) == {stored["ca.crt"]}
+
+    moved = dataclasses.replace(keeper, hosts=["127.0.0.1", "voicelane-webhook.apps.svc"])  # a renamed Service
+    moved.ensure()
+    reissued = stored_secret(cert_cluster, chart)
+    assert reissued["ca.crt"] == stored["ca.crt"]
+    names = x509.load_pem_x509_certificate(base64.b64decode(reissued["tls.crt"])).extensions
+    san = names.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["voicelane-webhook.apps.svc"]
