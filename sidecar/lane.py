@@ -26,13 +26,13 @@ from voicelane.core.circuit import CircuitBreaker, FirstTokenWatch
 from voicelane.core.gate_headers import MAX_DEADLINE_MS, CallInfo
 from voicelane.core.guardian import Guardian, PressureSource
 from voicelane.core.keys import request_key
+from voicelane.core.observer import LaneObserver
 from voicelane.core.refusals import Failed, Failure, Refusal, Refused
 from voicelane.core.routing import RouteDecision, Router
 from voicelane.core.scheduler import PriorityScheduler, QueueFull, Ticket
 from voicelane.core.singleflight import Flight, SingleFlight
 from voicelane.sidecar.classify import priority_for
 from voicelane.sidecar.config import RequestClass, SidecarConfig, Tier
-from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.pressure import LocalPressureSource, UpstreamSaturation
 from voicelane.sidecar.prompts import build_messages
 from voicelane.sidecar.segmenter import Segmenter
@@ -125,14 +125,14 @@ class Lane:
     def __init__(
         self,
         config: SidecarConfig,
-        metrics: SidecarMetrics,
+        observer: LaneObserver,
         *,
         local_pressure: PressureSource | None = None,
         client_factory: Callable[..., UpstreamClient] = make_client,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.metrics = metrics
+        self.observer = observer  # told each decision; the shell counts them (see core/observer.py)
         self.clock = clock
         self._client_factory = client_factory
         self.cache: BoundedCache[Any] = BoundedCache(
@@ -316,7 +316,7 @@ class Lane:
             except Exception:
                 log.exception("guardian check failed")
                 continue
-            self.metrics.guardian_checks.labels("failed" if result.failed else "ok").inc()
+            self.observer.pressure_checked(failed=result.failed)
 
     # ----- admission -----------------------------------------------------------------------------
 
@@ -400,17 +400,17 @@ class Lane:
         received = self.clock() if received is None else received
         cached = self.cache.get(job.key)
         if cached is not None:
-            self.metrics.cache_lookups.labels("hit", "text").inc()
+            self.observer.looked_up(hit=True)
             return Submission(job, cached=cached)
-        self.metrics.cache_lookups.labels("miss", "text").inc()
+        self.observer.looked_up(hit=False)
         # With single-flight off every leader gets a flight of its own.
         flight_key = job.key if self.config.single_flight.enabled else f"{job.key}:{uuid.uuid4().hex}"
         if flight_key in self.flights:
-            self.metrics.singleflight.labels("joiner").inc()
+            self.observer.coalesced(joined=True)
             return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
         if job.passthrough_text is None and not internal:
             self._admit(job.priority)
-        self.metrics.singleflight.labels("leader").inc()
+        self.observer.coalesced(joined=False)
         return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
 
     def admit_forwarded(self, priority: int) -> None:
@@ -436,16 +436,21 @@ class Lane:
         waiting room and the last tokens of the rate limit are kept for priority 0, so a chat is
         never refused because of lower-priority traffic."""
         if priority > 0 and self._waiting_room_kept_for_priority_0():
-            self.metrics.admissions.labels("rejected", "queue_full").inc()
-            raise Refused(
-                Refusal.QUEUE_FULL,
-                "too many requests are waiting for the model; the last place is kept for chats",
-                retry_after_s=self.config.scheduler.retry_after_s,
+            raise self._refused(
+                Refused(
+                    Refusal.QUEUE_FULL,
+                    "too many requests are waiting for the model; the last place is kept for chats",
+                    retry_after_s=self.config.scheduler.retry_after_s,
+                )
             )
         decision = self.guardian.admit(priority)
-        self.metrics.admissions.labels("allowed" if decision.allowed else "rejected", decision.reason or "ok").inc()
         if not decision.allowed:
-            raise decision.refused()
+            raise self._refused(decision.refused())
+        self.observer.admitted(priority)
+
+    def _refused(self, refusal: Refused) -> Refused:
+        self.observer.refused(refusal)
+        return refusal
 
     def _waiting_room_kept_for_priority_0(self) -> bool:
         """Only one place is left in the waiting room (of at least two): it is priority 0's."""
@@ -491,15 +496,14 @@ class Lane:
             async with slot as ticket:
                 timeline.mark("dispatched", self.clock())
                 self.dispatched_at[job.key] = self.clock()
-                self.metrics.queue_wait.labels(str(job.priority)).observe(ticket.waited_s)
+                self.observer.dispatched(job.priority, ticket.waited_s)
                 return await self._call_tiers(job, route, out, timeline, ticket)
         except QueueFull as exc:
             raise self._queue_full(exc) from None
 
     def _queue_full(self, exc: QueueFull) -> Refused:
-        self.metrics.admissions.labels("rejected", "queue_full").inc()
-        return Refused(
-            Refusal.QUEUE_FULL, "too many requests are waiting for the model", retry_after_s=exc.retry_after_s
+        return self._refused(
+            Refused(Refusal.QUEUE_FULL, "too many requests are waiting for the model", retry_after_s=exc.retry_after_s)
         )
 
     def _troubled_tiers(self) -> tuple[set[Tier], set[Tier]]:
@@ -530,7 +534,7 @@ class Lane:
         last_error: UpstreamError | None = None
         for attempt, tier in enumerate(order):
             if attempt:
-                self.metrics.failovers.labels(order[attempt - 1].value, tier.value).inc()
+                self.observer.failed_over(order[attempt - 1].value, tier.value)
             try:
                 borrowed = ticket.borrowed and tier.value == ticket.runs_on
                 return await self._call_tier(tier, job, out, timeline, first_audio, ticket, borrowed=borrowed)
@@ -598,7 +602,7 @@ class Lane:
                     self.answering_tier[job.key] = tier.value
                     ttft = self.clock() - started
                     timeline.mark("first_token", self.clock())
-                    self.metrics.upstream_ttft.labels(tier.value).observe(ttft)
+                    self.observer.first_token(tier.value, ttft)
                     self.saturation.record_ttft(tier.value, ttft)
                     watch.first_token(ttft, typical=latency_critical)
                 pieces.append(token)
@@ -613,7 +617,7 @@ class Lane:
         timeline.mark("done", self.clock())
         self.circuits[tier].record_success()
         self.saturation.record_success(tier.value)
-        self.metrics.upstream_requests.labels(tier.value, "ok").inc()
+        self.observer.call_done(tier.value)
         return TextResult("".join(pieces), tier.value, job.priority, dict(timeline.marks))
 
     def _call_info(self, job: Job, timeline: StageClock) -> CallInfo:
@@ -665,8 +669,7 @@ class Lane:
             self.circuits[tier].record_failure()
             kind = "http_503" if exc.status == 503 else ("timeout" if exc.kind == "timeout" else "other")
             self.saturation.record_failure(tier.value, kind)
-        self.metrics.upstream_requests.labels(tier.value, "error").inc()
-        self.metrics.upstream_errors.labels(tier.value, exc.kind).inc()
+        self.observer.call_failed(tier.value, exc.kind)
         log.warning("upstream %s failed: %s (%s)", tier.value, exc.kind, exc)
 
     def _upstream_failure(self, error: UpstreamError | None, open_tiers: set[Tier]) -> Failed:

@@ -1,6 +1,7 @@
 """The sidecar's Prometheus metrics: `voicelane_` prefix, base units, `_total` counters.
 
-Counters and histograms are updated on the request path; gauges that mirror state
+Counters and histograms are updated on the request path (the lane's through the observer
+methods below, see voicelane.core.observer); gauges that mirror state
 (queue depth, circuits, cache size, guardian) are read from the live components at
 scrape time by a collector, so they can never disagree with /v1/stats.
 Labels carry classes, tiers, reasons and priorities only, never request text.
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from voicelane.core.refusals import Refused
 
 # `_created` series double every counter and histogram in the scrape and nothing here reads them.
 disable_created_metrics()
@@ -33,7 +36,7 @@ class _StateCollector(Collector):
 
 
 class SidecarMetrics:
-    """All metric families of one sidecar instance, in a registry of its own."""
+    """All metric families of one sidecar instance, in a registry of its own; the lane's observer."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -170,6 +173,39 @@ class SidecarMetrics:
 
     def add_state(self, snapshot: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_StateCollector(snapshot))
+
+    # ----- the lane's observer (voicelane.core.observer.LaneObserver) -----------------------------
+
+    def looked_up(self, *, hit: bool) -> None:
+        self.cache_lookups.labels("hit" if hit else "miss", "text").inc()
+
+    def coalesced(self, *, joined: bool) -> None:
+        self.singleflight.labels("joiner" if joined else "leader").inc()
+
+    def admitted(self, priority: int) -> None:
+        self.admissions.labels("allowed", "ok").inc()
+
+    def refused(self, refusal: Refused) -> None:
+        self.admissions.labels("rejected", refusal.code).inc()
+
+    def dispatched(self, priority: int, waited_s: float) -> None:
+        self.queue_wait.labels(str(priority)).observe(waited_s)
+
+    def first_token(self, tier: str, seconds: float) -> None:
+        self.upstream_ttft.labels(tier).observe(seconds)
+
+    def call_done(self, tier: str) -> None:
+        self.upstream_requests.labels(tier, "ok").inc()
+
+    def call_failed(self, tier: str, kind: str) -> None:
+        self.upstream_requests.labels(tier, "error").inc()
+        self.upstream_errors.labels(tier, kind).inc()
+
+    def failed_over(self, from_tier: str, to_tier: str) -> None:
+        self.failovers.labels(from_tier, to_tier).inc()
+
+    def pressure_checked(self, *, failed: bool) -> None:
+        self.guardian_checks.labels("failed" if failed else "ok").inc()
 
 
 def gauge(name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
