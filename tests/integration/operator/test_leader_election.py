@@ -6,7 +6,8 @@ CRDs from manifests/crd/. The replica started first leads: a lane created then i
 alone (each replica logs the children it writes, "[namespace/lane] created ..."), while the other stays
 paused and still answers the injection webhook; the peering object lists both, the first with the
 higher priority. When the leader stops, it leaves the peering object, the other resumes, and a lane
-created afterwards is reconciled by it.
+created afterwards is reconciled by it. When the leader is killed instead, the other takes over once
+the dead one's keep-alive has run out (peering.LIFETIME_S), and reconciles the lane created meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import json
 import secrets
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.integration.operator.harness import Cluster, Lane, OperatorProcess, wait_until
+from voicelane.operator.peering import LIFETIME_S
 from voicelane.processes import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -154,3 +157,29 @@ def test_one_replica_reconciles_and_the_other_takes_over_when_it_stops(
     wait_until(second.observed, cluster.change_timeout_s, what=f"lane {second.name} to be reconciled")
     assert reconciled_by(follower.process, second)
     assert not reconciled_by(leader.process, second)
+
+
+def test_when_the_leader_dies_the_other_takes_over_once_its_keep_alive_runs_out(
+    peers: tuple[Cluster, Replica, Replica],
+) -> None:
+    cluster, leader, follower = peers
+    wait_until(
+        lambda: peering_status(cluster).keys() == {"replica-1", "replica-2"},
+        cluster.change_timeout_s,
+        what="both replicas in the peering object",
+    )
+    leader.process.kill()  # SIGKILL: no goodbye, its keep-alive stays behind
+    assert "replica-1" in peering_status(cluster)
+    killed_at = time.monotonic()
+    lane = Lane(cluster, f"lane-{secrets.token_hex(3)}")
+    lane.create()
+    wait_until(
+        lambda: "Resuming operations after the pause" in follower.process.log(),
+        LIFETIME_S + cluster.change_timeout_s,
+        what="the second replica to take over from the dead one",
+    )
+    waited = time.monotonic() - killed_at
+    assert waited <= LIFETIME_S + 10, f"took {waited:.0f} s"
+    wait_until(lane.observed, cluster.change_timeout_s, what=f"lane {lane.name} to be reconciled")
+    assert reconciled_by(follower.process, lane)
+    assert "replica-1" not in peering_status(cluster)  # the dead peer is cleaned out
