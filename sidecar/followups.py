@@ -1,9 +1,10 @@
 """Email follow-up audio: the body of an email, rewritten and spoken in the background.
 
 When an email is spoken, its TL;DR plays at once; its segments are queued here and
-produced one at a time at priority 2, only while no priority-0/1 work runs or waits
-(checked again before every piece of speech, a sentence or part of a long one, so a chat
-burst pre-empts a long email between pieces). Clients fetch the results from
+produced one at a time as background work, only while the scheduler says the levels above
+it are idle (no chat or TL;DR model call or speech runs or waits; asked again before every
+piece of speech, a sentence or part of a long one, so a chat burst pre-empts a long email
+between pieces). Clients fetch the results from
 `/v1/followups/<request_id>` (a JSON list) and `/v1/followups/<request_id>/<index>` (the
 audio; 410 `segment_evicted` once it was let go).
 
@@ -219,7 +220,7 @@ class FollowUpStore:
 
     async def _produce(self, request: TextRequest, followup: FollowUp) -> None:
         speaker, lane = self.speaker, self.speaker.lane
-        await speaker.wait_for_idle_high_priority()
+        await lane.scheduler.until_background_idle()
         if followup.status != "pending":
             return  # its email was dropped meanwhile
         followup.status, followup.started_at = "running", time.time()
@@ -236,7 +237,7 @@ class FollowUpStore:
             # A piece at a time, so the audio budget is checked after each at most 250 characters.
             for piece in speech_pieces(sentence, PIECE_MAX_CHARS):
                 # Yield to chat and TL;DRs between pieces.
-                await speaker.wait_for_idle_high_priority()
+                await lane.scheduler.until_background_idle()
                 if followup.status != "running":
                     return  # its email was dropped meanwhile
                 started = time.time()

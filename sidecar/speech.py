@@ -160,10 +160,6 @@ class Speaker:
             reserve_bytes=SPEECH_AUDIO_RESERVE_BYTES,
         )
         self.kept_audio = KeptAudio(KEPT_AUDIO_BYTES)
-        # Spoken requests of priority 0/1 in progress; email segments wait while any run.
-        self.high_priority_active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def config(self) -> SidecarConfig:
@@ -237,11 +233,11 @@ class Speaker:
         assert stream is not None
 
         async def produce(_: Broadcast[bytes]) -> AudioResult:
-            high = priority <= 1
-            if high:
-                self._enter_high()
             try:
-                result = await self._speak(request, text, priority, stream, meta)
+                # Speaking holds no model slot, yet background work waits for it as for model work:
+                # the scheduler counts it at the request's priority and decides what it holds back.
+                with self.lane.scheduler.occupied(priority):
+                    result = await self._speak(request, text, priority, stream, meta)
             except asyncio.CancelledError:
                 stream.fail(FlightCancelled(f"the speech of {meta.flight_key!r} was cancelled"))
                 raise
@@ -249,8 +245,6 @@ class Speaker:
                 stream.fail(exc)
                 raise
             finally:
-                if high:
-                    self._leave_high()
                 if self._running.get(key) is meta:
                     del self._running[key]
             stream.finish()
@@ -259,15 +253,6 @@ class Speaker:
             return result
 
         return produce
-
-    def _enter_high(self) -> None:
-        self.high_priority_active += 1
-        self._idle.clear()
-
-    def _leave_high(self) -> None:
-        self.high_priority_active -= 1
-        if self.high_priority_active == 0:
-            self._idle.set()
 
     def _deadline_s(self, request_class: RequestClass) -> float:
         ttfa = self.config.ttfa
@@ -461,14 +446,6 @@ class Speaker:
             self.lane.cache.put(self.audio_key(request, text_job.key), result, result.size_bytes, pinned=True)
             prepared += 1
         return prepared
-
-    async def wait_for_idle_high_priority(self) -> None:
-        """Return once no priority-0/1 speech runs and the scheduler has no 0/1 work."""
-        while True:
-            await self._idle.wait()
-            if self.lane.scheduler_idle_above(2):
-                return
-            await asyncio.sleep(0.02)
 
 
 class _Out(Protocol):

@@ -18,7 +18,10 @@ answers 429). Waiting work is dispatched highest priority first and
 first come first served within a level. Levels in `idle_only` (email segments) are
 dispatched only while every higher level has nothing running (settled or not) and
 nothing waiting, and has had nothing for `idle_only_quiet_s`; work already running is
-never preempted.
+never preempted. Work that holds no model slot (a reply being spoken) counts at its level
+while it is `occupied`. `idle_above` is the one test of "nothing above is busy", and
+`background_idle` asks it for the idle-only levels: the speech of an email's segments,
+which is no model work, waits on it as the segments' model work does.
 
 `SchedulerCore` is the policy, pure and synchronous; `PriorityScheduler` puts it
 behind an `async with scheduler.slot(priority, tier)` for the request path.
@@ -31,7 +34,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -135,6 +138,7 @@ class SchedulerCore:
         self._starting: dict[int, int] = {}  # running tickets not yet settled
         self._on_tier: dict[str, int] = {}
         self._last_busy_at: dict[int, float] = {}  # when each level last had work running or waiting
+        self._occupied: dict[int, int] = {}  # work under way that holds no model slot (speech), by level
         self.started_total = 0
         self.borrowed_total = 0
         self.refused_total = 0
@@ -212,6 +216,24 @@ class SchedulerCore:
         # Its departure may leave a higher level idle, which lets idle-only work start.
         return self._dispatch()
 
+    def occupy(self, priority: int) -> None:
+        """Work of `priority` that holds no model slot (a reply being spoken) is under way.
+
+        Until it is `vacate`d, its level is busy as if a model call of its own ran there.
+        """
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ValueError(f"priority must be a non-negative int, got {priority!r}")
+        self._occupied[priority] = self._occupied.get(priority, 0) + 1
+        self._last_busy_at[priority] = self._clock()
+
+    def vacate(self, priority: int) -> list[Ticket]:
+        """Work `occupy` announced has ended; returns the tickets that started because of it."""
+        if not self._occupied.get(priority):
+            raise ValueError(f"nothing occupies priority {priority}")
+        self._occupied[priority] -= 1
+        self._last_busy_at[priority] = self._clock()
+        return self._dispatch()
+
     def reconfigure(
         self,
         *,
@@ -250,13 +272,24 @@ class SchedulerCore:
         remaining = [
             left
             for level in self.levels
-            if level in self.idle_only and self._queues.get(level) and not self._higher_busy(level)
+            if level in self.idle_only and self._queues.get(level) and self.idle_above(level)
             if (left := self._quiet_left(level, now)) > 0
         ]
         return min(remaining, default=None)
 
-    def _higher_busy(self, priority: int) -> bool:
-        return any(self._running.get(level, 0) or self._queues.get(level) for level in self.levels if level < priority)
+    def idle_above(self, priority: int) -> bool:
+        """True when no level above `priority` has work running, waiting or occupying it (the quiet
+        period aside): the test idle-only levels are held to."""
+        return not any(
+            self._running.get(level, 0) or self._queues.get(level) or self._occupied.get(level, 0)
+            for level in self._queues.keys() | self._running.keys() | self._occupied.keys()
+            if level < priority
+        )
+
+    @property
+    def background_idle(self) -> bool:
+        """Whether the levels above the idle-only ones are idle, so background work may go now."""
+        return not self.idle_only or self.idle_above(min(self.idle_only))
 
     def _quiet_left(self, priority: int, now: float) -> float:
         higher = [self._last_busy_at[level] for level in self._last_busy_at if level < priority]
@@ -288,7 +321,7 @@ class SchedulerCore:
         if self._starting.get(priority, 0) >= self.max_running_per_priority:
             return False
         if priority in self.idle_only:
-            return not self._higher_busy(priority) and self._quiet_left(priority, self._clock()) <= 0
+            return self.idle_above(priority) and self._quiet_left(priority, self._clock()) <= 0
         return True
 
     def _try_start(self, ticket: Ticket, now: float) -> bool:
@@ -377,6 +410,7 @@ class PriorityScheduler:
             clock=clock,
         )
         self._wakeups: dict[Ticket, asyncio.Future[None]] = {}
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._quiet_timer: asyncio.TimerHandle | None = None
 
     @contextlib.asynccontextmanager
@@ -404,6 +438,26 @@ class PriorityScheduler:
         """The ticket's first audio is under way: let the next of its level start."""
         self._wake(self._core.settle(ticket))
 
+    @contextlib.contextmanager
+    def occupied(self, priority: int) -> Iterator[None]:
+        """Count the body as work of `priority` that holds no model slot (a reply being spoken)."""
+        self._core.occupy(priority)
+        try:
+            yield
+        finally:
+            self._wake(self._core.vacate(priority))
+
+    async def until_background_idle(self) -> None:
+        """Return once the levels above the idle-only ones have nothing running, waiting or occupying them."""
+        while not self._core.background_idle:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._idle_waiters.remove(waiter)
+
     def reconfigure(self, config: SchedulerSettings, *, tier_slots: Mapping[str, int] | None = None) -> None:
         """Apply new caps live (config hot reload) without losing queued work."""
         self._wake(
@@ -422,6 +476,11 @@ class PriorityScheduler:
             wakeup = self._wakeups.pop(ticket, None)
             if wakeup is not None and not wakeup.done():
                 wakeup.set_result(None)
+        if self._idle_waiters and self._core.background_idle:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
         self._arm_quiet_timer()
 
     def _arm_quiet_timer(self) -> None:
