@@ -304,14 +304,23 @@ def test_each_dashboard_is_a_config_map_for_grafana(rendered: Rendered) -> None:
 
 def test_the_webhook_never_blocks_pods_and_reaches_the_operator(rendered: Rendered) -> None:
     documents = rendered("all-features")
-    [hook] = documents.one("MutatingWebhookConfiguration")["webhooks"]
-    assert hook["failurePolicy"] == "Ignore"
-    assert hook["sideEffects"] == "None"
-    assert hook["objectSelector"]["matchExpressions"] == [{"key": "voicelane.dev/lane", "operator": "Exists"}]
-    assert hook["rules"][0]["resources"] == ["pods"]
-    assert hook["rules"][0]["operations"] == ["CREATE"]
+    hooks = documents.one("MutatingWebhookConfiguration")["webhooks"]
+    # One entry per way in (test_webhook_selection.py checks whom each selects); all alike otherwise.
+    assert [hook["clientConfig"]["service"]["path"] for hook in hooks] == [
+        "/mutate-pods",
+        "/mutate-pods",
+        "/mutate-namespace-pods",
+    ]
+    for hook in hooks:
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["sideEffects"] == "None"
+        assert hook["rules"][0]["resources"] == ["pods"]
+        assert hook["rules"][0]["operations"] == ["CREATE"]
+        assert {k: v for k, v in hook["clientConfig"]["service"].items() if k != "path"} == {
+            k: v for k, v in hooks[0]["clientConfig"]["service"].items() if k != "path"
+        }
+    hook = hooks[0]
     client = hook["clientConfig"]["service"]
-    assert client["path"] == "/mutate-pods"
     service = documents.one("Service", "-webhook")
     assert client["name"] == service["metadata"]["name"]
     assert client["namespace"] == NAMESPACE
@@ -424,7 +433,7 @@ def test_cert_manager_issues_the_mounted_certificate_and_injects_its_ca(rendered
     assert configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
         f"{NAMESPACE}/{certificate['metadata']['name']}"
     )
-    assert "caBundle" not in configuration["webhooks"][0]["clientConfig"]
+    assert not [hook for hook in configuration["webhooks"] if "caBundle" in hook["clientConfig"]]
     assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
     volumes = documents.one("Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "webhook-tls", "secret": {"secretName": certificate["spec"]["secretName"]}} in volumes

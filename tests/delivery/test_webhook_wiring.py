@@ -49,12 +49,16 @@ EXTERNAL_URL = "https://10.0.0.5:9443/mutate-pods"
 EXTERNAL_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
 
 
-def test_with_a_url_the_api_server_calls_it_and_trusts_the_given_ca() -> None:
-    result = render(
-        "defaults", "webhook.enabled=true", f"webhook.url={EXTERNAL_URL}", f"webhook.caBundle={EXTERNAL_CA}"
-    )
-    [hook] = result.one("MutatingWebhookConfiguration")["webhooks"]
-    assert hook["clientConfig"] == {"url": EXTERNAL_URL, "caBundle": EXTERNAL_CA}
+@pytest.mark.parametrize("url", [EXTERNAL_URL, EXTERNAL_URL.removesuffix("/mutate-pods")])
+def test_with_a_url_the_api_server_calls_it_and_trusts_the_given_ca(url: str) -> None:
+    result = render("defaults", "webhook.enabled=true", f"webhook.url={url}", f"webhook.caBundle={EXTERNAL_CA}")
+    hooks = result.one("MutatingWebhookConfiguration")["webhooks"]
+    # The server's address with each entry's path: pods that opt in, pods of namespaces that do.
+    assert [hook["clientConfig"] for hook in hooks] == [
+        {"url": EXTERNAL_URL, "caBundle": EXTERNAL_CA},
+        {"url": EXTERNAL_URL, "caBundle": EXTERNAL_CA},
+        {"url": EXTERNAL_URL.replace("/mutate-pods", "/mutate-namespace-pods"), "caBundle": EXTERNAL_CA},
+    ]
 
 
 def test_with_a_url_nothing_in_the_cluster_serves_the_webhook() -> None:

@@ -3,10 +3,13 @@
 The operator runs as a local process serving the webhook on 127.0.0.1 with a self-signed certificate
 it writes out (`--webhook-ca-out`). The chart, rendered with `webhook.url` pointing there and that CA as
 `webhook.caBundle`, gives the MutatingWebhookConfiguration that is registered, exactly as rendered (only
-its namespaceSelector narrowed, through the chart's value, to this module's namespace). Pods are then
-created through the API server, in a namespace that enforces the Pod Security "restricted" profile the
+its namespaceSelector narrowed, through the chart's value, to this module's namespaces). Pods are then
+created through the API server, in namespaces that enforce the Pod Security "restricted" profile the
 chart targets: a labelled pod comes back with the sidecar, an unlabelled one untouched, and with the
-operator stopped the chart's failure policy decides.
+operator stopped the chart's failure policy decides. In a second namespace, labelled
+voicelane.dev/inject=enabled, every pod gets the sidecar of the namespace's lane unless it opts out;
+pod annotations tune the sidecar, an invalid one fails the pod's creation naming it, and the lane's
+spec.sidecar.env gives the sidecar a variable from a Secret.
 """
 
 from __future__ import annotations
@@ -41,12 +44,16 @@ def apply(cluster: Cluster, *documents: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
 
-def create_pod(cluster: Cluster, *, labels: dict[str, str], dry_run: bool = False) -> dict[str, Any]:
-    """Create an app pod meeting the restricted profile through the API server; the stored object."""
-    pod = {
+def app_pod(labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """An app pod meeting the restricted profile."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"generateName": "web-", "labels": {"app": "web", **labels}},
+        "metadata": {
+            "generateName": "web-",
+            "labels": {"app": "web", **labels},
+            **({"annotations": annotations} if annotations else {}),
+        },
         "spec": {
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [
@@ -58,7 +65,14 @@ def create_pod(cluster: Cluster, *, labels: dict[str, str], dry_run: bool = Fals
             ],
         },
     }
+
+
+def create_pod(
+    cluster: Cluster, *, labels: dict[str, str], annotations: dict[str, str] | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Create an app pod meeting the restricted profile through the API server; the stored object."""
     flags = ["--dry-run=server"] if dry_run else []
+    pod = app_pod(labels, annotations)
     result = cluster.kubectl("create", *flags, "-o", "json", "-f", "-", stdin=json.dumps(pod))
     created: dict[str, Any] = json.loads(result.stdout)
     return created
@@ -78,8 +92,8 @@ class Registration:
 
     @property
     def hook(self) -> dict[str, Any]:
-        [hook] = self.stored["webhooks"]
-        return dict(hook)
+        """The entry for pods labelled with their lane (the first of the chart's three)."""
+        return dict(self.stored["webhooks"][0])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +108,21 @@ def hook_cluster(cluster: Cluster) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def webhook_operator(hook_cluster: Cluster, operator_logs: Path) -> Iterator[tuple[OperatorProcess, Path]]:
+def opted_in_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster seen from a second namespace, restricted too, labelled voicelane.dev/inject=enabled."""
+    namespace = f"voicelane-opted-in-{secrets.token_hex(3)}"
+    labels = {**RESTRICTED, "voicelane.dev/inject": "enabled"}
+    apply(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
+    try:
+        yield dataclasses.replace(cluster, namespace=namespace)
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def webhook_operator(
+    hook_cluster: Cluster, opted_in_cluster: Cluster, operator_logs: Path
+) -> Iterator[tuple[OperatorProcess, Path]]:
     """The operator serving this namespace and the webhook on 127.0.0.1, with the CA it wrote out."""
     log_dir = operator_logs / f"admission-{secrets.token_hex(3)}"
     log_dir.mkdir()
@@ -108,6 +136,7 @@ def webhook_operator(hook_cluster: Cluster, operator_logs: Path) -> Iterator[tup
             f"--webhook-listen=127.0.0.1:{free_port()}",
             f"--webhook-ca-out={ca_file}",
             f"--sidecar-image={IMAGE}",
+            f"--namespace={opted_in_cluster.namespace}",
         ),
     )
     process.start()
@@ -117,7 +146,8 @@ def webhook_operator(hook_cluster: Cluster, operator_logs: Path) -> Iterator[tup
     finally:
         if process.alive():
             # Lanes carry the operator's finalizer: let it release them before it stops.
-            hook_cluster.kubectl("delete", "voicelanes", "--all", "--wait=true", "--timeout=120s", check=False)
+            for namespaced in (hook_cluster, opted_in_cluster):
+                namespaced.kubectl("delete", "voicelanes", "--all", "--wait=true", "--timeout=120s", check=False)
         process.stop()
 
 
@@ -129,9 +159,31 @@ def lane(hook_cluster: Cluster, webhook_operator: tuple[OperatorProcess, Path]) 
     return subject.name
 
 
+UPSTREAM_KEY = "VOICELANE_UPSTREAMS__DEEP__API_KEY"
+
+
+@pytest.fixture(scope="module")
+def opted_in_lane(opted_in_cluster: Cluster, webhook_operator: tuple[OperatorProcess, Path]) -> str:
+    """The only lane of the opted-in namespace; its sidecars get an upstream API key from a Secret."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "upstream-keys", "namespace": opted_in_cluster.namespace},
+        "stringData": {"deep": "not-a-real-key"},
+    }
+    subject = Lane(opted_in_cluster, f"lane-{secrets.token_hex(3)}")
+    sidecar_env = {"name": UPSTREAM_KEY, "valueFrom": {"secretKeyRef": {"name": "upstream-keys", "key": "deep"}}}
+    apply(opted_in_cluster, secret, subject.manifest(sidecar={"env": [sidecar_env]}))
+    return subject.name
+
+
 @pytest.fixture(scope="module")
 def registration(
-    hook_cluster: Cluster, webhook_operator: tuple[OperatorProcess, Path], lane: str
+    hook_cluster: Cluster,
+    opted_in_cluster: Cluster,
+    webhook_operator: tuple[OperatorProcess, Path],
+    lane: str,
+    opted_in_lane: str,
 ) -> Iterator[Registration]:
     """The chart's MutatingWebhookConfiguration for the local webhook, registered and in effect."""
     process, ca_file = webhook_operator
@@ -143,7 +195,15 @@ def registration(
         "enabled": True,
         "url": url,
         "caBundle": ca_bundle,
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": hook_cluster.namespace}},
+        "namespaceSelector": {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "In",
+                    "values": [hook_cluster.namespace, opted_in_cluster.namespace],
+                }
+            ]
+        },
     }
     values.write_text(yaml.safe_dump({"webhook": webhook_values}), encoding="utf-8")
     rendered = HelmTemplate(
@@ -164,6 +224,11 @@ def registration(
             lambda: sidecars(create_pod(hook_cluster, labels={"voicelane.dev/lane": lane}, dry_run=True)),
             30,
             what="the API server to call the registered webhook",
+        )
+        wait_until(
+            lambda: sidecars(create_pod(opted_in_cluster, labels={}, dry_run=True)),
+            30,
+            what="the API server to call the webhook for the opted-in namespace",
         )
         stored = hook_cluster.get("mutatingwebhookconfiguration", name)
         assert stored is not None
@@ -206,6 +271,90 @@ def test_a_pod_without_the_label_is_untouched(hook_cluster: Cluster, registratio
     assert "initContainers" not in pod["spec"]
     assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
     assert [container["name"] for container in pod["spec"]["containers"]] == ["web"]
+
+
+# --- opting in by namespace, opting out, annotations, the lane's environment ---------------------
+
+
+def test_a_pod_of_an_opted_in_namespace_gets_the_sidecar_of_its_lane(
+    opted_in_cluster: Cluster, registration: Registration, opted_in_lane: str
+) -> None:
+    pod = create_pod(opted_in_cluster, labels={})
+    [sidecar] = sidecars(pod)
+    assert sidecar["image"] == IMAGE
+    assert pod["metadata"]["labels"]["voicelane.dev/lane"] == opted_in_lane
+    [config] = [volume for volume in pod["spec"]["volumes"] if "configMap" in volume]
+    assert config["configMap"]["name"] == f"{opted_in_lane}-sidecar"
+
+
+@pytest.mark.parametrize("where", ["labels", "annotations"])
+def test_a_pod_that_opts_out_is_created_without_the_sidecar(
+    opted_in_cluster: Cluster, registration: Registration, where: str
+) -> None:
+    opt_out = {"voicelane.dev/inject": "disabled"}
+    pod = create_pod(opted_in_cluster, labels=opt_out if where == "labels" else {}, annotations=opt_out)
+    assert sidecars(pod) == []
+    assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+    assert "voicelane.dev/lane" not in pod["metadata"]["labels"]
+
+
+def test_annotations_change_the_injected_sidecar(hook_cluster: Cluster, registration: Registration, lane: str) -> None:
+    annotations = {
+        "voicelane.dev/sidecar-image": "registry.example/voicelane-sidecar:canary",
+        "voicelane.dev/sidecar-log-level": "Debug",
+        "voicelane.dev/sidecar-cpu-request": "100m",
+        "voicelane.dev/sidecar-memory-limit": "1Gi",
+    }
+    pod = create_pod(hook_cluster, labels={"voicelane.dev/lane": lane}, annotations=annotations)
+    [sidecar] = sidecars(pod)
+    assert sidecar["image"] == "registry.example/voicelane-sidecar:canary"
+    assert sidecar["args"][-2:] == ["--log-level", "debug"]
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("voicelane.dev/sidecar-memory-limit", "lots"),
+        ("voicelane.dev/sidecar-log-level", "Verbose"),
+        ("voicelane.dev/sidecar-image", "Not An Image"),
+        ("voicelane.dev/lane", "no-such-lane"),
+    ],
+)
+def test_an_invalid_annotation_fails_the_pods_creation_naming_it(
+    opted_in_cluster: Cluster,
+    registration: Registration,
+    webhook_operator: tuple[OperatorProcess, Path],
+    annotation: str,
+    value: str,
+) -> None:
+    pod = app_pod({}, {annotation: value})
+    result = opted_in_cluster.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(pod), check=False)
+    assert result.returncode != 0
+    assert "denied the request" in result.stderr
+    assert f"annotation {annotation}: " in result.stderr
+    # The pod's own mistake: one INFO line in the operator's log, no ERROR.
+    log = webhook_operator[0].log()
+    assert f"annotation {annotation}: {value!r}" in log or f"no VoiceLane {value}" in log
+    assert "failed permanently" not in log
+
+
+def test_a_secret_backed_variable_of_the_lane_reaches_the_sidecar(
+    opted_in_cluster: Cluster, registration: Registration, opted_in_lane: str
+) -> None:
+    pod = create_pod(opted_in_cluster, labels={})
+    [sidecar] = sidecars(pod)
+    assert sidecar["env"] == [
+        {"name": UPSTREAM_KEY, "valueFrom": {"secretKeyRef": {"name": "upstream-keys", "key": "deep"}}}
+    ]
+    for container in pod["spec"]["containers"]:  # the app never sees the key
+        assert UPSTREAM_KEY not in {var["name"] for var in container.get("env") or []}
+
+
+# Last: the restarted operator makes itself a new certificate, which the registered caBundle does not hold.
 
 
 def test_with_the_operator_stopped_a_labelled_pod_is_admitted_without_the_sidecar(
