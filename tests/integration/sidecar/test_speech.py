@@ -136,9 +136,14 @@ async def test_email_tldr_first_then_segments_only_while_chat_is_idle(start_sim,
             assert len(parse_wav(await r.read())[3]) > 0
     windows = [tuple(w) for s in listing["segments"] for w in s["synthesis_windows"]]
     assert windows
+    # The client sees a chat start before the sidecar does and its end after: on a loaded machine that
+    # is tens of milliseconds each way, still far inside a chat's window (the model's first token alone is 150 ms).
+    slack_s = 0.05
     for start, _ in windows:
         for chat_start, chat_end in chat_windows:
-            assert not (chat_start + 0.01 < start < chat_end - 0.01), "segment speech started while chat was running"
+            assert not (chat_start + slack_s < start < chat_end - slack_s), (
+                "segment speech started while chat was running"
+            )
 
 
 def test_deadline_miss_speaks_the_original_text(start_sim, start_sidecar) -> None:
