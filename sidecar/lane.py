@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +22,12 @@ from typing import Any
 from voicelane.core.broadcast import Broadcast
 from voicelane.core.cache import BoundedCache
 from voicelane.core.circuit import CircuitBreaker, FirstTokenWatch
+from voicelane.core.flight_state import Dispatched, Done, FirstToken, FlightState, WorkFailed
 from voicelane.core.gate_headers import MAX_DEADLINE_MS, CallInfo
 from voicelane.core.guardian import Guardian, PressureSource
 from voicelane.core.keys import request_key
 from voicelane.core.observer import LaneObserver
-from voicelane.core.refusals import Failed, Failure, Refusal, Refused
+from voicelane.core.refusals import Failed, Failure, LaneError, Refusal, Refused
 from voicelane.core.routing import RouteDecision, Router
 from voicelane.core.scheduler import PriorityScheduler, QueueFull, Ticket
 from voicelane.core.singleflight import Flight, SingleFlight
@@ -98,16 +98,17 @@ class Submission:
             async for token in stream:
                 yield token
 
-    async def tier(self, lane: Lane) -> str | None:
+    def tier(self) -> str | None:
         """The tier answering this submission, once its first token has come."""
         if self.cached is not None:
             return self.cached.tier
         assert self.flight is not None
-        if self.flight.done:
-            with contextlib.suppress(Exception):
-                return (await self.flight.result()).tier
-            return None
-        return lane.answering_tier.get(self.job.key)
+        return self.flight.state.tier
+
+    @property
+    def dispatched_at(self) -> float | None:
+        """When the work got its model slot (None for a cached answer, or work still waiting)."""
+        return None if self.flight is None else self.flight.state.dispatched_at
 
     async def result(self) -> TextResult:
         if self.cached is not None:
@@ -141,7 +142,8 @@ class Lane:
             ttl_s=config.cache.ttl_s,
             clock=clock,
         )
-        self.flights: SingleFlight[str, str] = SingleFlight(window_s=self._window(config), clock=clock)
+        self.flights: SingleFlight[str, str] = SingleFlight(clock=clock)
+        self._share_flights(config)
         self.saturation = UpstreamSaturation(config.guardian, clock=clock)
         self.local_pressure = local_pressure if local_pressure is not None else LocalPressureSource()
         self.guardian = Guardian(
@@ -159,10 +161,6 @@ class Lane:
         self._probes: dict[Tier, set[asyncio.Task[None]]] = {tier: set() for tier in Tier}
         self._retired_clients: list[UpstreamClient] = []
         self._retiring: set[asyncio.Task[None]] = set()
-        # Which tier is answering each running flight (known from its first token on), and
-        # when its model slot was granted: speech requests report both as their own stages.
-        self.answering_tier: dict[str, str] = {}
-        self.dispatched_at: dict[str, float] = {}
 
     # ----- configuration -------------------------------------------------------------------------
 
@@ -173,9 +171,15 @@ class Lane:
             tier.value: slots for tier in Tier if (slots := config.upstreams.for_tier(tier).parallel_slots) is not None
         }
 
-    @staticmethod
-    def _window(config: SidecarConfig) -> float:
-        return config.single_flight.window_s if config.single_flight.enabled else 0.0
+    def _share_flights(self, config: SidecarConfig) -> None:
+        """The one place that decides whether identical requests share a flight (and for how long after)."""
+        self.flights.coalescing = config.single_flight.enabled
+        self.flights.window_s = config.single_flight.window_s
+
+    @property
+    def coalesces(self) -> bool:
+        """Whether identical requests share one piece of work: the text flights', the audio's and the gate's."""
+        return self.flights.coalescing
 
     def _circuit(self, config: SidecarConfig, tier: Tier) -> CircuitBreaker:
         upstream = config.upstreams.for_tier(tier)
@@ -190,7 +194,7 @@ class Lane:
         old = self.config
         self.config = config
         self.cache.reconfigure(config.cache)
-        self.flights.window_s = self._window(config)
+        self._share_flights(config)
         self.guardian.reconfigure(config.guardian, config.rate_limit)
         self.saturation.reconfigure(config.guardian)
         self.scheduler.reconfigure(config.scheduler, tier_slots=self._tier_slots(config))
@@ -403,15 +407,14 @@ class Lane:
             self.observer.looked_up(hit=True)
             return Submission(job, cached=cached)
         self.observer.looked_up(hit=False)
-        # With single-flight off every leader gets a flight of its own.
-        flight_key = job.key if self.config.single_flight.enabled else f"{job.key}:{uuid.uuid4().hex}"
-        if flight_key in self.flights:
+        if job.key in self.flights:  # never, with single-flight off
             self.observer.coalesced(joined=True)
-            return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
+            return Submission(job, flight=self.flights.join(job.key, self._producer(job, received, FlightState())))
         if job.passthrough_text is None and not internal:
             self._admit(job.priority)
         self.observer.coalesced(joined=False)
-        return Submission(job, flight=self.flights.join(flight_key, self._producer(job, received)))
+        state = FlightState()
+        return Submission(job, flight=self.flights.join(job.key, self._producer(job, received, state), state=state))
 
     def admit_forwarded(self, priority: int) -> None:
         """Admit a call the transparent API forwards as it is: the same door as `submit`'s new work.
@@ -469,25 +472,28 @@ class Lane:
 
     # ----- model work ----------------------------------------------------------------------------
 
-    def _producer(self, job: Job, received: float) -> Callable[[Broadcast[str]], Any]:
+    def _producer(self, job: Job, received: float, state: FlightState) -> Callable[[Broadcast[str]], Any]:
+        """The work of a new flight; its progress goes into `state`, which every reader of the flight sees."""
+
         async def produce(out: Broadcast[str]) -> TextResult:
             timeline = StageClock(received, clock=self.clock)
-            try:
-                if job.passthrough_text is not None:
-                    self.answering_tier[job.key] = PASSTHROUGH
-                    out.publish(job.passthrough_text)
-                    result = TextResult(job.passthrough_text, PASSTHROUGH, job.priority, {})
-                else:
-                    result = await self._run_model(job, out, timeline)
-            finally:
-                self.answering_tier.pop(job.key, None)
-                self.dispatched_at.pop(job.key, None)
+            if job.passthrough_text is not None:
+                state.record(FirstToken(self.clock(), PASSTHROUGH))
+                out.publish(job.passthrough_text)
+                result = TextResult(job.passthrough_text, PASSTHROUGH, job.priority, {})
+                state.record(Done(self.clock(), PASSTHROUGH))
+            else:
+                try:
+                    result = await self._run_model(job, out, timeline, state)
+                except LaneError as exc:
+                    state.record(WorkFailed(self.clock(), exc))
+                    raise
             self.cache.put(job.key, result, result.size_bytes)
             return result
 
         return produce
 
-    async def _run_model(self, job: Job, out: Broadcast[str], timeline: StageClock) -> TextResult:
+    async def _run_model(self, job: Job, out: Broadcast[str], timeline: StageClock, state: FlightState) -> TextResult:
         try:
             automatic = self.config.routing.mode == "auto"
             route = self._route_around_trouble(job.route) if automatic else job.route
@@ -495,9 +501,9 @@ class Lane:
             slot = self.scheduler.slot(job.priority, route.tier.value, may_borrow=automatic)
             async with slot as ticket:
                 timeline.mark("dispatched", self.clock())
-                self.dispatched_at[job.key] = self.clock()
+                state.record(Dispatched(self.clock(), ticket.runs_on))
                 self.observer.dispatched(job.priority, ticket.waited_s)
-                return await self._call_tiers(job, route, out, timeline, ticket)
+                return await self._call_tiers(job, route, out, timeline, state, ticket)
         except QueueFull as exc:
             raise self._queue_full(exc) from None
 
@@ -524,7 +530,13 @@ class Lane:
         return RouteDecision(first, (*route.reasons, f"avoiding:{route.tier.value}"))
 
     async def _call_tiers(
-        self, job: Job, route: RouteDecision, out: Broadcast[str], timeline: StageClock, ticket: Ticket
+        self,
+        job: Job,
+        route: RouteDecision,
+        out: Broadcast[str],
+        timeline: StageClock,
+        state: FlightState,
+        ticket: Ticket,
     ) -> TextResult:
         open_tiers, stalled = self._troubled_tiers()
         if ticket.runs_on is not None and ticket.runs_on != route.tier.value:
@@ -537,7 +549,7 @@ class Lane:
                 self.observer.failed_over(order[attempt - 1].value, tier.value)
             try:
                 borrowed = ticket.borrowed and tier.value == ticket.runs_on
-                return await self._call_tier(tier, job, out, timeline, first_audio, ticket, borrowed=borrowed)
+                return await self._call_tier(tier, job, out, timeline, state, first_audio, ticket, borrowed=borrowed)
             except UpstreamError as exc:
                 last_error = exc
                 if not exc.fails_over:
@@ -567,6 +579,7 @@ class Lane:
         job: Job,
         out: Broadcast[str],
         timeline: StageClock,
+        state: FlightState,
         on_token: Callable[[str], None],
         ticket: Ticket,
         *,
@@ -599,7 +612,7 @@ class Lane:
                 if not pieces:
                     if overdue is not None:
                         overdue.cancel()
-                    self.answering_tier[job.key] = tier.value
+                    state.record(FirstToken(self.clock(), tier.value))
                     ttft = self.clock() - started
                     timeline.mark("first_token", self.clock())
                     self.observer.first_token(tier.value, ttft)
@@ -615,6 +628,7 @@ class Lane:
             if overdue is not None:
                 overdue.cancel()
         timeline.mark("done", self.clock())
+        state.record(Done(self.clock(), tier.value))
         self.circuits[tier].record_success()
         self.saturation.record_success(tier.value)
         self.observer.call_done(tier.value)
@@ -627,7 +641,7 @@ class Lane:
             left_s = self.first_audio_deadline_s(job.request_class) - (self.clock() - timeline.received)
             deadline_ms = min(MAX_DEADLINE_MS, max(1, round(left_s * 1000)))
         # Only a lane that coalesces asks the gate to coalesce: its key is then the request's own.
-        key = job.key if self.config.single_flight.enabled else None
+        key = job.key if self.coalesces else None
         return CallInfo(job.priority, job.request_class.value, deadline_ms, key)
 
     def _latency_critical(self, job: Job) -> bool:

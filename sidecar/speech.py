@@ -195,7 +195,7 @@ class Speaker:
             self.metrics.cache_lookups.labels("hit", "audio").inc()
             return AudioSubmission(request, text_job.priority, key, cached=cached)
         self.metrics.cache_lookups.labels("miss", "audio").inc()
-        running = self._running.get(key) if self.config.single_flight.enabled else None
+        running = self._running.get(key) if self.lane.coalesces else None
         if running is not None and running.stream is not None and running.flight_key in self.flights:
             reader = running.stream.reader()  # None once it has let audio go: then it is not joined
             if reader is not None:
@@ -208,7 +208,7 @@ class Speaker:
         stages.mark("admitted")
         stream = AudioStream(keep_bytes=self._audio_bytes(KEEP_S), kept=self.kept_audio, on_hold=self.gate.hold)
         meta = SpeechMeta(stages=stages, stream=stream, flight_key=f"{key}:{next(self._flight_numbers)}")
-        if self.config.single_flight.enabled:
+        if self.lane.coalesces:
             self._running[key] = meta
         producer = self._producer(request, text, text_job.priority, key, meta)
         flight = self.flights.join(meta.flight_key, producer)
@@ -295,7 +295,7 @@ class Speaker:
                 pump.cancel()
                 queue_items: list[str | None] = self._fall_back(request, meta, stages, fallback)
             else:
-                meta.tier = await text.tier(self.lane) or "unknown"
+                meta.tier = text.tier() or "unknown"
                 queue_items = [first] if isinstance(first, str) else [None]
             await self._synthesize_all(request, queue_items, segments, out, spoken, use_queue=fallback is None)
             if fallback is None and not stream.published_bytes and request.request_class in ALWAYS_SPEAK:
@@ -337,7 +337,7 @@ class Speaker:
         try:
             async for token in text.tokens():
                 if "first_token" not in stages.marks:
-                    dispatched = self.lane.dispatched_at.get(text.job.key)
+                    dispatched = text.dispatched_at
                     if dispatched is not None:
                         stages.mark("dispatched", dispatched)
                 stages.mark("first_token")

@@ -442,7 +442,7 @@ async def _lane_call(
         # Closed however the answer ends (a client gone included), so its hold on the shared work goes now.
         async with contextlib.aclosing(submission.tokens()) as tokens:
             first = await anext(tokens, None)
-            answering = await submission.tier(lane) or submission.job.route.tier.value
+            answering = submission.tier() or submission.job.route.tier.value
             opening = wire.first(first, answering)
             if opening is not None:
                 yield opening

@@ -8,7 +8,9 @@ flight is forgotten at once so the next caller starts afresh.
 
 The work belongs to its readers, not to its leader: it keeps running while any caller
 still holds the flight and is cancelled when the last one lets go (say, every client
-disconnected). Hand-written because no maintained asyncio library coalesces with replay
+disconnected). Each flight carries a FlightState its producer records its progress in, and
+every reader sees. With `coalescing` off, every join starts a flight of its own that nobody
+else joins: the one switch for whether identical work is shared. Hand-written because no maintained asyncio library coalesces with replay
 of a partial stream and reader-counted cancellation.
 """
 
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from voicelane.core.broadcast import Broadcast
+from voicelane.core.flight_state import FlightState
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -35,9 +38,10 @@ class FlightCancelled(Exception):
 class _Shared(Generic[K, T]):
     """The state one flight's leader and joiners share."""
 
-    def __init__(self, key: K, owner: SingleFlight[K, T]) -> None:
+    def __init__(self, key: K, owner: SingleFlight[K, T], state: FlightState) -> None:
         self.key = key
         self.owner = owner
+        self.state = state
         self.broadcast: Broadcast[T] = Broadcast()
         self.task: asyncio.Task[None] | None = None
         self.holders = 0
@@ -119,6 +123,11 @@ class Flight(Generic[T, R]):
         return self._shared.broadcast
 
     @property
+    def state(self) -> FlightState:
+        """What has happened to the shared work so far (the same for every reader)."""
+        return self._shared.state
+
+    @property
     def done(self) -> bool:
         return self._shared.settled
 
@@ -156,8 +165,12 @@ class Flight(Generic[T, R]):
 class SingleFlight(Generic[K, T]):
     """Coalesces work by key; see the module docstring for the sharing rules."""
 
-    def __init__(self, *, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = window_s  # may be changed at run time (configuration reload)
+    def __init__(
+        self, *, window_s: float = 2.0, coalescing: bool = True, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        # Both may be changed at run time (configuration reload).
+        self.window_s = window_s
+        self.coalescing = coalescing
         self.clock = clock
         self._flights: dict[K, _Shared[K, T]] = {}
         # Successful flights in completion order, so expired ones are dropped from the front.
@@ -167,19 +180,23 @@ class SingleFlight(Generic[K, T]):
         self.joiners = 0
         self.cancellations = 0
 
-    def join(self, key: K, producer: Callable[[Broadcast[T]], Awaitable[R]]) -> Flight[T, R]:
-        """Join the flight for `key`, starting `producer` if there is none to share.
+    def join(
+        self, key: K, producer: Callable[[Broadcast[T]], Awaitable[R]], *, state: FlightState | None = None
+    ) -> Flight[T, R]:
+        """Join the flight for `key`, starting `producer` if there is none to share (or coalescing is off).
 
-        Synchronous on purpose: look-up and start happen without an await in between,
-        so two callers can never both become leaders.
+        A new flight carries `state` (the one `producer` records in), or a fresh one; a joiner
+        sees the running flight's. Synchronous on purpose: look-up and start happen without an
+        await in between, so two callers can never both become leaders.
         """
-        shared = self._current(key)
+        shared = self._current(key) if self.coalescing else None
         if shared is not None:
             self.joiners += 1
             joined: Flight[T, R] = Flight(shared, is_joiner=True)
             return joined
-        shared = _Shared(key, self)
-        self._flights[key] = shared
+        shared = _Shared(key, self, state if state is not None else FlightState())
+        if self.coalescing:
+            self._flights[key] = shared
         self.leaders += 1
         flight: Flight[T, R] = Flight(shared, is_joiner=False)
         task = asyncio.create_task(shared.run(producer), name=f"singleflight:{str(key)[:16]}")
@@ -194,6 +211,7 @@ class SingleFlight(Generic[K, T]):
         return None if shared is None else shared.broadcast
 
     def __contains__(self, key: object) -> bool:
+        """Whether a join() for `key` would share a flight now."""
         self._expire()
         return key in self._flights
 
@@ -235,7 +253,7 @@ class SingleFlight(Generic[K, T]):
             self._forget(oldest)
 
     def _completed(self, shared: _Shared[K, T]) -> None:
-        if self.window_s <= 0:
+        if self.window_s <= 0 or not self.coalescing:
             self._forget(shared)
         else:
             self._recent.append(shared)
