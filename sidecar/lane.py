@@ -4,8 +4,10 @@ It wires the stages in the order of the architecture — cache and single-flight
 first (they use no model capacity), then the guardian (pressure and rate limit),
 the priority scheduler, and the router with its circuits and failover — and owns
 the background loops that feed them (health checks and generation probes, pressure
-checks). Each stage is its own module; this one only decides the order and records
-what happened.
+checks). Each stage is its own module (most of them in voicelane.core); this one only
+decides the order, records each flight's progress on the flight itself, and tells its
+observer what happened. It speaks no HTTP: what it refuses or fails it raises as
+voicelane.core.refusals values, which the HTTP layer answers.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class Lane:
         """Check the tier's status endpoint; while its real work is in doubt, also a real generation.
 
         The status endpoint answers even when the model runner behind it is stuck, so it
-        cannot clear doubts that real calls raised (see circuit.py): a tier whose circuit
+        cannot clear doubts that real calls raised (see voicelane/core/circuit.py): a tier whose circuit
         opened on failed calls, or that stalled on a first token, is sent a tiny generation.
         """
         client = self.clients[tier]
