@@ -91,6 +91,10 @@ OLLAMA_PORT = 11434
 GATED_OLLAMA_PORT = 11400
 GATE_CONTAINER_NAME = "gate"
 SIDECAR_METRICS_LISTEN = "0.0.0.0:9464"
+# The gate's /metrics on a port of its own, which the NetworkPolicy opens to scrapers in any namespace
+# (counts and model names, never text), while the port that takes model calls stays the lane's own.
+GATE_METRICS_PORT = 9465
+GATE_METRICS_PORT_NAME = "gate-metrics"
 SIDECAR_CONFIG_KEY = "sidecar.yaml"
 
 ANNOTATION_SPEC_HASH = "voicelane.dev/spec-hash"
@@ -602,6 +606,7 @@ def _gate_container(tier_spec: TierSpec, gate: GateSpec) -> dict[str, Any]:
         "command": ["voicelane", "gate"],
         "args": [
             *("--listen", f"0.0.0.0:{OLLAMA_PORT}"),
+            *("--metrics-listen", f"0.0.0.0:{GATE_METRICS_PORT}"),
             *("--upstream", f"http://127.0.0.1:{GATED_OLLAMA_PORT}"),
             *("--slots", str(tier_spec.num_parallel)),
             *("--reserve-for-chats", str(gate.reserve_for_chats)),
@@ -610,7 +615,10 @@ def _gate_container(tier_spec: TierSpec, gate: GateSpec) -> dict[str, Any]:
             # against the limits of Ollama's container.
             *("--cpu-limit", tier_spec.resources.cpu, "--memory-limit", tier_spec.resources.memory),
         ],
-        "ports": [{"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": OLLAMA_PORT, "protocol": "TCP"},
+            {"name": GATE_METRICS_PORT_NAME, "containerPort": GATE_METRICS_PORT, "protocol": "TCP"},
+        ],
         "resources": _resources(gate.cpu, gate.memory, GATE_EPHEMERAL_STORAGE),
         "securityContext": _container_security(),
         # Ready once the model is loaded (Ollama's /api/ps, read by the gate).
@@ -880,7 +888,7 @@ def _sidecar_configmap(spec: VoiceLaneSpec, lane_name: str, namespace: str, owne
 
 
 def _network_policy(
-    lane_name: str, namespace: str, owner: dict[str, Any], operator_namespace: str | None
+    lane_name: str, namespace: str, owner: dict[str, Any], operator_namespace: str | None, *, gated: bool
 ) -> dict[str, Any]:
     operator_peer: dict[str, Any] = {
         "namespaceSelector": (
@@ -904,7 +912,9 @@ def _network_policy(
                 {
                     "from": [{"podSelector": {"matchLabels": {LABEL_LANE: lane_name}}}, operator_peer],
                     "ports": [{"protocol": "TCP", "port": OLLAMA_PORT}],
-                }
+                },
+                # A Prometheus runs in a namespace of its own: the gate's metrics port is open to every source.
+                *([{"ports": [{"protocol": "TCP", "port": GATE_METRICS_PORT}]}] if gated else []),
             ],
         },
     }
@@ -957,7 +967,7 @@ def render_children(lane: Mapping[str, Any], *, operator_namespace: str | None =
     owner = owner_reference(name, uid)
     children: list[dict[str, Any] | None] = [
         _sidecar_configmap(spec, name, namespace, owner),
-        _network_policy(name, namespace, owner, operator_namespace),
+        _network_policy(name, namespace, owner, operator_namespace, gated=spec.gate is not None and spec.gate.enabled),
     ]
     for tier in TIERS:
         tier_spec = spec.tier(tier)

@@ -253,8 +253,8 @@ def test_the_pod_monitor_scrapes_the_sample_sidecar_and_labels_its_lane(rendered
     assert requirement == {"key": "voicelane.dev/lane", "operator": "Exists"}
     assert "voicelane.dev/lane" in pod["metadata"]["labels"]
     endpoint, gate_endpoint = monitor["spec"]["podMetricsEndpoints"]
-    # The gate's port on tier pods that run it, and on those alone (Ollama's has no /metrics).
-    assert gate_endpoint["port"] == "http"
+    # The gate's metrics port on tier pods that run it, and on those alone (Ollama's has no /metrics).
+    assert gate_endpoint["port"] == "gate-metrics"
     assert {
         "sourceLabels": ["__meta_kubernetes_pod_label_voicelane_dev_gate"],
         "regex": "true",

@@ -24,6 +24,10 @@ def add_parser(subparsers: Any) -> None:
         "Other Ollama endpoints pass through. /readyz answers once the model is loaded; /metrics has the queue.",
     )
     parser.add_argument("--listen", default="127.0.0.1:11500", help="address to serve on (default %(default)s)")
+    parser.add_argument(
+        "--metrics-listen",
+        help="also serve /metrics, /healthz and /readyz, and nothing else, on this address (default: only on --listen)",
+    )
     parser.add_argument("--upstream", default="http://127.0.0.1:11434", help="the Ollama server (default %(default)s)")
     parser.add_argument(
         "--slots", type=int, default=1, help="the server's parallel slots, OLLAMA_NUM_PARALLEL (default 1)"
@@ -103,13 +107,21 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         guardian=guardian,
     )
-    host, _, port = args.listen.rpartition(":")
     gate = Gate(settings, pressure=pressure)
-    asyncio.run(_serve(gate, host, int(port)))
+    listen = _address(args.listen, "--listen")
+    metrics_listen = _address(args.metrics_listen, "--metrics-listen") if args.metrics_listen else None
+    asyncio.run(_serve(gate, listen, metrics_listen))
     return 0
 
 
-async def _serve(gate: Gate, host: str, port: int) -> None:
+def _address(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"voicelane gate: {flag} wants HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+async def _serve(gate: Gate, listen: tuple[str, int], metrics_listen: tuple[str, int] | None) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP (there is nothing to re-read) is ignored rather than fatal."""
     from aiohttp import web
 
@@ -123,11 +135,19 @@ async def _serve(gate: Gate, host: str, port: int) -> None:
     # The sidecar's runner: requests its HTTP parser refuses get a JSON answer and one log line, not a
     # traceback. Handler cancellation: a caller that hangs up leaves the queue at once, not when its
     # next byte fails to send.
+    host, port = listen
     runner = ApiAppRunner(gate.app(), access_log=None, handler_cancellation=True, shutdown_timeout=5.0)
+    metrics_runner = ApiAppRunner(gate.metrics_app(), access_log=None) if metrics_listen else None
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+        if metrics_runner is not None and metrics_listen is not None:  # both or neither
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, *metrics_listen).start()
+            print(f"gate metrics on http://{metrics_listen[0]}:{metrics_listen[1]}/metrics", flush=True)
         print(f"gate listening on http://{host}:{port} in front of {gate.settings.upstream}", flush=True)
         await stop.wait()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()

@@ -118,6 +118,15 @@ class Gate:
         app.cleanup_ctx.append(self._lifetime)
         return app
 
+    def metrics_app(self) -> web.Application:
+        """/metrics, /healthz and /readyz alone: for a port a NetworkPolicy opens to scrapers and kubelets,
+        while the port that takes model calls stays open to the lane's own pods only."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
     async def _lifetime(self, _app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s, sock_connect=5)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)

@@ -141,7 +141,10 @@ def test_the_gated_sample_runs_the_gate_in_every_tier_pod_and_can_be_turned_off(
         gate, server = container(pod, "gate"), container(pod, "ollama")
         assert gate is not None, [c["name"] for c in pod["spec"]["containers"]]
         assert server is not None
-        assert gate["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+        assert gate["ports"] == [
+            {"name": "http", "containerPort": 11434, "protocol": "TCP"},
+            {"name": "gate-metrics", "containerPort": 9465, "protocol": "TCP"},
+        ]
         assert "ports" not in server  # the pod's port `http` is the gate's alone
         assert env_of(server)["OLLAMA_HOST"].startswith("127.0.0.1:")
         upstream = gate["args"][gate["args"].index("--upstream") + 1]
@@ -172,8 +175,9 @@ def test_the_gated_sample_runs_the_gate_in_every_tier_pod_and_can_be_turned_off(
     assert spec["policyTypes"] == ["Ingress"]
     guarded = cluster.select("pods", label_selector(spec["podSelector"]))
     assert names(guarded) == names(pods)
-    [rule] = spec["ingress"]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 11434}]  # the gate's containerPort, nothing else
+    rule, scrape_rule = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 11434}]  # the gate's model-call port, to the lane only
+    assert scrape_rule == {"ports": [{"protocol": "TCP", "port": 9465}]}  # its metrics port, to any scraper
     app, stranger = f"{lane.name}-app", f"{lane.name}-stranger"
     cluster.apply(bare_pod(app, {"voicelane.dev/lane": lane.name}), bare_pod(stranger, {"team": "voice"}))
     try:
@@ -226,5 +230,6 @@ def test_the_gated_sample_runs_the_gate_in_every_tier_pod_and_can_be_turned_off(
     )
     policy_after = cluster.get("networkpolicy", f"{lane.name}-ollama")
     assert policy_after is not None
-    assert policy_after["spec"]["ingress"] == spec["ingress"]  # now Ollama's own port, the same number
+    # The same rule for the lane, now to Ollama's own port (the same number); no metrics port to open.
+    assert policy_after["spec"]["ingress"] == [rule]
     assert policy_after["spec"]["podSelector"] == spec["podSelector"]

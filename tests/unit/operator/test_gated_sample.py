@@ -68,14 +68,19 @@ def test_the_network_policy_opens_the_port_the_service_targets_and_no_other(
     lane = with_spec(gated_sample, gate={"enabled": gated})
     children = render_children(lane)
     [policy] = by_kind(children, "NetworkPolicy")
-    [rule] = policy["spec"]["ingress"]
+    rule, *scrape_rules = policy["spec"]["ingress"]
     opened = {(port["protocol"], port["port"]) for port in rule["ports"]}
+    # The gate's metrics port alone is open to any source (a Prometheus in another namespace).
+    scraped = {(port["protocol"], port["port"]) for scrape in scrape_rules for port in scrape["ports"]}
+    assert all("from" not in scrape for scrape in scrape_rules)
     for tier in TIERS:
         [service] = [s for s in by_kind(children, "Service") if s["metadata"]["name"] == f"voice-gated-{tier}"]
         [deployment] = [d for d in by_kind(children, "Deployment") if d["metadata"]["name"] == f"voice-gated-{tier}"]
         [service_port] = service["spec"]["ports"]
-        owner, number = exposed_ports(deployment["spec"]["template"]["spec"])[service_port["targetPort"]]
+        ports = exposed_ports(deployment["spec"]["template"]["spec"])
+        owner, number = ports[service_port["targetPort"]]
         assert owner == ("gate" if gated else "ollama")
-        # The port the Service reaches is open, and the pods expose no port the policy leaves closed.
+        # The port the Service reaches is open to the lane, and the pods expose no port the policy leaves closed.
         assert opened == {("TCP", number)}
-        assert {n for _, n in exposed_ports(deployment["spec"]["template"]["spec"]).values()} == {number}
+        assert scraped == ({("TCP", ports["gate-metrics"][1])} if gated else set())
+        assert {("TCP", n) for _, n in ports.values()} == opened | scraped

@@ -167,7 +167,10 @@ def test_with_the_gate_the_service_reaches_ollama_only_through_it(lane_variants:
     pod = children[("Deployment", f"voice-{tier}")]["spec"]["template"]["spec"]
     gate, server, warmer = container(pod, "gate"), container(pod, "ollama"), container(pod, "warmer")
     # The port the Service targets is the gate's; Ollama listens on loopback, where only the pod reaches it.
-    assert gate["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+    assert gate["ports"] == [
+        {"name": "http", "containerPort": 11434, "protocol": "TCP"},
+        {"name": "gate-metrics", "containerPort": 9465, "protocol": "TCP"},  # what the PodMonitor scrapes
+    ]
     assert "ports" not in server
     assert env_of(server)["OLLAMA_HOST"] == "127.0.0.1:11400"
     assert env_of(warmer)["OLLAMA_HOST"] == env_of(container(pod, "pull-model"))["OLLAMA_HOST"] == "127.0.0.1:11400"
@@ -177,6 +180,7 @@ def test_with_the_gate_the_service_reaches_ollama_only_through_it(lane_variants:
     flags = dict(zip(args[::2], args[1::2], strict=True))
     assert gate["command"] == ["voicelane", "gate"]
     assert flags["--upstream"] == "http://127.0.0.1:11400"
+    assert flags["--metrics-listen"] == "0.0.0.0:9465"
     assert flags["--slots"] == str(tier_spec.get("numParallel", 1))
     assert (flags["--cpu-limit"], flags["--memory-limit"]) == (
         server["resources"]["limits"]["cpu"],
