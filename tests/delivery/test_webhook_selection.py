@@ -100,3 +100,21 @@ def test_the_namespace_selector_of_the_values_narrows_every_entry(hooks: list[di
     labelled = pod(**{LANE: "voice"})["metadata"]["labels"]
     assert [hook["name"] for hook in hooks if selects(hook["namespaceSelector"], kube_system)] == []
     assert [hook["name"] for hook in hooks if selects(hook["objectSelector"], labelled)] == [hooks[0]["name"]]
+
+
+def test_the_operators_own_pods_are_never_sent_to_the_webhook_even_in_a_namespace_that_opts_in(
+    hooks: list[dict[str, Any]],
+) -> None:
+    # The operator serves the webhook: a pod of it waiting for its own sidecar would wait for itself.
+    operator_pod = render("defaults", "webhook.enabled=true").one("Deployment")["spec"]["template"]
+    labels = operator_pod["metadata"]["labels"]
+    for namespace_inject in (None, "enabled"):
+        namespace = namespace_labels(namespace_inject)
+        sent = [
+            hook["name"]
+            for hook in hooks
+            if selects(hook.get("namespaceSelector") or {}, namespace)
+            and selects(hook.get("objectSelector") or {}, labels)
+        ]
+        assert sent == [], (namespace_inject, sent)
+    assert not wants_sidecar(operator_pod, namespace_opted_in=True)
