@@ -27,13 +27,14 @@ case "$1" in
     if [ -n "${FAKE_LOADED:-}" ]; then
       echo "$FAKE_LOADED    a80c4f17acd5    2.8 GB    100% CPU     4 minutes from now"
     fi ;;
-  list) exit 0 ;;
+  # As the real CLI, with FAKE_LIST_NEEDS_SERVE: `list` fails until a server has started.
+  list) if [ -n "${FAKE_LIST_NEEDS_SERVE:-}" ] && [ ! -e "$FAKE_LOG.serving" ]; then exit 1; fi ;;
   run)
     # As the real CLI: a spinner on stderr even without a terminal, then any error on a line of its own.
     printf '\033[?25l\033[1G\342\240\213 \033[K' >&2
     if [ "${FAKE_RUN_STATUS:-0}" != 0 ]; then printf '\nError: model runner has unexpectedly stopped\n' >&2; fi
     exit "${FAKE_RUN_STATUS:-0}" ;;
-  serve) exec sleep 30 ;;
+  serve) touch "$FAKE_LOG.serving"; exec sleep 30 ;;
   pull) exit "${FAKE_PULL_STATUS:-0}" ;;
   show) exit "${FAKE_SHOW_STATUS:-0}" ;;
 esac
@@ -106,14 +107,14 @@ def test_pull_init_container(
         **fake_ollama,
         "FAKE_PULL_STATUS": str(pull_status),
         "FAKE_SHOW_STATUS": str(show_status),
+        "FAKE_LIST_NEEDS_SERVE": "1",
     }
     result = run(pull["command"], env)
     assert (result.returncode == 0) is succeeds, result.stderr
-    # The private server to pull through runs in the background: on a busy machine its log
-    # line may land just after the script has finished.
-    calls = wait_for_calls(Path(fake_ollama["FAKE_LOG"]), "serve", 1)
+    # The script pulls only once its private server answers (`list` fails until `serve` ran).
+    calls = Path(fake_ollama["FAKE_LOG"]).read_text(encoding="utf-8").splitlines()
     assert "serve" in calls
-    assert "pull llama3.2:1b" in calls
+    assert calls.index("serve") < calls.index("pull llama3.2:1b")
 
 
 def wait_for_calls(log: Path, wanted: str, count: int, deadline_s: float = 10.0) -> list[str]:
