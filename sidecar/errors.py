@@ -72,6 +72,7 @@ HTTP_STATUS: dict[Refusal | Failure, int] = {
     Refusal.QUEUE_FULL: 429,
     Refusal.RATE_LIMITED: 429,
     Refusal.GUARDIAN_EMERGENCY: 503,
+    Refusal.DEADLINE_PASSED: 503,
     Failure.UPSTREAM_UNAVAILABLE: 503,
     Failure.UPSTREAM_INTERRUPTED: 502,
     Failure.UPSTREAM_TIMEOUT: 504,

@@ -1,9 +1,10 @@
 """Why model work was not done, as typed values: refused at the door, or failed on the way.
 
-The core and the lane raise these; each shell maps them to its own wire (the sidecar's HTTP
-table is `voicelane.sidecar.errors.http_error`). A refusal carries the seconds after which a
-retry may succeed, since only the part that refused knows them (the scheduler's setting, the
-token bucket's refill); a failure's retry hint is the shell's to choose.
+The core, the lane and the gate raise these; each shell maps them to its own wire (the sidecar's
+HTTP table is `voicelane.sidecar.errors.http_error`, the gate's `voicelane.gate.errors.http_error`).
+A refusal carries the seconds after which a retry may succeed, since only the part that refused
+knows them (the scheduler's setting, the token bucket's refill); a failure's retry hint is the
+shell's to choose.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Refusal(StrEnum):
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     GUARDIAN_EMERGENCY = "guardian_emergency"
+    DEADLINE_PASSED = "deadline_passed"  # the caller's first-token deadline ran out while it waited
 
 
 class Failure(StrEnum):
@@ -48,7 +50,8 @@ class LaneError(Exception):
 
 
 class Refused(LaneError):
-    """Admission said no (full waiting room, rate limit, guardian): the caller may come back after `retry_after_s`."""
+    """Admission said no (full waiting room, rate limit, guardian, a deadline spent waiting): the caller may come
+    back after `retry_after_s`."""
 
     reason: Refusal
 

@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from voicelane.gate.errors import REJECT_REASONS
+
 if TYPE_CHECKING:
     from voicelane.gate.server import Gate
 
@@ -102,8 +104,8 @@ class GateMetrics:
         self.guardian_checks = Counter(
             "voicelane_gate_guardian_checks", "Pressure checks of the model server, by result.", ["result"], registry=r
         )
-        for reason in ("queue_full", "guardian_emergency", "deadline_passed"):
-            self.rejects.labels(reason)
+        for reason in REJECT_REASONS:
+            self.rejects.labels(reason.value)
         r.register(_LiveState(gate))
 
     def observe_final(self, tail: bytes) -> None:

@@ -9,13 +9,15 @@ disconnects leaves the queue; the model call is cancelled when its last caller h
 guardian is blocked, model calls get 503 `guardian_emergency`; a full waiting room, 429
 `queue_full`; both with `Retry-After`. Everything else Ollama serves passes through unqueued.
 
-Refusals use Ollama's error shape (`{"error": message}`) with the lane's code beside it and in
-`X-Voicelane-Error`, so an Ollama client reads the message and a sidecar reads the code.
+Refusals and failures are decided as the core's typed values (`voicelane.core.refusals`) and
+answered through the one table in `voicelane.gate.errors`, in Ollama's error shape
+(`{"error": message}`) with the lane's code beside it and in `X-Voicelane-Error`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,18 +29,20 @@ from aiohttp import web
 
 from voicelane.core.broadcast import Broadcast
 from voicelane.core.gate_headers import GATE_HEADERS, CallInfo, GateHeaderError, read_call_info
-from voicelane.core.guardian import GUARDIAN_EMERGENCY, Guardian, PressureSource
-from voicelane.core.scheduler import PriorityScheduler, QueueFull
+from voicelane.core.guardian import Guardian, PressureSource
+from voicelane.core.refusals import Failed, Failure, LaneError, Refusal, Refused
+from voicelane.core.scheduler import PriorityScheduler, QueueFull, Ticket
 from voicelane.core.singleflight import FlightCancelled, SingleFlight
+from voicelane.gate.errors import http_error, ollama_error
 from voicelane.gate.metrics import GateMetrics
 from voicelane.gate.models import LoadedModels
 from voicelane.sidecar.config import GuardianConfig, RateLimitConfig, SchedulerConfig
+from voicelane.sidecar.errors import bad_request
 
 logger = logging.getLogger("voicelane.gate")
 
 MODEL_CALLS = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
 SERVER = "server"  # the scheduler's one tier: the model server behind this gate
-ERROR_HEADER = "X-Voicelane-Error"
 # Hop-by-hop headers and those aiohttp sets itself are not copied between the two connections.
 _NOT_COPIED = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "upgrade"}
@@ -56,7 +60,7 @@ class GateSettings:
     reserved_for_priority_0: int = 1  # of those, kept free for chats (never the last slot)
     max_waiting: int = 64  # across priorities
     max_waiting_per_priority: dict[int, int] = field(default_factory=lambda: {0: 32, 1: 16, 2: 8})
-    retry_after_s: int = 1
+    retry_after_s: int = 1  # sent with a full waiting room's 429 and a deadline that passed in it
     coalesce_window_s: float = 2.0  # a finished call is replayed to identical calls this long
     model: str | None = None  # readiness waits until the server has this model loaded
     models_interval_s: float = 5.0
@@ -70,10 +74,6 @@ class _Head:
 
     status: int
     content_type: str
-
-
-class _DeadlinePassed(Exception):
-    """The caller's first-token deadline passed while its call waited: the model is not asked."""
 
 
 Chunk = _Head | bytes
@@ -92,7 +92,11 @@ class Gate:
         self.settings = settings
         self.clock = clock
         self.scheduler = PriorityScheduler(
-            SchedulerConfig(max_running_per_priority=settings.slots, max_waiting=settings.max_waiting),
+            SchedulerConfig(
+                max_running_per_priority=settings.slots,
+                max_waiting=settings.max_waiting,
+                retry_after_s=settings.retry_after_s,
+            ),
             tier_slots={SERVER: settings.slots},
             max_waiting_per_priority=settings.max_waiting_per_priority,
             reserved_slots=settings.reserved_for_priority_0,
@@ -179,11 +183,13 @@ class Gate:
         try:
             info = read_call_info(request.headers)
         except GateHeaderError as exc:
-            return self._refusal(400, "invalid_header", str(exc), None)
+            return ollama_error(bad_request("invalid_header", str(exc)))
         body = await request.read()
         if self.guardian.blocked:
             message = "the model server is under sustained pressure; model work is paused"
-            return self._refusal(503, GUARDIAN_EMERGENCY, message, self.settings.guardian.retry_after_s)
+            return self._refuse(
+                Refused(Refusal.GUARDIAN_EMERGENCY, message, retry_after_s=self.settings.guardian.retry_after_s)
+            )
         key: Any = (request.path, info.priority, info.key) if info.key else object()
         forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
         flight = self.flights.join(key, self._producer(request.path, body, forwarded, info, arrived))
@@ -201,15 +207,12 @@ class Gate:
                     else:
                         assert response is not None
                         await response.write(chunk)
-        except QueueFull as exc:
-            message = f"{exc.waiting} calls already wait for this model server"
-            return self._refusal(429, "queue_full", message, exc.retry_after_s)
-        except _DeadlinePassed:
-            return self._refusal(503, "deadline_passed", "the caller's first-token deadline passed in the queue", 1)
+        except Refused as exc:
+            return self._refuse(exc)
         except (TimeoutError, aiohttp.ClientError, FlightCancelled) as exc:
             outcome = "upstream_failed"
             if response is None:
-                return self._refusal(502, "upstream_unavailable", f"the model server failed: {exc}", 1)
+                return self._refuse(Failed(Failure.UPSTREAM_UNAVAILABLE, f"the model server failed: {exc}"))
             raise ConnectionResetError("the model server's stream broke off") from exc
         finally:
             self.metrics.requests.labels(str(info.priority), info.request_class, outcome).inc()
@@ -221,11 +224,12 @@ class Gate:
         self, path: str, body: bytes, headers: dict[str, str], info: CallInfo, arrived: float
     ) -> Callable[[Broadcast[Chunk]], Awaitable[None]]:
         async def produce(out: Broadcast[Chunk]) -> None:
-            async with self.scheduler.slot(info.priority, SERVER) as ticket:
+            async with self._slot(info.priority) as ticket:
                 started = self.clock()
                 self.metrics.queue_wait.labels(str(info.priority)).observe(started - arrived)
                 if info.deadline_ms is not None and started - arrived > info.deadline_ms / 1000:
-                    raise _DeadlinePassed()
+                    message = "the caller's first-token deadline passed in the queue"
+                    raise Refused(Refusal.DEADLINE_PASSED, message, retry_after_s=self.settings.retry_after_s)
                 async with self.session.post(self.settings.upstream + path, data=body, headers=headers) as upstream:
                     out.publish(_Head(upstream.status, upstream.headers.get("Content-Type", "application/json")))
                     tail = b""
@@ -243,13 +247,21 @@ class Gate:
 
         return produce
 
-    def _refusal(self, status: int, code: str, message: str, retry_after_s: int | None) -> web.Response:
-        if status in (429, 503):
-            self.metrics.rejects.labels(code).inc()
-        headers = {ERROR_HEADER: code}
-        if retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, retry_after_s))
-        return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+    @contextlib.asynccontextmanager
+    async def _slot(self, priority: int) -> AsyncIterator[Ticket]:
+        """A slot of the model server for the body; refused when the waiting room is full."""
+        try:
+            async with self.scheduler.slot(priority, SERVER) as ticket:
+                yield ticket
+        except QueueFull as exc:
+            message = f"{exc.waiting} calls already wait for this model server"
+            raise Refused(Refusal.QUEUE_FULL, message, retry_after_s=exc.retry_after_s) from None
+
+    def _refuse(self, refusal: LaneError) -> web.Response:
+        """Answer a refusal or failure by the gate's table; refusals are counted by reason."""
+        if isinstance(refusal, Refused):
+            self.metrics.rejects.labels(refusal.code).inc()
+        return ollama_error(http_error(refusal))
 
     # ----- everything else ---------------------------------------------------------------------
 
@@ -269,4 +281,4 @@ class Gate:
                 await response.write_eof()
                 return response
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return self._refusal(502, "upstream_unavailable", f"the model server failed: {exc}", 1)
+            return self._refuse(Failed(Failure.UPSTREAM_UNAVAILABLE, f"the model server failed: {exc}"))
