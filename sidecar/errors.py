@@ -14,6 +14,11 @@ from aiohttp import web
 
 from voicelane.core.refusals import Failure, LaneError, Refusal
 
+# The code of an error answer, kept on the response for the request log (`sidecar.server`), whose
+# line names it even when the answer's format carries no `X-Voicelane-Error`. Defined here, where
+# answers are made, since the server imports this module and not the other way round.
+ERROR_CODE_KEY = web.ResponseKey("error_code", str)
+
 
 class ApiError(Exception):
     """A refusal to send to the client as JSON."""
@@ -53,7 +58,7 @@ class ApiError(Exception):
         response = web.json_response(
             self.body(), status=self.status, headers={**self.headers(), **(extra_headers or {})}
         )
-        response["error_code"] = self.code  # for the request log
+        response[ERROR_CODE_KEY] = self.code
         self.apply_connection(response)
         return response
 

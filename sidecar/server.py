@@ -37,7 +37,7 @@ from voicelane.sidecar.edge import (
     read_body,
 )
 from voicelane.sidecar.egress import ClientTooSlow
-from voicelane.sidecar.errors import ApiError, http_error
+from voicelane.sidecar.errors import ERROR_CODE_KEY, ApiError, http_error
 from voicelane.sidecar.followups import FollowUpStore
 from voicelane.sidecar.lane import Lane, Submission, TextResult
 from voicelane.sidecar.metrics import SidecarMetrics, gauge, plain_counter, plain_gauge
@@ -126,7 +126,7 @@ async def request_log_middleware(
     fields.update(
         request_id=response.headers.get("X-Request-Id") or request.get(REQUEST_ID_KEY) or fields["request_id"],
         status=response.status,
-        error_code=response.get("error_code") or response.headers.get("X-Voicelane-Error"),
+        error_code=response.get(ERROR_CODE_KEY) or response.headers.get("X-Voicelane-Error"),
         duration_s=round(time.monotonic() - started, 6),
     )
     request_log.log(logging.DEBUG if route in _QUIET_ROUTES else logging.INFO, "request finished", extra=fields)

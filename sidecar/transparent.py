@@ -36,7 +36,7 @@ from voicelane.sidecar import streaming
 from voicelane.sidecar.classify import default_class_for_text
 from voicelane.sidecar.config import Protocol, RequestClass, Tier
 from voicelane.sidecar.edge import REQUEST_ID, REQUEST_ID_KEY, check_text, decode_json_object, parse_class, read_body
-from voicelane.sidecar.errors import ApiError, bad_request, http_error
+from voicelane.sidecar.errors import ERROR_CODE_KEY, ApiError, bad_request, http_error
 from voicelane.sidecar.lane import Lane, Submission
 from voicelane.sidecar.metrics import SidecarMetrics
 from voicelane.sidecar.upstream import UpstreamError
@@ -733,6 +733,6 @@ def _ollama_error(exc: ApiError, headers: dict[str, str] | None = None) -> web.R
 def _openai_error(exc: ApiError, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
     response = web.json_response(body, status=exc.status, headers={**(headers or {}), **exc.headers()})
-    response["error_code"] = exc.code  # for the request log
+    response[ERROR_CODE_KEY] = exc.code
     exc.apply_connection(response)
     return response
