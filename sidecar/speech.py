@@ -292,6 +292,10 @@ class Speaker:
                 else:
                     raise first
             if fallback is not None:
+                # The pump is this request's only reader of the text flight: stopping it cancels the
+                # model call unless an identical request still reads it, which gives back the chat's
+                # place, the tier slot and the model server's slot, so the next chat is not held up
+                # by an answer nobody will speak (tests/integration/sidecar/test_deadline_cascade.py).
                 pump.cancel()
                 queue_items: list[str | None] = self._fall_back(request, meta, stages, fallback)
             else:
