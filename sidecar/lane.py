@@ -467,11 +467,6 @@ class Lane:
         result = TextResult(text, "phrase_bank", job.priority, {})
         self.cache.put(job.key, result, result.size_bytes, pinned=True)
 
-    def scheduler_idle_above(self, priority: int) -> bool:
-        """True when no work of a higher priority (lower number) runs or waits."""
-        snapshot = self.scheduler.snapshot()
-        return all(not snapshot["running"].get(p, 0) and not snapshot["waiting"].get(p, 0) for p in range(priority))
-
     # ----- model work ----------------------------------------------------------------------------
 
     def _producer(self, job: Job, received: float, state: FlightState) -> Callable[[Broadcast[str]], Any]:
