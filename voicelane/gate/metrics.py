@@ -85,7 +85,7 @@ class GateMetrics:
             ["priority", "role"], registry=r,
         )  # fmt: skip
         self.requests = Counter(
-            "voicelane_gate_requests", "Model calls finished, by priority, class and outcome.",
+            "voicelane_gate_requests", "Model calls answered, by priority, class and outcome (ok, refused, upstream_failed).",
             ["priority", "request_class", "outcome"], registry=r,
         )  # fmt: skip
         self.rejects = Counter("voicelane_gate_rejects", "Model calls refused, by reason.", ["reason"], registry=r)

@@ -187,6 +187,7 @@ class Gate:
         body = await request.read()
         if self.guardian.blocked:
             message = "the model server is under sustained pressure; model work is paused"
+            self.metrics.requests.labels(str(info.priority), info.request_class, "refused").inc()
             return self._refuse(
                 Refused(Refusal.GUARDIAN_EMERGENCY, message, retry_after_s=self.settings.guardian.retry_after_s)
             )
@@ -208,6 +209,7 @@ class Gate:
                         assert response is not None
                         await response.write(chunk)
         except Refused as exc:
+            outcome = "refused"  # by reason in voicelane_gate_rejects_total
             return self._refuse(exc)
         except (TimeoutError, aiohttp.ClientError, FlightCancelled) as exc:
             outcome = "upstream_failed"

@@ -122,6 +122,9 @@ async def test_a_full_waiting_room_is_refused_with_ollamas_error_shape_and_retry
             await chat_call.read()
         (await holder).release()
     assert gauge(gate.url, "voicelane_gate_rejects_total")["reason=queue_full"] == 1
+    finished = gauge(gate.url, "voicelane_gate_requests_total")
+    assert finished["outcome=refused,priority=2,request_class=direct"] == 1
+    assert finished["outcome=ok,priority=0,request_class=direct"] == 1
 
 
 async def test_identical_calls_from_different_callers_share_one_model_call(start_sim, start_gate) -> None:
@@ -223,6 +226,7 @@ def test_an_overloaded_model_server_process_blocks_model_work_with_retry_after(s
         assert response.headers["X-Voicelane-Error"] == "guardian_emergency"
         assert int(response.headers["Retry-After"]) >= 1
         assert gauge(gate.url, "voicelane_gate_guardian_blocked") == {"": 1.0}
+        assert gauge(gate.url, "voicelane_gate_requests_total")["outcome=refused,priority=1,request_class=direct"] >= 1
     finally:
         burner.kill()
         burner.wait()
