@@ -28,6 +28,7 @@ certificate for the listen address at start (with the builder here, on `cryptogr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -252,37 +253,35 @@ def lane_getter(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneG
     """Reads a lane through the API; None if it does not exist, LaneLookupError if it cannot be read."""
 
     async def get_lane(namespace: str, name: str) -> Mapping[str, Any] | None:
-        try:
-            async with asyncio.timeout(deadline_s):
-                return await api.get(LANE_RESOURCE.object_path(namespace, name))
-        except TimeoutError:
-            raise LaneLookupError(f"no answer from the API server within {deadline_s:g} s") from None
-        except TransientApiError as exc:
-            # Short: API servers may cut warnings longer than 120 characters.
-            cause = exc.__cause__
-            detail = f"{cause.status} {cause.reason}" if isinstance(cause, ApiException) else "no answer from the API"
-            raise LaneLookupError(detail) from exc
-        except ApiException as exc:
-            raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
+        async with _lookup(deadline_s):
+            return await api.get(LANE_RESOURCE.object_path(namespace, name))
 
     return get_lane
+
+
+@contextlib.asynccontextmanager
+async def _lookup(deadline_s: float) -> AsyncIterator[None]:
+    """A lookup of lanes within `deadline_s`; its failures as LaneLookupError with a short reason."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            yield
+    except TimeoutError:
+        raise LaneLookupError(f"no answer from the API server within {deadline_s:g} s") from None
+    except TransientApiError as exc:
+        # Short: API servers may cut warnings longer than 120 characters.
+        cause = exc.__cause__
+        detail = f"{cause.status} {cause.reason}" if isinstance(cause, ApiException) else "no answer from the API"
+        raise LaneLookupError(detail) from exc
+    except ApiException as exc:
+        raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
 
 
 def lane_lister(api: KubeApi, *, deadline_s: float = LOOKUP_DEADLINE_S) -> LaneLister:
     """Lists the names of a namespace's lanes through the API; LaneLookupError if they cannot be read."""
 
     async def list_lanes(namespace: str) -> list[str]:
-        try:
-            async with asyncio.timeout(deadline_s):
-                lanes = await api.list_objects(LANE_RESOURCE.collection_path(namespace), label_selector="")
-        except TimeoutError:
-            raise LaneLookupError(f"no answer from the API server within {deadline_s:g} s") from None
-        except TransientApiError as exc:
-            cause = exc.__cause__
-            detail = f"{cause.status} {cause.reason}" if isinstance(cause, ApiException) else "no answer from the API"
-            raise LaneLookupError(detail) from exc
-        except ApiException as exc:
-            raise LaneLookupError(f"{exc.status} {exc.reason}") from exc
+        async with _lookup(deadline_s):
+            lanes = await api.list_objects(LANE_RESOURCE.collection_path(namespace), label_selector="")
         return [str(lane["metadata"]["name"]) for lane in lanes]
 
     return list_lanes

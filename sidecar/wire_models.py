@@ -506,8 +506,8 @@ class AssistantMessage(WireModel):
     content: str
 
 
-class OllamaChatResponse(WireModel):
-    """One answer (stream false) or one NDJSON line (stream true; the last has done true)."""
+class _OllamaAnswer(WireModel):
+    """What /api/chat and /api/generate answers share."""
 
     model: str
     created_at: str
@@ -515,18 +515,17 @@ class OllamaChatResponse(WireModel):
     done_reason: str | None = Field(None, json_schema_extra=never_null)
     total_duration: NonNegativeInt | None = Field(None, json_schema_extra=never_null)
     load_duration: NonNegativeInt | None = Field(None, json_schema_extra=never_null)
+
+
+class OllamaChatResponse(_OllamaAnswer):
+    """One answer (stream false) or one NDJSON line (stream true; the last has done true)."""
+
     message: AssistantMessage
 
 
-class OllamaGenerateResponse(WireModel):
+class OllamaGenerateResponse(_OllamaAnswer):
     """One answer (stream false) or one NDJSON line (stream true; the last has done true)."""
 
-    model: str
-    created_at: str
-    done: bool
-    done_reason: str | None = Field(None, json_schema_extra=never_null)
-    total_duration: NonNegativeInt | None = Field(None, json_schema_extra=never_null)
-    load_duration: NonNegativeInt | None = Field(None, json_schema_extra=never_null)
     response: str
 
 
