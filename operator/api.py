@@ -467,6 +467,14 @@ RESERVED_ENV_NAMES: tuple[str, ...] = (
 _RESERVED_ENV_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_ENV_NAMES) + "]"
 
 
+# An environment variable, of the model server or of the sidecar, as core/v1 has it.
+_VALUE_OR_VALUE_FROM = CelRule(
+    "!(has(self.value) && has(self.valueFrom))",
+    "set value or valueFrom, not both",
+    lambda e: not (e.value is not None and e.value_from is not None),
+)
+
+
 class EnvVar(SpecModel):
     """An extra environment variable for the model server (e.g. HTTPS_PROXY for pulling)."""
 
@@ -476,11 +484,7 @@ class EnvVar(SpecModel):
             "this variable is set by the operator from the tier's fields: " + ", ".join(RESERVED_ENV_NAMES),
             lambda e: e.name not in RESERVED_ENV_NAMES,
         ),
-        CelRule(
-            "!(has(self.value) && has(self.valueFrom))",
-            "set value or valueFrom, not both",
-            lambda e: not (e.value is not None and e.value_from is not None),
-        ),
+        _VALUE_OR_VALUE_FROM,
     )
 
     name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
@@ -524,13 +528,7 @@ class SidecarEnvVarSource(SpecModel):
 class SidecarEnvVar(SpecModel):
     """A variable of the sidecar's environment (core/v1 EnvVar), e.g. an upstream API key from a Secret."""
 
-    cel_rules = (
-        CelRule(
-            "!(has(self.value) && has(self.valueFrom))",
-            "set value or valueFrom, not both",
-            lambda e: not (e.value is not None and e.value_from is not None),
-        ),
-    )
+    cel_rules = (_VALUE_OR_VALUE_FROM,)
 
     name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
     value: str | None = Field(None, max_length=32768)
