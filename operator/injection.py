@@ -24,7 +24,9 @@ Pods of a lane's own Ollama tiers (label `voicelane.dev/tier`) are never injecte
 Per pod, annotations tune the sidecar (`sidecar_overrides`): its image, log level, CPU and memory
 requests and limits, and the lane it joins; a value that is not valid is an `AnnotationError` naming
 the annotation. A pod labelled or annotated `voicelane.dev/inject: disabled` opts out (`opted_out`).
-The lane's `spec.sidecar.env` and `envFrom` are the sidecar's environment (`inject`'s env, env_from).
+The lane's `spec.sidecar.env` and `envFrom` are the sidecar's environment (`inject`'s env, env_from),
+and its `spec.policy.server.listen` the apps' address (`api_listen`): `LaneSettings.of` reads the three
+from a lane's spec, for the webhook and `voicelane inject --lane-file` alike.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from voicelane.operator.api import (
     LOG_LEVELS,
     QUANTITY_PATTERN,
     SpecError,
+    VoiceLaneSpec,
     check_lane_name,
     parse_quantity,
 )
@@ -126,6 +129,24 @@ class SidecarOverrides:
     image: str | None = None
     log_level: str | None = None  # in the VoiceLane's spelling (Debug), as spec.policy.logLevel
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=lambda: SIDECAR_RESOURCES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneSettings:
+    """What a lane gives every sidecar injected into its pods: `inject`'s api_listen, env and env_from."""
+
+    api_listen: str = DEFAULT_API_LISTEN
+    env: tuple[dict[str, Any], ...] = ()
+    env_from: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, spec: VoiceLaneSpec) -> LaneSettings:
+        """The settings of a parsed lane spec: spec.policy.server.listen, spec.sidecar.env and envFrom."""
+
+        def wire(items: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+            return tuple(item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items)
+
+        return cls(spec.policy.server.listen, wire(spec.sidecar.env), wire(spec.sidecar.env_from))
 
 
 def _metadata_map(pod: Mapping[str, Any], field: str) -> Mapping[str, Any]:

@@ -57,6 +57,7 @@ from voicelane.operator.injection import (
     LANE_ANNOTATION,
     AnnotationError,
     InjectionError,
+    LaneSettings,
     inject,
     opted_in_by_pod,
     requested_lane,
@@ -133,11 +134,9 @@ class Admission:
 
 @dataclasses.dataclass(frozen=True)
 class LaneSidecar:
-    """What a lane gives each sidecar it injects: the API address, environment, and a warning if unsure."""
+    """What a lane gives each sidecar it injects (API address, environment), and a warning if unsure."""
 
-    listen: str = DEFAULT_API_LISTEN
-    env: tuple[dict[str, Any], ...] = ()
-    env_from: tuple[dict[str, Any], ...] = ()
+    settings: LaneSettings = dataclasses.field(default_factory=LaneSettings)
     warning: str | None = None
 
 
@@ -151,17 +150,13 @@ def lane_sidecar(lane: Mapping[str, Any]) -> LaneSidecar:
             warning=f"VoiceLane {name} has an invalid spec ({exc}); VOICELANE_URL assumes the default "
             f"{DEFAULT_API_LISTEN} and the sidecar gets none of spec.sidecar's env"
         )
-
-    def wire(items: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
-        return tuple(item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items)
-
-    return LaneSidecar(spec.policy.server.listen, wire(spec.sidecar.env), wire(spec.sidecar.env_from))
+    return LaneSidecar(LaneSettings.of(spec))
 
 
 def lane_api_listen(lane: Mapping[str, Any]) -> tuple[str, str | None]:
     """The address the lane's sidecars serve their API on, and a warning if the spec cannot say."""
-    settings = lane_sidecar(lane)
-    return settings.listen, settings.warning
+    sidecar = lane_sidecar(lane)
+    return sidecar.settings.api_listen, sidecar.warning
 
 
 def wants_sidecar(pod: Mapping[str, Any], *, namespace_opted_in: bool) -> bool:
@@ -208,19 +203,19 @@ async def admit_pod(
         if LANE_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {}):
             return _refused(f"annotation {LANE_ANNOTATION}: there is no VoiceLane {lane_name} in namespace {namespace}")
         return _untouched(f"there is no VoiceLane {lane_name} in namespace {namespace}")
-    settings = lane_sidecar(lane)
+    sidecar = lane_sidecar(lane)
     try:
         injected = inject(
             pod,
             lane=lane_name,
             image=image,
-            api_listen=settings.listen,
-            env=settings.env,
-            env_from=settings.env_from,
+            api_listen=sidecar.settings.api_listen,
+            env=sidecar.settings.env,
+            env_from=sidecar.settings.env_from,
         )
     except InjectionError as exc:
         return _untouched(str(exc))
-    return Admission(injected, (settings.warning,) if settings.warning else ())
+    return Admission(injected, (sidecar.warning,) if sidecar.warning else ())
 
 
 async def _only_lane(namespace: str, list_lanes: LaneLister | None) -> str | Admission:
