@@ -153,12 +153,6 @@ def lane_sidecar(lane: Mapping[str, Any]) -> LaneSidecar:
     return LaneSidecar(LaneSettings.of(spec))
 
 
-def lane_api_listen(lane: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The address the lane's sidecars serve their API on, and a warning if the spec cannot say."""
-    sidecar = lane_sidecar(lane)
-    return sidecar.settings.api_listen, sidecar.warning
-
-
 def wants_sidecar(pod: Mapping[str, Any], *, namespace_opted_in: bool) -> bool:
     """Whether a pod is to get the sidecar: it or its namespace opts in, and it does not opt out.
 
