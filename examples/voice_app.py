@@ -55,7 +55,10 @@ def speak(base_url: str, text: str, source: str, out: str, timeout_s: float) -> 
                 size += len(chunk)
                 if first_audio_s is None and size > 44:
                     first_audio_s = time.monotonic() - sent
-    print(f"first audio after {first_audio_s or 0.0:.3f} s from the {tier} tier; {size} bytes in {out}")
+    if first_audio_s is None:
+        print(f"no audio came from the {tier} tier; {size} bytes in {out}")
+        return 1
+    print(f"first audio after {first_audio_s:.3f} s from the {tier} tier; {size} bytes in {out}")
     return 0
 
 

@@ -41,7 +41,7 @@ def test_example_app_saves_a_playable_reply_and_names_the_tier(start_sim, start_
     )
     assert rewritten.returncode == 0, rewritten.stderr
     tier, _, text = rewritten.stdout.strip().partition(": ")
-    assert tier in {"fast", "deep", "cache"}
+    assert tier in {"fast", "deep"}  # the phrase bank is off, and nothing was asked before
     assert text
 
 
